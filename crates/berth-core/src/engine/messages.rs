@@ -1,0 +1,346 @@
+//! Data-plane operations: put, get (with long polling), update, delete, stats, channels.
+
+use std::time::Duration;
+
+use crate::clock::Timestamp;
+use crate::error::QueueError;
+use crate::limits;
+use crate::model::{LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, NewMessage, Page, QueueStats};
+
+use super::Engine;
+
+/// Parameters of GetMessages, already range-checked by [`GetMessages::new`].
+#[derive(Debug, Clone, Default)]
+pub struct GetMessages {
+    /// Lease length; `None` = the queue's default.
+    pub visibility_secs: Option<u32>,
+    /// Long-poll wait; `None` = the queue's default.
+    pub timeout_secs: Option<u32>,
+    /// At most this many messages.
+    pub limit: u32,
+    /// Only this channel.
+    pub channel: Option<String>,
+    /// Consume the dead letter queue instead (Berth extension).
+    pub dead_letter: bool,
+}
+
+impl GetMessages {
+    /// Checks the client's values.
+    ///
+    /// # Errors
+    /// `InvalidParameter` for values out of range.
+    pub fn new(
+        visibility_secs: Option<i64>,
+        timeout_secs: Option<i64>,
+        limit: Option<i64>,
+        channel: Option<String>,
+        dead_letter: bool,
+    ) -> Result<Self, QueueError> {
+        let visibility_secs = visibility_secs
+            .map(|v| limits::in_range("visibilityInSeconds", v, 0, limits::MAX_VISIBILITY_SECS.into()))
+            .transpose()?;
+        let timeout_secs = timeout_secs
+            .map(|v| limits::in_range("timeoutInSeconds", v, 0, limits::MAX_TIMEOUT_SECS.into()))
+            .transpose()?;
+        let limit = limits::in_range("limit", limit.unwrap_or(1), 1, limits::MAX_GET_LIMIT.into())?;
+        if let Some(channel) = &channel {
+            limits::channel_id(channel)?;
+        }
+        Ok(GetMessages { visibility_secs, timeout_secs, limit, channel, dead_letter })
+    }
+}
+
+/// A leased message and the receipt that names its lease.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// The message.
+    pub message: LeasedMessage,
+    /// Receipt for update and delete.
+    pub receipt: String,
+}
+
+/// What PutMessages reports per message.
+#[derive(Debug, Clone, Copy)]
+pub struct PutResult {
+    /// Message id.
+    pub id: i64,
+    /// Retention end.
+    pub expire_at: Timestamp,
+}
+
+/// Shortest pause between two store queries of one long poll, so that a store whose
+/// answers disagree (a due message it cannot lease yet) is not queried in a loop.
+const MIN_POLL_PAUSE: Duration = Duration::from_millis(20);
+
+impl Engine {
+    /// PutMessages: validates and appends messages in order.
+    ///
+    /// # Errors
+    /// `QueueNotFound`, `InvalidParameter` for bad content, `LimitExceeded` for channels.
+    pub async fn put_messages(
+        &self,
+        tenancy_id: &str,
+        queue_id: &str,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<PutResult>, QueueError> {
+        let queue = self.active_queue(tenancy_id, queue_id).await?;
+        if messages.is_empty() {
+            return Err(QueueError::invalid("messages must contain at least one message"));
+        }
+        if messages.len() > limits::MAX_PUT_MESSAGES {
+            return Err(QueueError::invalid(format!(
+                "at most {} messages per request, got {}",
+                limits::MAX_PUT_MESSAGES,
+                messages.len()
+            )));
+        }
+        let policy = &queue.spec.policy;
+        let mut total = 0;
+        for message in &messages {
+            limits::content(&message.content)?;
+            total += message.content.len();
+            if !message.channel.is_empty() {
+                limits::channel_id(&message.channel)?;
+            }
+            if let Some(props) = &message.properties {
+                limits::properties(props.iter())?;
+            }
+            if let Some(delay) = message.delay_secs {
+                limits::in_range("delayInSeconds", delay.into(), 0, policy.retention_secs.into())?;
+            }
+        }
+        if total > limits::MAX_PUT_BYTES {
+            return Err(QueueError::invalid(format!(
+                "messages total {total} bytes; the limit per request is {} bytes",
+                limits::MAX_PUT_BYTES
+            )));
+        }
+        let now = self.clock.now();
+        let expire_at = now.plus_secs(policy.retention_secs.into());
+        let to_store = messages
+            .into_iter()
+            .map(|message| {
+                let delay = message.delay_secs.unwrap_or(policy.delivery_delay_secs);
+                let delayed_until = (delay > 0).then(|| now.plus_secs(delay.into()));
+                MessageToStore { message, created_at: now, expire_at, delayed_until }
+            })
+            .collect();
+        let ids = self.store.put_messages(queue.row, to_store, limits::MAX_CHANNELS).await?;
+        self.wakeups.wake(queue.row);
+        Ok(ids.into_iter().map(|id| PutResult { id, expire_at }).collect())
+    }
+
+    /// GetMessages: leases visible messages, waiting up to the timeout for some to arrive.
+    /// Returns an empty list at the timeout or at shutdown.
+    ///
+    /// # Errors
+    /// `QueueNotFound`, or a store failure.
+    pub async fn get_messages(
+        &self,
+        tenancy_id: &str,
+        queue_id: &str,
+        params: GetMessages,
+    ) -> Result<Vec<Delivered>, QueueError> {
+        let queue = self.active_queue(tenancy_id, queue_id).await?;
+        let policy = &queue.spec.policy;
+        let visibility = params.visibility_secs.unwrap_or(policy.visibility_secs);
+        let timeout = params.timeout_secs.unwrap_or(policy.timeout_secs);
+        let deadline = self.clock.now().plus_secs(timeout.into());
+        let notify = self.wakeups.of(queue.row);
+        loop {
+            // Registered before asking the store, so a put that lands in between still wakes us.
+            let woken = notify.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+
+            let now = self.clock.now();
+            let leased = self
+                .store
+                .lease(LeaseRequest {
+                    queue: queue.row,
+                    dead_letter: params.dead_letter,
+                    channel: params.channel.clone(),
+                    max_messages: params.limit,
+                    max_bytes: limits::MAX_GET_BYTES,
+                    now,
+                    visible_after: now.plus_secs(visibility.into()),
+                    dead_letter_after: policy.dead_letter_after,
+                })
+                .await?;
+            if !leased.is_empty() {
+                return Ok(leased.into_iter().map(|m| self.delivered(queue.row, params.dead_letter, m)).collect());
+            }
+            if now >= deadline || self.shutdown.is_cancelled() {
+                return Ok(Vec::new());
+            }
+            let next = self
+                .store
+                .next_visible_at(queue.row, params.dead_letter, params.channel.as_deref())
+                .await?
+                .map_or(deadline, |at| at.min(deadline));
+            let pause = now.until(next).max(MIN_POLL_PAUSE);
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.shutdown.cancelled() => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    fn delivered(&self, queue: i64, dead_letter: bool, message: LeasedMessage) -> Delivered {
+        let lease = LeaseRef { queue, message_id: message.id, lease_token: message.lease_token, dead_letter };
+        Delivered { receipt: self.receipts.issue(&lease), message }
+    }
+
+    /// UpdateMessages: sets each lease to end `visibility` seconds from now.
+    /// One result per entry, in order: the message id and its new `visibleAfter`.
+    ///
+    /// # Errors
+    /// `QueueNotFound` for the whole batch; per entry `ReceiptInvalid` or `InvalidParameter`.
+    pub async fn update_messages(
+        &self,
+        tenancy_id: &str,
+        queue_id: &str,
+        entries: Vec<(String, i64)>,
+    ) -> Result<Vec<Result<(i64, Timestamp), QueueError>>, QueueError> {
+        let queue = self.active_queue(tenancy_id, queue_id).await?;
+        check_batch_size(entries.len())?;
+        let now = self.clock.now();
+        let mut results: Vec<Result<(i64, Timestamp), QueueError>> = Vec::with_capacity(entries.len());
+        let mut valid = Vec::new();
+        for (receipt, visibility) in &entries {
+            let checked = limits::in_range("visibilityInSeconds", *visibility, 0, limits::MAX_VISIBILITY_SECS.into())
+                .and_then(|secs| Ok((self.open_receipt(queue.row, receipt)?, now.plus_secs(secs.into()))));
+            match checked {
+                Ok((lease, until)) => {
+                    valid.push((lease, until));
+                    results.push(Ok((lease.message_id, until)));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        let released = valid.iter().any(|(_, until)| *until <= now);
+        let mut outcome = self.store.extend_leases(valid, now).await?.into_iter();
+        for result in results.iter_mut().filter(|r| r.is_ok()) {
+            if !outcome.next().unwrap_or(false) {
+                *result = Err(QueueError::ReceiptInvalid);
+            }
+        }
+        if released {
+            self.wakeups.wake(queue.row);
+        }
+        Ok(results)
+    }
+
+    /// DeleteMessages: deletes each message whose receipt names its current lease.
+    ///
+    /// # Errors
+    /// `QueueNotFound` for the whole batch; per entry `ReceiptInvalid`.
+    pub async fn delete_messages(
+        &self,
+        tenancy_id: &str,
+        queue_id: &str,
+        receipts: Vec<String>,
+    ) -> Result<Vec<Result<(), QueueError>>, QueueError> {
+        let queue = self.active_queue(tenancy_id, queue_id).await?;
+        check_batch_size(receipts.len())?;
+        let mut results: Vec<Result<(), QueueError>> = Vec::with_capacity(receipts.len());
+        let mut valid = Vec::new();
+        for receipt in &receipts {
+            match self.open_receipt(queue.row, receipt) {
+                Ok(lease) => {
+                    valid.push(lease);
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        let mut outcome = self.store.delete_leased(valid, self.clock.now()).await?.into_iter();
+        for result in results.iter_mut().filter(|r| r.is_ok()) {
+            if !outcome.next().unwrap_or(false) {
+                *result = Err(QueueError::ReceiptInvalid);
+            }
+        }
+        Ok(results)
+    }
+
+    fn open_receipt(&self, queue: i64, receipt: &str) -> Result<LeaseRef, QueueError> {
+        let lease = self.receipts.open(receipt)?;
+        if lease.queue != queue {
+            return Err(QueueError::ReceiptInvalid);
+        }
+        Ok(lease)
+    }
+
+    /// GetStats, optionally of one channel.
+    ///
+    /// # Errors
+    /// `QueueNotFound`, or a store failure.
+    pub async fn stats(
+        &self,
+        tenancy_id: &str,
+        queue_id: &str,
+        channel: Option<&str>,
+    ) -> Result<QueueStats, QueueError> {
+        let queue = self.active_queue(tenancy_id, queue_id).await?;
+        let now = self.clock.now();
+        Ok(self.store.stats(queue.row, channel, now, queue.spec.policy.dead_letter_after).await?)
+    }
+
+    /// ListChannels: non-empty channel ids with the given prefix, sorted, paged.
+    ///
+    /// # Errors
+    /// `QueueNotFound`, `InvalidParameter` for a bad limit, or a store failure.
+    pub async fn list_channels(
+        &self,
+        tenancy_id: &str,
+        queue_id: &str,
+        prefix: Option<&str>,
+        page: Option<&str>,
+        limit: Option<i64>,
+    ) -> Result<Page<String>, QueueError> {
+        let queue = self.active_queue(tenancy_id, queue_id).await?;
+        let limit = limits::in_range("limit", limit.unwrap_or(limits::MAX_CHANNELS.into()), 1, 1000)?;
+        let mut items = self.store.channels(queue.row, prefix, page, limit + 1).await?;
+        let next = (items.len() > limit as usize).then(|| {
+            items.truncate(limit as usize);
+            items.last().cloned().unwrap_or_default()
+        });
+        Ok(Page { items, next })
+    }
+
+    /// Redrive (Berth extension): moves dead-lettered messages back, delivery count reset.
+    ///
+    /// # Errors
+    /// `QueueNotFound`, or a store failure.
+    pub async fn redrive(
+        &self,
+        tenancy_id: &str,
+        queue_id: &str,
+        channels: Option<Vec<String>>,
+    ) -> Result<u64, QueueError> {
+        let queue = self.active_queue(tenancy_id, queue_id).await?;
+        let mut moved = 0;
+        loop {
+            let batch = self.store.redrive(queue.row, channels.clone(), super::PURGE_BATCH).await?;
+            moved += batch;
+            if batch < u64::from(super::PURGE_BATCH) {
+                break;
+            }
+        }
+        if moved > 0 {
+            self.wakeups.wake(queue.row);
+        }
+        Ok(moved)
+    }
+}
+
+fn check_batch_size(len: usize) -> Result<(), QueueError> {
+    if len == 0 || len > limits::MAX_BATCH_ENTRIES {
+        return Err(QueueError::invalid(format!(
+            "entries must hold 1 to {} entries, got {len}",
+            limits::MAX_BATCH_ENTRIES
+        )));
+    }
+    Ok(())
+}

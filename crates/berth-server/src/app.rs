@@ -1,0 +1,93 @@
+//! Wiring: opens the store, provisions first-start credentials, binds the listeners,
+//! serves until shutdown, then drains and closes everything in order.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_core::store::Store;
+use berth_core::{Clock, Engine, SystemClock};
+use berth_store::SqliteStore;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Authenticator, Principal};
+use crate::config::Config;
+use crate::{credentials, rest, stomp, workers};
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The queue engine.
+    pub engine: Arc<Engine>,
+    /// Request verification.
+    pub auth: Arc<Authenticator>,
+    /// The `messagesEndpoint` reported to clients.
+    pub public_url: Arc<str>,
+}
+
+/// Opens the embedded store of a data directory.
+pub fn open_store(data_dir: &Path) -> anyhow::Result<Arc<SqliteStore>> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let path = data_dir.join("berth.sqlite3");
+    let store = SqliteStore::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// Runs the server until `shutdown` fires.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let store = open_store(&config.data_dir)?;
+    let http =
+        TcpListener::bind(&config.http_addr).await.with_context(|| format!("cannot bind {}", config.http_addr))?;
+    let stomp =
+        TcpListener::bind(&config.stomp_addr).await.with_context(|| format!("cannot bind {}", config.stomp_addr))?;
+    let (http_addr, stomp_addr) = (http.local_addr()?, stomp.local_addr()?);
+    let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{http_addr}"));
+
+    let default_tenancy = credentials::bootstrap(store.as_ref(), &config.data_dir, &config.region, &public_url).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store_dyn: Arc<dyn Store> = store.clone();
+    let engine =
+        Arc::new(Engine::new(store_dyn.clone(), clock.clone(), config.region.clone(), shutdown.clone()).await?);
+    let auth = if config.insecure_no_auth {
+        tracing::warn!(
+            "AUTHENTICATION IS OFF (--insecure-no-auth): every request acts as tenancy {}. \
+             Never expose this server beyond local testing.",
+            default_tenancy.id
+        );
+        let principal = Principal { tenancy_id: default_tenancy.id.clone(), user_id: "insecure-no-auth".into() };
+        Authenticator::insecure(store_dyn.clone(), clock.clone(), principal)
+    } else {
+        Authenticator::new(store_dyn.clone(), clock.clone())
+    };
+    let state = AppState { engine, auth: Arc::new(auth), public_url: public_url.into() };
+
+    let sweeper = tokio::spawn(workers::sweep(store_dyn.clone(), clock, shutdown.clone()));
+    let stomp_task = tokio::spawn(stomp::refuse_all(stomp, shutdown.clone()));
+    let serve = axum::serve(http, rest::router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = tokio::spawn(async move { serve.await });
+
+    println!("listening http={http_addr} stomp={stomp_addr}");
+    println!("OCI config for the SDK and CLI: {}", config.data_dir.join("credentials").join("oci-config").display());
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: no new connections; draining requests");
+    match tokio::time::timeout(config.shutdown_grace, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server failed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
+        Err(_) => tracing::warn!(
+            grace_ms = config.shutdown_grace.as_millis() as u64,
+            "requests still open after the grace period"
+        ),
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = sweeper.await;
+        let _ = stomp_task.await;
+    })
+    .await;
+    store.close().await?;
+    tracing::info!("stopped");
+    Ok(())
+}

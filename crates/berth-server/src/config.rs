@@ -1,0 +1,225 @@
+//! Configuration: defaults < TOML file (`--config`) < `BERTH_*` environment < flags.
+//! `validate` reports every problem at once.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+/// The `berth` command line.
+#[derive(Parser, Debug)]
+#[command(name = "berth", version, about = "A self-hosted message queue that speaks the OCI Queue API")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Manage API credentials.
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
+}
+
+/// `berth credentials ...`
+#[derive(Subcommand, Debug)]
+pub enum CredentialsCommand {
+    /// Create a user with an API signing key and a STOMP passcode (and its tenancy if new).
+    Create(CreateCredentialsArgs),
+}
+
+/// `berth credentials create`
+#[derive(Args, Debug)]
+pub struct CreateCredentialsArgs {
+    /// Data directory of the server.
+    #[arg(long, env = "BERTH_DATA_DIR", default_value = "./berth-data")]
+    pub data_dir: PathBuf,
+    /// Tenancy name (created if new).
+    #[arg(long)]
+    pub tenancy: String,
+    /// User name, unique within the tenancy.
+    #[arg(long)]
+    pub user: String,
+    /// Where to write `oci-config`, `<user>.json` and the key.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Endpoint written into the files.
+    #[arg(long, env = "BERTH_PUBLIC_URL", default_value = "http://127.0.0.1:8080")]
+    pub endpoint: String,
+    /// Region written into `oci-config` and used in OCIDs.
+    #[arg(long, env = "BERTH_REGION", default_value = DEFAULT_REGION)]
+    pub region: String,
+}
+
+/// `berth serve` flags; each overrides the same key of the file.
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML file with the same keys (data_dir, http_addr, ...).
+    #[arg(long, env = "BERTH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (database and credentials) [default: ./berth-data].
+    #[arg(long, env = "BERTH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address [default: 127.0.0.1:8080].
+    #[arg(long, env = "BERTH_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// STOMP listen address [default: 127.0.0.1:61613].
+    #[arg(long, env = "BERTH_STOMP_ADDR")]
+    pub stomp_addr: Option<String>,
+    /// The `messagesEndpoint` reported to clients [default: http://<http-addr>].
+    #[arg(long, env = "BERTH_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Region used in OCIDs and written into generated OCI configs [default: us-ashburn-1].
+    #[arg(long, env = "BERTH_REGION")]
+    pub region: Option<String>,
+    /// Accept unsigned requests as the default tenancy. For local testing only.
+    #[arg(long, env = "BERTH_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// How long in-flight requests get at shutdown, e.g. "10s" [default: 10s].
+    #[arg(long, env = "BERTH_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<String>,
+}
+
+/// Keys of the TOML file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address.
+    pub http_addr: Option<String>,
+    /// STOMP listen address.
+    pub stomp_addr: Option<String>,
+    /// Reported messages endpoint.
+    pub public_url: Option<String>,
+    /// Region.
+    pub region: Option<String>,
+    /// Turn authentication off.
+    pub insecure_no_auth: Option<bool>,
+    /// Shutdown grace period, human units.
+    pub shutdown_grace: Option<String>,
+}
+
+const DEFAULT_REGION: &str = "us-ashburn-1";
+
+/// The effective configuration of `serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// HTTP listen address.
+    pub http_addr: String,
+    /// STOMP listen address.
+    pub stomp_addr: String,
+    /// Reported messages endpoint; `None` = `http://<bound http addr>`.
+    pub public_url: Option<String>,
+    /// Region.
+    pub region: String,
+    /// Authentication off.
+    pub insecure_no_auth: bool,
+    /// Grace period for in-flight requests at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// Merges flags (and the environment, through clap) over the file over defaults.
+    ///
+    /// # Errors
+    /// An unreadable or invalid file, or invalid values (all listed).
+    pub fn load(args: ServeArgs) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let grace = args.shutdown_grace.or(file.shutdown_grace).unwrap_or_else(|| "10s".into());
+        let mut problems = Vec::new();
+        let shutdown_grace = humantime::parse_duration(&grace).unwrap_or_else(|e| {
+            problems.push(format!("shutdown_grace {grace:?}: {e}"));
+            Duration::from_secs(10)
+        });
+        let config = Config {
+            data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./berth-data")),
+            http_addr: args.http_addr.or(file.http_addr).unwrap_or_else(|| "127.0.0.1:8080".into()),
+            stomp_addr: args.stomp_addr.or(file.stomp_addr).unwrap_or_else(|| "127.0.0.1:61613".into()),
+            public_url: args.public_url.or(file.public_url),
+            region: args.region.or(file.region).unwrap_or_else(|| DEFAULT_REGION.into()),
+            insecure_no_auth: args.insecure_no_auth || file.insecure_no_auth.unwrap_or(false),
+            shutdown_grace,
+        };
+        problems.extend(config.problems());
+        if !problems.is_empty() {
+            anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
+        }
+        Ok(config)
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (key, addr) in [("http_addr", &self.http_addr), ("stomp_addr", &self.stomp_addr)] {
+            if addr.parse::<SocketAddr>().is_err() {
+                problems.push(format!("{key} {addr:?} is not HOST:PORT with an IP address"));
+            }
+        }
+        if let Some(url) = &self.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.ends_with('/') {
+                problems.push(format!("public_url {url:?} must start with http:// or https:// and not end with /"));
+            }
+        }
+        if self.region.is_empty() || !self.region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            problems.push(format!("region {:?} must be letters, digits and dashes", self.region));
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("berth.toml");
+        std::fs::write(&file, "http_addr = \"127.0.0.1:9000\"\nstomp_addr = \"127.0.0.1:9001\"\n").unwrap();
+        let args = ServeArgs { config: Some(file), stomp_addr: Some("127.0.0.1:0".into()), ..ServeArgs::default() };
+        let config = Config::load(args).unwrap();
+        assert_eq!(config.http_addr, "127.0.0.1:9000");
+        assert_eq!(config.stomp_addr, "127.0.0.1:0");
+        assert_eq!(config.data_dir, PathBuf::from("./berth-data"));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let args = ServeArgs {
+            http_addr: Some("nowhere".into()),
+            public_url: Some("ftp://x".into()),
+            shutdown_grace: Some("soon".into()),
+            ..ServeArgs::default()
+        };
+        let message = Config::load(args).unwrap_err().to_string();
+        for key in ["http_addr", "public_url", "shutdown_grace"] {
+            assert!(message.contains(key), "{message}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("berth.toml");
+        std::fs::write(&file, "http_adr = \"127.0.0.1:9000\"\n").unwrap();
+        let err = Config::load(ServeArgs { config: Some(file), ..ServeArgs::default() }).unwrap_err();
+        assert!(format!("{err:#}").contains("http_adr"), "{err:#}");
+    }
+}

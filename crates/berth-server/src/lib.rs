@@ -1,0 +1,18 @@
+//! The `berth` server: OCI Queue REST API over the core engine.
+//!
+//! # Layout
+//! - [`config`]: command line, TOML file and `BERTH_*` environment, merged and validated.
+//! - [`app`]: wiring and the shutdown sequence.
+//! - [`auth`]: OCI request signatures → [`auth::Principal`].
+//! - [`rest`]: routes, handlers (named after OCI operations), DTOs and the one error mapping.
+//! - [`credentials`]: API keys and STOMP passcodes, OCI config files.
+//! - [`workers`]: bounded background sweeps.
+//! - [`stomp`]: the STOMP listener (protocol not implemented yet).
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod credentials;
+pub mod rest;
+pub mod stomp;
+pub mod workers;

@@ -1,0 +1,57 @@
+//! `berth`: parses the command line and hands over to the library.
+
+use anyhow::Context;
+use berth_server::config::{Cli, Command, Config, CredentialsCommand};
+use berth_server::{app, credentials};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => {
+            let config = Config::load(args)?;
+            tracing::info!(?config, "starting");
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            app::run(config, shutdown).await
+        }
+        Command::Credentials(CredentialsCommand::Create(args)) => {
+            let store = app::open_store(&args.data_dir)?;
+            let tenancy = credentials::tenancy(store.as_ref(), &args.tenancy).await?;
+            let issued =
+                credentials::issue(store.as_ref(), &tenancy, &args.user, &args.out, &args.endpoint, &args.region)
+                    .await
+                    .context("cannot create credentials")?;
+            berth_core::store::Store::close(store.as_ref()).await?;
+            println!("created user {} ({}) in tenancy {}", args.user, issued.user_id, tenancy.name);
+            println!("OCI config for the SDK and CLI: {}", args.out.join("oci-config").display());
+            Ok(())
+        }
+    }
+}
+
+/// Fires `shutdown` on SIGTERM or Ctrl-C.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,123 @@
+//! Wire errors of the REST API: every failure becomes OCI's `{"code","message"}` body with
+//! the right status, mapped here once. Internal details are logged, never sent.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use berth_core::error::{QueueError, StoreError};
+
+/// An error answered to a REST client.
+#[derive(Debug)]
+pub enum ApiError {
+    /// From the engine.
+    Queue(QueueError),
+    /// The body is not JSON.
+    CannotParse(String),
+    /// The request was not signed correctly.
+    NotAuthenticated,
+    /// No such operation.
+    NoRoute,
+    /// No such method for this path.
+    MethodNotAllowed,
+    /// The body is larger than any valid request.
+    BodyTooLarge,
+    /// A handler panicked.
+    Panic,
+}
+
+impl From<QueueError> for ApiError {
+    fn from(error: QueueError) -> Self {
+        ApiError::Queue(error)
+    }
+}
+
+impl ApiError {
+    /// Shorthand for an invalid parameter.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError::Queue(QueueError::InvalidParameter(message.into()))
+    }
+
+    /// Shorthand for a missing parameter.
+    pub fn missing(message: impl Into<String>) -> Self {
+        ApiError::Queue(QueueError::MissingParameter(message.into()))
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Queue(e) => match e {
+                QueueError::QueueNotFound | QueueError::WorkRequestNotFound | QueueError::ReceiptInvalid => {
+                    StatusCode::NOT_FOUND
+                }
+                QueueError::InvalidParameter(_) | QueueError::MissingParameter(_) | QueueError::LimitExceeded(_) => {
+                    StatusCode::BAD_REQUEST
+                }
+                QueueError::EtagMismatch => StatusCode::PRECONDITION_FAILED,
+                QueueError::RetryTokenReused => StatusCode::CONFLICT,
+                QueueError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+                QueueError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+                QueueError::Store(StoreError::Backend(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ApiError::CannotParse(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotAuthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Panic => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// OCI's error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Queue(e) => match e {
+                QueueError::QueueNotFound | QueueError::WorkRequestNotFound | QueueError::ReceiptInvalid => {
+                    "NotAuthorizedOrNotFound"
+                }
+                QueueError::InvalidParameter(_) => "InvalidParameter",
+                QueueError::MissingParameter(_) => "MissingParameter",
+                QueueError::LimitExceeded(_) => "LimitExceeded",
+                QueueError::EtagMismatch => "NoEtagMatch",
+                QueueError::RetryTokenReused => "InvalidatedRetryToken",
+                QueueError::ShuttingDown | QueueError::Store(StoreError::Unavailable(_)) => "ServiceUnavailable",
+                QueueError::Store(StoreError::Backend(_)) => "InternalServerError",
+            },
+            ApiError::CannotParse(_) => "CannotParseRequest",
+            ApiError::NotAuthenticated => "NotAuthenticated",
+            ApiError::NoRoute => "NotFound",
+            ApiError::MethodNotAllowed => "MethodNotAllowed",
+            ApiError::BodyTooLarge => "RequestEntityTooLarge",
+            ApiError::Panic => "InternalServerError",
+        }
+    }
+
+    /// The text the client sees; server faults say nothing about internals.
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::Queue(QueueError::Store(_)) | ApiError::Panic => {
+                "The service could not complete the request; it has been logged.".into()
+            }
+            ApiError::Queue(e) => e.to_string(),
+            ApiError::CannotParse(detail) => format!("The request body is not valid JSON: {detail}"),
+            ApiError::NotAuthenticated => {
+                "The required information to complete authentication was not provided or was incorrect.".into()
+            }
+            ApiError::NoRoute => "There is no operation for this path.".into(),
+            ApiError::MethodNotAllowed => "This path does not support the method.".into(),
+            ApiError::BodyTooLarge => "The request body is larger than any valid request.".into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(status = status.as_u16(), error = ?self, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), code = self.code(), message = %self.message(), "request refused");
+        }
+        let body = serde_json::json!({ "code": self.code(), "message": self.message() });
+        (status, Json(body)).into_response()
+    }
+}

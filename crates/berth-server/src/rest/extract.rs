@@ -1,0 +1,62 @@
+//! Extractors whose rejections take OCI's error shape.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// Parses a JSON body: malformed → `CannotParseRequest`, a missing field → `MissingParameter`,
+/// a wrong type or value → `InvalidParameter`.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        use serde_json::error::Category;
+        let text = e.to_string();
+        match e.classify() {
+            Category::Data if text.starts_with("missing field") => ApiError::missing(text),
+            Category::Data => ApiError::invalid(text),
+            Category::Syntax | Category::Eof | Category::Io => ApiError::CannotParse(text),
+        }
+    })
+}
+
+/// A JSON body in OCI's error shape.
+pub struct OciJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OciJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let body = Bytes::from_request(req, state).await.map_err(|_| ApiError::BodyTooLarge)?;
+        parse_json(&body).map(OciJson)
+    }
+}
+
+/// Query parameters in OCI's error shape.
+pub struct OciQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for OciQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| OciQuery(q))
+            .map_err(|e| ApiError::invalid(format!("invalid query parameter: {}", e.body_text())))
+    }
+}
+
+/// Path parameters in OCI's error shape.
+pub struct OciPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for OciPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(p)| OciPath(p))
+            .map_err(|e| ApiError::invalid(format!("invalid path parameter: {}", e.body_text())))
+    }
+}

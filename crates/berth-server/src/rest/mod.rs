@@ -1,0 +1,11 @@
+//! The OCI Queue REST API: routes, handlers, wire types and wire errors.
+
+pub mod control_plane;
+pub mod data_plane;
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod request_id;
+pub mod router;
+
+pub use router::router;

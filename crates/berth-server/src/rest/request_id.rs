@@ -1,0 +1,31 @@
+//! `opc-request-id` on every response: the client's id when it sent one, else a new one.
+
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use rand::Rng;
+
+/// The request id of the current request, for handlers and logs.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub HeaderValue);
+
+/// Middleware: assigns the id and puts it on the response, errors and panics included.
+pub async fn assign(mut request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get("opc-request-id")
+        .filter(|v| !v.is_empty() && v.len() <= 98)
+        .cloned()
+        .unwrap_or_else(new_id);
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(request).await;
+    response.headers_mut().insert("opc-request-id", id);
+    response
+}
+
+fn new_id() -> HeaderValue {
+    let bytes: [u8; 16] = rand::thread_rng().gen();
+    let hex: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
+    HeaderValue::from_str(&hex).expect("hex is a valid header value")
+}

@@ -1,0 +1,64 @@
+//! The one route table. Paths are the SDK's (`/20210201/...`); handlers carry OCI's names.
+
+use std::any::Any;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use super::control_plane::*;
+use super::data_plane::*;
+use super::error::ApiError;
+use super::request_id;
+use crate::app::AppState;
+use crate::auth::authenticate;
+
+/// Longest a request may take; above the 30 s long-poll maximum, so requests don't hang forever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// The HTTP application.
+pub fn router(state: AppState) -> Router {
+    let q = "/20210201/queues/{queue_id}";
+    let api = Router::new()
+        .route("/20210201/queues", get(list_queues).post(create_queue))
+        .route(q, get(get_queue).put(update_queue).delete(delete_queue))
+        .route(&format!("{q}/actions/changeCompartment"), post(change_queue_compartment))
+        .route(&format!("{q}/actions/purge"), post(purge_queue))
+        .route(&format!("{q}/actions/redrive"), post(redrive))
+        .route(&format!("{q}/messages"), get(get_messages).post(put_messages))
+        .route(&format!("{q}/messages/actions/updateMessages"), post(update_messages))
+        .route(&format!("{q}/messages/actions/deleteMessages"), post(delete_messages))
+        .route(&format!("{q}/messages/{{receipt}}"), put(update_message).delete(delete_message))
+        .route(&format!("{q}/stats"), get(get_stats))
+        .route(&format!("{q}/channels"), get(list_channels))
+        .route("/20210201/workRequests", get(list_work_requests))
+        .route("/20210201/workRequests/{id}", get(get_work_request))
+        .route("/20210201/workRequests/{id}/errors", get(list_work_request_errors))
+        .route("/20210201/workRequests/{id}/logs", get(list_work_request_logs))
+        .route_layer(from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .merge(api)
+        .fallback(|| async { ApiError::NoRoute })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(from_fn(request_id::assign))
+        .with_state(state)
+}
+
+/// A panic becomes a logged 500 in OCI's shape; the process keeps serving.
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = detail, "handler panicked");
+    ApiError::Panic.into_response()
+}

@@ -1,0 +1,37 @@
+//! Background work: retention, expired leases and dead-lettering, reclaiming deleted
+//! queues and space, each in bounded batches so no sweep holds the writer for long.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_core::store::Store;
+use berth_core::Clock;
+use tokio_util::sync::CancellationToken;
+
+/// Rows per kind of work in one sweep.
+const SWEEP_BATCH: u32 = 1_000;
+/// Pause between sweeps when the last one found little to do.
+const IDLE_PAUSE: Duration = Duration::from_secs(1);
+
+/// Sweeps until `shutdown` fires; sweeps again at once while there is a backlog.
+pub async fn sweep(store: Arc<dyn Store>, clock: Arc<dyn Clock>, shutdown: CancellationToken) {
+    loop {
+        let busy = match store.sweep(clock.now(), SWEEP_BATCH).await {
+            Ok(report) => {
+                if report.total() > 0 {
+                    tracing::debug!(?report, "sweep");
+                }
+                report.total() >= u64::from(SWEEP_BATCH)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "sweep failed; retrying");
+                false
+            }
+        };
+        let pause = if busy { Duration::from_millis(10) } else { IDLE_PAUSE };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}

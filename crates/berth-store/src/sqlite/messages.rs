@@ -1,0 +1,462 @@
+//! Message rows: put, lease, extend, delete, stats, channels, purge, redrive, sweep.
+//! Every query walks an index, so its cost does not grow with the backlog.
+
+use std::collections::BTreeMap;
+
+use berth_core::clock::Timestamp;
+use berth_core::delivery::{after_lease, AfterLease};
+use berth_core::error::QueueError;
+use berth_core::model::{
+    LeaseRef, LeaseRequest, LeasedMessage, MessageCounts, MessageToStore, PurgeTarget, QueueRow, QueueStats,
+};
+use berth_core::store::SweepReport;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::sql;
+
+/// Expired leases released per lease call; the sweeper handles any surplus.
+const RELEASE_PER_LEASE: u32 = 256;
+
+pub(crate) fn put(
+    conn: &Connection,
+    queue: QueueRow,
+    messages: Vec<MessageToStore>,
+    max_channels: u32,
+) -> Result<Vec<i64>, QueueError> {
+    check_channel_limit(conn, queue, &messages, max_channels)?;
+    let mut insert_row = conn
+        .prepare_cached(
+            "INSERT INTO messages (queue, dlq, channel, leased, visible_at, delivery_count, lease_token, created_at,
+                                   expire_at, size)
+             VALUES (?1, 0, ?2, ?3, ?4, 0, 0, ?5, ?6, ?7)",
+        )
+        .map_err(sql)?;
+    let mut insert_body =
+        conn.prepare_cached("INSERT INTO message_bodies (id, properties, content) VALUES (?1, ?2, ?3)").map_err(sql)?;
+    let mut ids = Vec::with_capacity(messages.len());
+    for m in messages {
+        let (leased, visible_at) = match m.delayed_until {
+            Some(at) => (1, at.0),
+            None => (0, m.created_at.0),
+        };
+        insert_row
+            .execute(params![
+                queue,
+                m.message.channel,
+                leased,
+                visible_at,
+                m.created_at.0,
+                m.expire_at.0,
+                m.message.content.len() as i64
+            ])
+            .map_err(sql)?;
+        let id = conn.last_insert_rowid();
+        let properties = m.message.properties.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default());
+        insert_body.execute(params![id, properties, m.message.content]).map_err(sql)?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// Fails if the messages would bring the queue above `max_channels` non-empty channels.
+fn check_channel_limit(
+    conn: &Connection,
+    queue: QueueRow,
+    messages: &[MessageToStore],
+    max_channels: u32,
+) -> Result<(), QueueError> {
+    let mut new_channels = Vec::new();
+    for m in messages {
+        let channel = &m.message.channel;
+        if channel.is_empty() || new_channels.contains(channel) {
+            continue;
+        }
+        let exists = conn
+            .prepare_cached("SELECT 1 FROM messages WHERE queue = ?1 AND channel = ?2 LIMIT 1")
+            .and_then(|mut s| s.query_row(params![queue, channel], |_| Ok(())).optional())
+            .map_err(sql)?;
+        if exists.is_none() {
+            new_channels.push(channel.clone());
+        }
+    }
+    if new_channels.is_empty() {
+        return Ok(());
+    }
+    let existing = channels(conn, queue, None, None, max_channels + 1).map_err(sql)?.len();
+    if existing + new_channels.len() > max_channels as usize {
+        return Err(QueueError::LimitExceeded(format!("a queue holds at most {max_channels} non-empty channels")));
+    }
+    Ok(())
+}
+
+/// Returns expired leases and due delays of one queue side to the ready state, moving
+/// messages that used up their deliveries to the dead letter queue.
+fn release_expired(
+    conn: &Connection,
+    queue: QueueRow,
+    dead_letter: bool,
+    now: Timestamp,
+    dead_letter_after: u32,
+    limit: u32,
+    report: &mut SweepReport,
+) -> rusqlite::Result<()> {
+    let due: Vec<(i64, u32)> = conn
+        .prepare_cached(
+            "SELECT id, delivery_count FROM messages
+             WHERE queue = ?1 AND dlq = ?2 AND leased = 1 AND visible_at <= ?3 ORDER BY visible_at LIMIT ?4",
+        )?
+        .query_map(params![queue, dead_letter, now.0, limit], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut ready = conn.prepare_cached("UPDATE messages SET leased = 0 WHERE id = ?1")?;
+    let mut dead = conn.prepare_cached("UPDATE messages SET leased = 0, dlq = 1 WHERE id = ?1")?;
+    for (id, delivery_count) in due {
+        match after_lease(delivery_count, dead_letter_after, dead_letter) {
+            AfterLease::Redeliver => {
+                ready.execute(params![id])?;
+                report.released += 1;
+            }
+            AfterLease::DeadLetter => {
+                dead.execute(params![id])?;
+                report.dead_lettered += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The next channel after `after` holding messages (`ready_only`: ready messages of one side).
+fn next_channel(
+    conn: &Connection,
+    queue: QueueRow,
+    ready_side: Option<bool>,
+    after: &str,
+) -> rusqlite::Result<Option<String>> {
+    match ready_side {
+        Some(dead_letter) => conn
+            .prepare_cached(
+                "SELECT channel FROM messages WHERE queue = ?1 AND dlq = ?2 AND leased = 0 AND channel > ?3
+                 ORDER BY channel LIMIT 1",
+            )?
+            .query_row(params![queue, dead_letter, after], |row| row.get(0))
+            .optional(),
+        None => conn
+            .prepare_cached("SELECT channel FROM messages WHERE queue = ?1 AND channel > ?2 ORDER BY channel LIMIT 1")?
+            .query_row(params![queue, after], |row| row.get(0))
+            .optional(),
+    }
+}
+
+pub(crate) fn lease(conn: &Connection, req: &LeaseRequest) -> rusqlite::Result<Vec<LeasedMessage>> {
+    let mut report = SweepReport::default();
+    // Dead-lettering moves rows from the main side, so a DLQ consumer releases both sides.
+    release_expired(conn, req.queue, false, req.now, req.dead_letter_after, RELEASE_PER_LEASE, &mut report)?;
+    if req.dead_letter {
+        release_expired(conn, req.queue, true, req.now, req.dead_letter_after, RELEASE_PER_LEASE, &mut report)?;
+    }
+    let channels = match &req.channel {
+        Some(channel) => vec![channel.clone()],
+        None => ready_channels_fair(conn, req.queue, req.dead_letter)?,
+    };
+    let mut candidates: Vec<(i64, u32, i64, i64, usize)> = Vec::new();
+    let mut bytes = 0usize;
+    let mut pick = conn.prepare_cached(
+        "SELECT id, delivery_count, created_at, expire_at, size FROM messages
+         WHERE queue = ?1 AND dlq = ?2 AND leased = 0 AND channel = ?3 AND expire_at > ?4
+         ORDER BY id LIMIT ?5",
+    )?;
+    'channels: for channel in &channels {
+        let wanted = req.max_messages as usize - candidates.len();
+        let rows = pick.query_map(params![req.queue, req.dead_letter, channel, req.now.0, wanted as i64], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get::<_, i64>(4)? as usize))
+        })?;
+        for row in rows {
+            let row = row?;
+            if !candidates.is_empty() && bytes + row.4 > req.max_bytes {
+                break 'channels;
+            }
+            bytes += row.4;
+            candidates.push(row);
+        }
+        if candidates.len() >= req.max_messages as usize {
+            break;
+        }
+    }
+    let mut take = conn.prepare_cached(
+        "UPDATE messages SET leased = 1, visible_at = ?2, delivery_count = delivery_count + 1, lease_token = ?3
+         WHERE id = ?1 RETURNING channel",
+    )?;
+    let mut body = conn.prepare_cached("SELECT properties, content FROM message_bodies WHERE id = ?1")?;
+    let mut leased = Vec::with_capacity(candidates.len());
+    for (id, delivery_count, created_at, expire_at, _) in candidates {
+        let lease_token: i64 = rand::random();
+        let channel: String = take.query_row(params![id, req.visible_after.0, lease_token], |row| row.get(0))?;
+        let (properties, content): (Option<String>, String) =
+            body.query_row(params![id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        leased.push(LeasedMessage {
+            id,
+            content,
+            channel,
+            properties: properties.and_then(|p| serde_json::from_str::<BTreeMap<String, String>>(&p).ok()),
+            delivery_count: delivery_count + 1,
+            created_at: Timestamp(created_at),
+            expire_at: Timestamp(expire_at),
+            visible_after: req.visible_after,
+            lease_token,
+        });
+    }
+    Ok(leased)
+}
+
+/// Channels with ready messages, rotated from a random start so that over many gets
+/// every non-empty channel is served first equally often.
+fn ready_channels_fair(conn: &Connection, queue: QueueRow, dead_letter: bool) -> rusqlite::Result<Vec<String>> {
+    let mut found = Vec::new();
+    // The default channel is "" and sorts first; probe it separately from "> ''".
+    let default_ready = conn
+        .prepare_cached("SELECT 1 FROM messages WHERE queue = ?1 AND dlq = ?2 AND leased = 0 AND channel = '' LIMIT 1")?
+        .query_row(params![queue, dead_letter], |_| Ok(()))
+        .optional()?;
+    if default_ready.is_some() {
+        found.push(String::new());
+    }
+    let mut after = String::new();
+    while let Some(channel) = next_channel(conn, queue, Some(dead_letter), &after)? {
+        after.clone_from(&channel);
+        found.push(channel);
+    }
+    if found.len() > 1 {
+        let start = rand::random::<usize>() % found.len();
+        found.rotate_left(start);
+    }
+    Ok(found)
+}
+
+pub(crate) fn extend(
+    conn: &Connection,
+    leases: &[(LeaseRef, Timestamp)],
+    now: Timestamp,
+) -> rusqlite::Result<Vec<bool>> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE messages SET visible_at = ?1
+         WHERE id = ?2 AND queue = ?3 AND dlq = ?4 AND leased = 1 AND lease_token = ?5 AND visible_at > ?6",
+    )?;
+    leases
+        .iter()
+        .map(|(l, until)| {
+            stmt.execute(params![until.0, l.message_id, l.queue, l.dead_letter, l.lease_token, now.0]).map(|n| n == 1)
+        })
+        .collect()
+}
+
+pub(crate) fn delete(conn: &Connection, leases: &[LeaseRef], now: Timestamp) -> rusqlite::Result<Vec<bool>> {
+    let mut row = conn.prepare_cached(
+        "DELETE FROM messages
+         WHERE id = ?1 AND queue = ?2 AND dlq = ?3 AND leased = 1 AND lease_token = ?4 AND visible_at > ?5",
+    )?;
+    let mut body = conn.prepare_cached("DELETE FROM message_bodies WHERE id = ?1")?;
+    leases
+        .iter()
+        .map(|l| {
+            let deleted = row.execute(params![l.message_id, l.queue, l.dead_letter, l.lease_token, now.0])? == 1;
+            if deleted {
+                body.execute(params![l.message_id])?;
+            }
+            Ok(deleted)
+        })
+        .collect()
+}
+
+pub(crate) fn next_visible_at(
+    conn: &Connection,
+    queue: QueueRow,
+    dead_letter: bool,
+) -> rusqlite::Result<Option<Timestamp>> {
+    // A message due to be dead-lettered becomes visible on the DLQ side, so DLQ pollers
+    // also watch the main side's leases.
+    let min: Option<i64> = conn
+        .prepare_cached("SELECT MIN(visible_at) FROM messages WHERE queue = ?1 AND leased = 1 AND dlq IN (0, ?2)")?
+        .query_row(params![queue, dead_letter], |row| row.get(0))?;
+    Ok(min.map(Timestamp))
+}
+
+pub(crate) fn stats(
+    conn: &Connection,
+    queue: QueueRow,
+    channel: Option<&str>,
+    now: Timestamp,
+    dead_letter_after: u32,
+) -> rusqlite::Result<QueueStats> {
+    // A lease that ended undeleted counts where the next lease call will put it.
+    let mut stmt = conn.prepare_cached(
+        "SELECT CASE WHEN leased = 1 AND visible_at <= ?2 AND dlq = 0 AND ?3 > 0 AND delivery_count >= ?3
+                     THEN 1 ELSE dlq END AS side,
+                SUM(leased = 0 OR visible_at <= ?2),
+                SUM(leased = 1 AND visible_at > ?2 AND delivery_count > 0),
+                SUM(leased = 1 AND visible_at > ?2 AND delivery_count = 0),
+                SUM(CASE WHEN leased = 0 OR visible_at <= ?2 OR delivery_count > 0 THEN size ELSE 0 END)
+         FROM messages
+         WHERE queue = ?1 AND (?4 IS NULL OR channel = ?4) AND expire_at > ?2
+         GROUP BY side",
+    )?;
+    let mut stats = QueueStats::default();
+    let rows = stmt.query_map(params![queue, now.0, dead_letter_after, channel], |row| {
+        let counts = MessageCounts {
+            visible: row.get::<_, i64>(1)? as u64,
+            in_flight: row.get::<_, i64>(2)? as u64,
+            delayed: row.get::<_, i64>(3)? as u64,
+            size_bytes: row.get::<_, i64>(4)? as u64,
+        };
+        Ok((row.get::<_, i64>(0)? == 1, counts))
+    })?;
+    for row in rows {
+        let (dead_letter, counts) = row?;
+        if dead_letter {
+            stats.dead_letter = counts;
+        } else {
+            stats.queue = counts;
+        }
+    }
+    Ok(stats)
+}
+
+/// Non-empty named channels after `after` that start with `prefix`, at most `limit`.
+pub(crate) fn channels(
+    conn: &Connection,
+    queue: QueueRow,
+    prefix: Option<&str>,
+    after: Option<&str>,
+    limit: u32,
+) -> rusqlite::Result<Vec<String>> {
+    let prefix = prefix.unwrap_or("");
+    let mut cursor = after.unwrap_or("").to_owned();
+    if prefix > cursor.as_str() {
+        // Start below the prefix: the prefix minus its last character sorts before every
+        // string that starts with the prefix.
+        let cut = prefix.char_indices().last().map_or(0, |(at, _)| at);
+        cursor = prefix[..cut].to_owned();
+    }
+    let mut found = Vec::new();
+    while found.len() < limit as usize {
+        let Some(channel) = next_channel(conn, queue, None, &cursor)? else { break };
+        if !channel.starts_with(prefix) {
+            if channel.as_str() > prefix {
+                break;
+            }
+        } else {
+            found.push(channel.clone());
+        }
+        cursor = channel;
+    }
+    Ok(found)
+}
+
+/// Deletes rows by id from both tables.
+fn delete_ids(conn: &Connection, ids: &[i64]) -> rusqlite::Result<()> {
+    let mut row = conn.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
+    let mut body = conn.prepare_cached("DELETE FROM message_bodies WHERE id = ?1")?;
+    for id in ids {
+        row.execute(params![id])?;
+        body.execute(params![id])?;
+    }
+    Ok(())
+}
+
+fn ids_of(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> rusqlite::Result<Vec<i64>> {
+    conn.prepare_cached(sql)?.query_map(args, |row| row.get(0))?.collect()
+}
+
+pub(crate) fn purge(
+    conn: &Connection,
+    queue: QueueRow,
+    target: PurgeTarget,
+    channels: Option<&[String]>,
+    batch: u32,
+) -> rusqlite::Result<u64> {
+    let (min_side, max_side) = match target {
+        PurgeTarget::Normal => (0, 0),
+        PurgeTarget::DeadLetter => (1, 1),
+        PurgeTarget::Both => (0, 1),
+    };
+    let ids = match channels {
+        None => ids_of(
+            conn,
+            "SELECT id FROM messages WHERE queue = ?1 AND dlq BETWEEN ?2 AND ?3 LIMIT ?4",
+            params![queue, min_side, max_side, batch],
+        )?,
+        Some(channels) => {
+            let mut ids = Vec::new();
+            for channel in channels {
+                let left = batch as usize - ids.len();
+                ids.extend(ids_of(
+                    conn,
+                    "SELECT id FROM messages WHERE queue = ?1 AND channel = ?2 AND dlq BETWEEN ?3 AND ?4 LIMIT ?5",
+                    params![queue, channel, min_side, max_side, left as i64],
+                )?);
+            }
+            ids
+        }
+    };
+    delete_ids(conn, &ids)?;
+    Ok(ids.len() as u64)
+}
+
+pub(crate) fn redrive(
+    conn: &Connection,
+    queue: QueueRow,
+    channels: Option<&[String]>,
+    batch: u32,
+) -> rusqlite::Result<u64> {
+    let ids = match channels {
+        None => ids_of(conn, "SELECT id FROM messages WHERE queue = ?1 AND dlq = 1 LIMIT ?2", params![queue, batch])?,
+        Some(channels) => {
+            let mut ids = Vec::new();
+            for channel in channels {
+                let left = batch as usize - ids.len();
+                ids.extend(ids_of(
+                    conn,
+                    "SELECT id FROM messages WHERE queue = ?1 AND channel = ?2 AND dlq = 1 LIMIT ?3",
+                    params![queue, channel, left as i64],
+                )?);
+            }
+            ids
+        }
+    };
+    let mut back = conn
+        .prepare_cached("UPDATE messages SET dlq = 0, leased = 0, delivery_count = 0, lease_token = 0 WHERE id = ?1")?;
+    for id in &ids {
+        back.execute(params![id])?;
+    }
+    Ok(ids.len() as u64)
+}
+
+pub(crate) fn sweep(conn: &Connection, now: Timestamp, batch: u32) -> rusqlite::Result<SweepReport> {
+    let mut report = SweepReport::default();
+    let expired = ids_of(conn, "SELECT id FROM messages WHERE expire_at <= ?1 LIMIT ?2", params![now.0, batch])?;
+    delete_ids(conn, &expired)?;
+    report.expired = expired.len() as u64;
+
+    let queues: Vec<(QueueRow, u32, String)> = conn
+        .prepare_cached("SELECT row, dead_letter_after, state FROM queues")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (queue, dead_letter_after, state) in queues {
+        if state == "DELETED" {
+            let ids = ids_of(conn, "SELECT id FROM messages WHERE queue = ?1 LIMIT ?2", params![queue, batch])?;
+            delete_ids(conn, &ids)?;
+            report.reclaimed += ids.len() as u64;
+            if ids.is_empty() {
+                conn.execute("DELETE FROM queues WHERE row = ?1", params![queue])?;
+            }
+            continue;
+        }
+        for dead_letter in [false, true] {
+            release_expired(conn, queue, dead_letter, now, dead_letter_after, batch, &mut report)?;
+        }
+    }
+    conn.execute("DELETE FROM retry_tokens WHERE expires_at <= ?1", params![now.0])?;
+    if report.expired + report.reclaimed > 0 {
+        // Return freed pages to the file system a bounded number at a time.
+        conn.query_row("PRAGMA incremental_vacuum(2000)", [], |_| Ok(())).optional()?;
+    }
+    Ok(report)
+}

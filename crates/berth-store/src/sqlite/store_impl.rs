@@ -1,0 +1,179 @@
+//! `Store` for `SqliteStore`: each method is one read or one write job.
+
+use async_trait::async_trait;
+use berth_core::clock::Timestamp;
+use berth_core::error::QueueError;
+use berth_core::model::{
+    LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, PurgeTarget, Queue, QueueFilter, QueueRow, QueueStats,
+    Tenancy, User, WorkRequest,
+};
+use berth_core::store::{Created, NewQueue, RetryToken, Store, StoreResult, SweepReport};
+
+use super::{identity, messages, queues, SqliteStore};
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn receipt_secret(&self) -> StoreResult<Vec<u8>> {
+        self.read(identity::receipt_secret).await
+    }
+
+    async fn ensure_tenancy(&self, name: &str, new_id: &str) -> StoreResult<Tenancy> {
+        let (name, new_id) = (name.to_owned(), new_id.to_owned());
+        self.write(move |c| identity::ensure_tenancy(c, &name, &new_id)).await
+    }
+
+    async fn tenancy_by_name(&self, name: &str) -> StoreResult<Option<Tenancy>> {
+        let name = name.to_owned();
+        self.read(move |c| identity::tenancy_by_name(c, &name)).await
+    }
+
+    async fn insert_user(&self, user: &User) -> StoreResult<()> {
+        let user = user.clone();
+        self.write(move |c| identity::insert_user(c, &user)).await
+    }
+
+    async fn user_by_key(&self, tenancy_id: &str, user_id: &str, fingerprint: &str) -> StoreResult<Option<User>> {
+        let (t, u, f) = (tenancy_id.to_owned(), user_id.to_owned(), fingerprint.to_owned());
+        self.read(move |c| identity::user_by_key(c, &t, &u, &f)).await
+    }
+
+    async fn user_by_name(&self, tenancy_name: &str, user_name: &str) -> StoreResult<Option<User>> {
+        let (t, u) = (tenancy_name.to_owned(), user_name.to_owned());
+        self.read(move |c| identity::user_by_name(c, &t, &u)).await
+    }
+
+    async fn create_queue(
+        &self,
+        queue: NewQueue,
+        work: WorkRequest,
+        retry: Option<RetryToken>,
+    ) -> StoreResult<Created> {
+        self.write(move |c| queues::create_queue(c, &queue, &work, retry.as_ref())).await
+    }
+
+    async fn queue(&self, tenancy_id: &str, id: &str) -> StoreResult<Option<Queue>> {
+        let (t, id) = (tenancy_id.to_owned(), id.to_owned());
+        self.read(move |c| queues::get_queue(c, &t, &id)).await
+    }
+
+    async fn list_queues(
+        &self,
+        tenancy_id: &str,
+        filter: &QueueFilter,
+        offset: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<Queue>> {
+        let (t, filter) = (tenancy_id.to_owned(), filter.clone());
+        self.read(move |c| queues::list_queues(c, &t, &filter, offset, limit)).await
+    }
+
+    async fn save_queue(&self, queue: &Queue, expected_version: i64, work: &WorkRequest) -> StoreResult<bool> {
+        let (queue, work) = (queue.clone(), work.clone());
+        self.write(move |c| queues::save_queue(c, &queue, expected_version, &work)).await
+    }
+
+    async fn insert_work_request(&self, work: &WorkRequest) -> StoreResult<()> {
+        let work = work.clone();
+        self.write(move |c| queues::insert_work_request(c, &work)).await
+    }
+
+    async fn work_request(&self, tenancy_id: &str, id: &str) -> StoreResult<Option<WorkRequest>> {
+        let (t, id) = (tenancy_id.to_owned(), id.to_owned());
+        self.read(move |c| queues::work_request(c, &t, &id)).await
+    }
+
+    async fn list_work_requests(
+        &self,
+        tenancy_id: &str,
+        compartment_id: Option<&str>,
+        id: Option<&str>,
+        offset: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<WorkRequest>> {
+        let t = tenancy_id.to_owned();
+        let (compartment, id) = (compartment_id.map(str::to_owned), id.map(str::to_owned));
+        self.read(move |c| queues::list_work_requests(c, &t, compartment.as_deref(), id.as_deref(), offset, limit))
+            .await
+    }
+
+    async fn put_messages(
+        &self,
+        queue: QueueRow,
+        messages: Vec<MessageToStore>,
+        max_channels: u32,
+    ) -> Result<Vec<i64>, QueueError> {
+        self.write_checked(move |c| messages::put(c, queue, messages, max_channels)).await
+    }
+
+    async fn lease(&self, request: LeaseRequest) -> StoreResult<Vec<LeasedMessage>> {
+        self.write(move |c| messages::lease(c, &request)).await
+    }
+
+    async fn extend_leases(&self, leases: Vec<(LeaseRef, Timestamp)>, now: Timestamp) -> StoreResult<Vec<bool>> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(move |c| messages::extend(c, &leases, now)).await
+    }
+
+    async fn delete_leased(&self, leases: Vec<LeaseRef>, now: Timestamp) -> StoreResult<Vec<bool>> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(move |c| messages::delete(c, &leases, now)).await
+    }
+
+    async fn next_visible_at(
+        &self,
+        queue: QueueRow,
+        dead_letter: bool,
+        _channel: Option<&str>,
+    ) -> StoreResult<Option<Timestamp>> {
+        // Per queue, not per channel: waking a channel's poller early only costs a query.
+        self.read(move |c| messages::next_visible_at(c, queue, dead_letter)).await
+    }
+
+    async fn stats(
+        &self,
+        queue: QueueRow,
+        channel: Option<&str>,
+        now: Timestamp,
+        dead_letter_after: u32,
+    ) -> StoreResult<QueueStats> {
+        let channel = channel.map(str::to_owned);
+        self.read(move |c| messages::stats(c, queue, channel.as_deref(), now, dead_letter_after)).await
+    }
+
+    async fn channels(
+        &self,
+        queue: QueueRow,
+        prefix: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<String>> {
+        let (prefix, after) = (prefix.map(str::to_owned), after.map(str::to_owned));
+        self.read(move |c| messages::channels(c, queue, prefix.as_deref(), after.as_deref(), limit)).await
+    }
+
+    async fn purge(
+        &self,
+        queue: QueueRow,
+        target: PurgeTarget,
+        channels: Option<Vec<String>>,
+        batch: u32,
+    ) -> StoreResult<u64> {
+        self.write(move |c| messages::purge(c, queue, target, channels.as_deref(), batch)).await
+    }
+
+    async fn redrive(&self, queue: QueueRow, channels: Option<Vec<String>>, batch: u32) -> StoreResult<u64> {
+        self.write(move |c| messages::redrive(c, queue, channels.as_deref(), batch)).await
+    }
+
+    async fn sweep(&self, now: Timestamp, batch: u32) -> StoreResult<SweepReport> {
+        self.write(move |c| messages::sweep(c, now, batch)).await
+    }
+
+    async fn close(&self) -> StoreResult<()> {
+        self.close_writer().await
+    }
+}

@@ -1,0 +1,461 @@
+//! The queue rules, driven through the engine over a real SQLite store with a manual
+//! clock: no sleeps, time moves only when a test says so.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_core::engine::{spec_with_defaults, GetMessages, PolicyValues, QueueChange};
+use berth_core::model::{NewMessage, PurgeTarget};
+use berth_core::store::Store;
+use berth_core::{Engine, ManualClock, QueueError, Timestamp};
+use berth_store::SqliteStore;
+use tokio_util::sync::CancellationToken;
+
+const T: &str = "ocid1.tenancy.oc1..a";
+
+struct Rig {
+    engine: Engine,
+    clock: Arc<ManualClock>,
+    store: Arc<SqliteStore>,
+    _dir: tempfile::TempDir,
+}
+
+async fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
+    let clock = Arc::new(ManualClock::new(Timestamp(1_700_000_000_000)));
+    let engine = Engine::new(store.clone(), clock.clone(), "iad".into(), CancellationToken::new()).await.unwrap();
+    Rig { engine, clock, store, _dir: dir }
+}
+
+impl Rig {
+    async fn queue(&self, values: PolicyValues) -> String {
+        self.queue_of(T, values).await
+    }
+
+    async fn queue_of(&self, tenancy: &str, values: PolicyValues) -> String {
+        let spec = spec_with_defaults("q".into(), tenancy.into(), values).unwrap();
+        let work = self.engine.create_queue(tenancy, spec, None).await.unwrap();
+        work.resources[0].identifier.clone()
+    }
+
+    async fn put(&self, queue: &str, contents: &[&str]) -> Vec<i64> {
+        self.put_in(queue, "", contents).await
+    }
+
+    async fn put_in(&self, queue: &str, channel: &str, contents: &[&str]) -> Vec<i64> {
+        let messages = contents.iter().map(|c| message(c, channel)).collect();
+        self.engine.put_messages(T, queue, messages).await.unwrap().into_iter().map(|p| p.id).collect()
+    }
+
+    /// GetMessages without waiting.
+    async fn get(&self, queue: &str, limit: u32, visibility: u32) -> Vec<berth_core::engine::Delivered> {
+        self.get_with(queue, limit, visibility, None, false).await
+    }
+
+    async fn get_with(
+        &self,
+        queue: &str,
+        limit: u32,
+        visibility: u32,
+        channel: Option<&str>,
+        dead_letter: bool,
+    ) -> Vec<berth_core::engine::Delivered> {
+        let params = GetMessages::new(
+            Some(visibility.into()),
+            Some(0),
+            Some(limit.into()),
+            channel.map(String::from),
+            dead_letter,
+        )
+        .unwrap();
+        self.engine.get_messages(T, queue, params).await.unwrap()
+    }
+
+    fn advance(&self, secs: u64) {
+        self.clock.advance(Duration::from_secs(secs));
+    }
+}
+
+fn message(content: &str, channel: &str) -> NewMessage {
+    NewMessage { content: content.into(), channel: channel.into(), properties: None, delay_secs: None }
+}
+
+fn contents(got: &[berth_core::engine::Delivered]) -> Vec<&str> {
+    got.iter().map(|d| d.message.content.as_str()).collect()
+}
+
+#[tokio::test]
+async fn messages_come_out_in_the_order_they_went_in() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues::default()).await;
+    r.put(&q, &["1", "2", "3"]).await;
+    r.put(&q, &["4", "5"]).await;
+    assert_eq!(contents(&r.get(&q, 2, 30).await), ["1", "2"]);
+    assert_eq!(contents(&r.get(&q, 10, 30).await), ["3", "4", "5"]);
+}
+
+#[tokio::test]
+async fn leased_message_is_invisible_until_its_lease_ends_then_redelivered_first() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues::default()).await;
+    r.put(&q, &["a", "b"]).await;
+    let first = r.get(&q, 1, 10).await;
+    assert_eq!(contents(&first), ["a"]);
+    assert_eq!(contents(&r.get(&q, 5, 10).await), ["b"]);
+    assert!(r.get(&q, 5, 10).await.is_empty());
+    r.advance(9);
+    assert!(r.get(&q, 5, 10).await.is_empty(), "lease still running");
+    r.advance(2);
+    let again = r.get(&q, 1, 10).await;
+    assert_eq!(contents(&again), ["a"]);
+    assert_eq!(again[0].message.delivery_count, 2);
+}
+
+#[tokio::test]
+async fn receipt_from_expired_lease_is_rejected_for_update_and_delete() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues::default()).await;
+    r.put(&q, &["a"]).await;
+    let receipt = r.get(&q, 1, 5).await[0].receipt.clone();
+    r.advance(6);
+    let updated = r.engine.update_messages(T, &q, vec![(receipt.clone(), 30)]).await.unwrap();
+    assert!(matches!(updated[0], Err(QueueError::ReceiptInvalid)));
+    let deleted = r.engine.delete_messages(T, &q, vec![receipt]).await.unwrap();
+    assert!(matches!(deleted[0], Err(QueueError::ReceiptInvalid)));
+}
+
+#[tokio::test]
+async fn receipt_of_a_superseded_lease_is_rejected_and_the_current_one_works() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues::default()).await;
+    r.put(&q, &["a"]).await;
+    let old = r.get(&q, 1, 5).await[0].receipt.clone();
+    r.advance(6);
+    let new = r.get(&q, 1, 5).await[0].receipt.clone();
+    assert!(r.engine.delete_messages(T, &q, vec![old]).await.unwrap()[0].is_err());
+    assert!(r.engine.delete_messages(T, &q, vec![new.clone()]).await.unwrap()[0].is_ok());
+    assert!(r.engine.delete_messages(T, &q, vec![new]).await.unwrap()[0].is_err(), "deleted twice");
+}
+
+#[tokio::test]
+async fn receipt_is_bound_to_its_queue() {
+    let r = rig().await;
+    let q1 = r.queue(PolicyValues::default()).await;
+    let q2 = r.queue(PolicyValues::default()).await;
+    r.put(&q1, &["a"]).await;
+    let receipt = r.get(&q1, 1, 30).await[0].receipt.clone();
+    assert!(matches!(
+        r.engine.delete_messages(T, &q2, vec![receipt.clone()]).await.unwrap()[0],
+        Err(QueueError::ReceiptInvalid)
+    ));
+    assert!(r.engine.delete_messages(T, &q1, vec![receipt]).await.unwrap()[0].is_ok());
+}
+
+#[tokio::test]
+async fn update_extends_the_lease_relative_to_now_and_zero_releases_it() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues::default()).await;
+    r.put(&q, &["a"]).await;
+    let receipt = r.get(&q, 1, 5).await[0].receipt.clone();
+    r.advance(4);
+    let (_, visible_after) =
+        r.engine.update_messages(T, &q, vec![(receipt.clone(), 20)]).await.unwrap()[0].as_ref().map(|v| *v).unwrap();
+    assert_eq!(visible_after, r.clock_now().plus_secs(20));
+    r.advance(10);
+    assert!(r.get(&q, 1, 5).await.is_empty(), "extended lease still running");
+    r.engine.update_messages(T, &q, vec![(receipt, 0)]).await.unwrap()[0].as_ref().unwrap();
+    assert_eq!(contents(&r.get(&q, 1, 5).await), ["a"], "visibility 0 makes it visible at once");
+}
+
+impl Rig {
+    fn clock_now(&self) -> Timestamp {
+        berth_core::Clock::now(self.clock.as_ref())
+    }
+}
+
+#[tokio::test]
+async fn delivery_count_rises_even_with_zero_visibility() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues::default()).await;
+    r.put(&q, &["a"]).await;
+    for expected in 1..=3 {
+        let got = r.get(&q, 1, 0).await;
+        assert_eq!(got[0].message.delivery_count, expected);
+    }
+}
+
+#[tokio::test]
+async fn message_is_dead_lettered_after_max_deliveries_and_can_be_consumed_and_redriven() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues { dead_letter_after: Some(2), ..PolicyValues::default() }).await;
+    r.put(&q, &["poison", "fine"]).await;
+    for _ in 0..2 {
+        assert_eq!(contents(&r.get(&q, 1, 5).await), ["poison"]);
+        r.advance(6);
+    }
+    // The poison message used its two deliveries: it is in the DLQ now.
+    let stats = r.engine.stats(T, &q, None).await.unwrap();
+    assert_eq!((stats.queue.visible, stats.dead_letter.visible), (1, 1));
+    assert_eq!(contents(&r.get(&q, 5, 5).await), ["fine"]);
+    let from_dlq = r.get_with(&q, 5, 30, None, true).await;
+    assert_eq!(contents(&from_dlq), ["poison"]);
+    assert_eq!(from_dlq[0].message.delivery_count, 3);
+    // A DLQ receipt works on the DLQ message; let it go back and redrive.
+    r.engine.update_messages(T, &q, vec![(from_dlq[0].receipt.clone(), 0)]).await.unwrap()[0].as_ref().unwrap();
+    assert_eq!(r.engine.redrive(T, &q, None).await.unwrap(), 1);
+    let back = r.get(&q, 5, 5).await;
+    assert_eq!(contents(&back), ["poison"]);
+    assert_eq!(back[0].message.delivery_count, 1, "redrive resets the delivery count");
+}
+
+#[tokio::test]
+async fn zero_max_deliveries_never_dead_letters() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues::default()).await;
+    r.put(&q, &["a"]).await;
+    for _ in 0..25 {
+        assert_eq!(r.get(&q, 1, 1).await.len(), 1);
+        r.advance(2);
+    }
+    assert_eq!(r.engine.stats(T, &q, None).await.unwrap().dead_letter.visible, 0);
+}
+
+#[tokio::test]
+async fn message_past_retention_is_never_delivered_and_is_swept() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues { retention: Some(10), ..PolicyValues::default() }).await;
+    r.put(&q, &["old"]).await;
+    r.advance(11);
+    r.put(&q, &["new"]).await;
+    assert_eq!(contents(&r.get(&q, 5, 30).await), ["new"]);
+    let report = r.store.sweep(r.clock_now(), 100).await.unwrap();
+    assert_eq!(report.expired, 1);
+}
+
+#[tokio::test]
+async fn put_reports_expire_after_as_creation_plus_retention() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues { retention: Some(600), ..PolicyValues::default() }).await;
+    let put = r.engine.put_messages(T, &q, vec![message("a", "")]).await.unwrap();
+    assert_eq!(put[0].expire_at, r.clock_now().plus_secs(600));
+    let got = r.get(&q, 1, 30).await;
+    assert_eq!(got[0].message.expire_at, got[0].message.created_at.plus_secs(600));
+}
+
+#[tokio::test]
+async fn delayed_message_stays_invisible_until_its_delay_ends() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues::default()).await;
+    let delayed = NewMessage { delay_secs: Some(30), ..message("later", "") };
+    r.engine.put_messages(T, &q, vec![delayed, message("now", "")]).await.unwrap();
+    assert_eq!(contents(&r.get(&q, 5, 60).await), ["now"]);
+    let stats = r.engine.stats(T, &q, None).await.unwrap();
+    assert_eq!(stats.queue.delayed, 1);
+    r.advance(31);
+    let got = r.get(&q, 5, 60).await;
+    assert_eq!(contents(&got), ["later"]);
+    assert_eq!(got[0].message.delivery_count, 1);
+}
+
+#[tokio::test]
+async fn queue_default_delay_applies_when_a_message_has_none() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues { delivery_delay: Some(5), ..PolicyValues::default() }).await;
+    r.put(&q, &["a"]).await;
+    assert!(r.get(&q, 1, 30).await.is_empty());
+    r.advance(5);
+    assert_eq!(r.get(&q, 1, 30).await.len(), 1);
+}
+
+#[tokio::test]
+async fn channel_filter_serves_only_that_channel_in_order() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues::default()).await;
+    r.put_in(&q, "a", &["a1", "a2"]).await;
+    r.put_in(&q, "b", &["b1"]).await;
+    assert_eq!(contents(&r.get_with(&q, 10, 30, Some("b"), false).await), ["b1"]);
+    assert_eq!(contents(&r.get_with(&q, 10, 30, Some("a"), false).await), ["a1", "a2"]);
+}
+
+#[tokio::test]
+async fn unfiltered_gets_serve_every_busy_channel() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues::default()).await;
+    let many: Vec<String> = (0..200).map(|i| i.to_string()).collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    for channel in ["x", "y", "z"] {
+        for chunk in refs.chunks(20) {
+            r.put_in(&q, channel, chunk).await;
+        }
+    }
+    let mut served = std::collections::BTreeMap::new();
+    for _ in 0..60 {
+        for d in r.get(&q, 1, 300).await {
+            *served.entry(d.message.channel.clone()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(served.len(), 3, "{served:?}");
+    assert!(served.values().all(|&n| n >= 5), "a channel starved: {served:?}");
+}
+
+#[tokio::test]
+async fn list_channels_pages_through_non_empty_channels() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues::default()).await;
+    for channel in ["c3", "c1", "c2"] {
+        r.put_in(&q, channel, &["m"]).await;
+    }
+    r.put(&q, &["default channel is not listed"]).await;
+    let first = r.engine.list_channels(T, &q, None, None, Some(2)).await.unwrap();
+    assert_eq!(first.items, ["c1", "c2"]);
+    let second = r.engine.list_channels(T, &q, None, first.next.as_deref(), Some(2)).await.unwrap();
+    assert_eq!((second.items, second.next), (vec!["c3".to_string()], None));
+    let prefixed = r.engine.list_channels(T, &q, Some("c2"), None, None).await.unwrap();
+    assert_eq!(prefixed.items, ["c2"]);
+}
+
+#[tokio::test]
+async fn a_queue_holds_at_most_256_channels() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues::default()).await;
+    for batch in 0..13 {
+        let messages = (0..20)
+            .map(|i| message("m", &format!("ch{:03}", batch * 20 + i)))
+            .take(if batch == 12 { 16 } else { 20 })
+            .collect();
+        r.engine.put_messages(T, &q, messages).await.unwrap();
+    }
+    let err = r.engine.put_messages(T, &q, vec![message("m", "one-too-many")]).await.unwrap_err();
+    assert!(matches!(err, QueueError::LimitExceeded(_)), "{err:?}");
+    r.engine.put_messages(T, &q, vec![message("m", "ch000")]).await.expect("existing channel still works");
+}
+
+#[tokio::test]
+async fn put_limits_are_enforced() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues::default()).await;
+    let too_many = (0..21).map(|_| message("m", "")).collect();
+    assert!(matches!(r.engine.put_messages(T, &q, too_many).await, Err(QueueError::InvalidParameter(_))));
+    let too_big = vec![message(&"x".repeat(128 * 1024 + 1), "")];
+    assert!(matches!(r.engine.put_messages(T, &q, too_big).await, Err(QueueError::InvalidParameter(_))));
+    let too_much = (0..5).map(|_| message(&"x".repeat(120 * 1024), "")).collect();
+    assert!(matches!(r.engine.put_messages(T, &q, too_much).await, Err(QueueError::InvalidParameter(_))));
+    assert!(r.engine.stats(T, &q, None).await.unwrap().queue.visible == 0, "nothing stored");
+}
+
+#[tokio::test]
+async fn purge_removes_the_chosen_side_and_channels() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues { dead_letter_after: Some(1), ..PolicyValues::default() }).await;
+    r.put_in(&q, "a", &["a1"]).await;
+    r.put_in(&q, "b", &["b1", "b2"]).await;
+    r.get_with(&q, 1, 1, Some("b"), false).await;
+    r.advance(2);
+    r.engine.stats(T, &q, None).await.unwrap();
+    r.get_with(&q, 1, 1, Some("zzz"), false).await; // releases the expired lease into the DLQ
+    let before = r.engine.stats(T, &q, None).await.unwrap();
+    assert_eq!((before.queue.visible, before.dead_letter.visible), (2, 1));
+    r.engine.purge_queue(T, &q, None, PurgeTarget::Normal, Some(vec!["a".into()])).await.unwrap();
+    let after = r.engine.stats(T, &q, None).await.unwrap();
+    assert_eq!((after.queue.visible, after.dead_letter.visible), (1, 1));
+    r.engine.purge_queue(T, &q, None, PurgeTarget::DeadLetter, None).await.unwrap();
+    assert_eq!(r.engine.stats(T, &q, None).await.unwrap().dead_letter.visible, 0);
+    r.engine.purge_queue(T, &q, None, PurgeTarget::Both, None).await.unwrap();
+    assert_eq!(r.engine.stats(T, &q, None).await.unwrap().queue.visible, 0);
+}
+
+#[tokio::test]
+async fn another_tenancy_cannot_see_or_touch_a_queue() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues::default()).await;
+    let other = "ocid1.tenancy.oc1..b";
+    assert!(matches!(r.engine.get_queue(other, &q).await, Err(QueueError::QueueNotFound)));
+    assert!(matches!(r.engine.put_messages(other, &q, vec![message("m", "")]).await, Err(QueueError::QueueNotFound)));
+    assert!(matches!(r.engine.delete_queue(other, &q, None).await, Err(QueueError::QueueNotFound)));
+    let filter = berth_core::model::QueueFilter {
+        compartment_id: None,
+        state: None,
+        display_name: None,
+        id: None,
+        sort: berth_core::model::QueueSort::TimeCreated,
+        descending: true,
+    };
+    assert!(r.engine.list_queues(other, &filter, None, None).await.unwrap().items.is_empty());
+    assert_eq!(r.engine.list_queues(T, &filter, None, None).await.unwrap().items.len(), 1);
+}
+
+#[tokio::test]
+async fn stale_if_match_is_refused_and_fresh_one_applies() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues::default()).await;
+    let version = r.engine.get_queue(T, &q).await.unwrap().version.to_string();
+    let change = QueueChange { visibility_secs: Some(60), ..QueueChange::default() };
+    r.engine.update_queue(T, &q, Some(&version), change.clone()).await.unwrap();
+    assert!(matches!(r.engine.update_queue(T, &q, Some(&version), change).await, Err(QueueError::EtagMismatch)));
+    assert_eq!(r.engine.get_queue(T, &q).await.unwrap().spec.policy.visibility_secs, 60);
+}
+
+#[tokio::test]
+async fn retry_token_replays_the_same_request_and_refuses_a_different_one() {
+    let r = rig().await;
+    let spec = spec_with_defaults("q".into(), T.into(), PolicyValues::default()).unwrap();
+    let token = Some(("tok".to_string(), "digest-1".to_string()));
+    let first = r.engine.create_queue(T, spec.clone(), token.clone()).await.unwrap();
+    let again = r.engine.create_queue(T, spec.clone(), token).await.unwrap();
+    assert_eq!(first.id, again.id);
+    let other = r.engine.create_queue(T, spec, Some(("tok".into(), "digest-2".into()))).await;
+    assert!(matches!(other, Err(QueueError::RetryTokenReused)));
+}
+
+#[tokio::test]
+async fn deleted_queue_disappears_and_its_messages_are_reclaimed() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues::default()).await;
+    r.put(&q, &["a", "b"]).await;
+    r.engine.delete_queue(T, &q, None).await.unwrap();
+    assert!(matches!(r.engine.get_queue(T, &q).await, Err(QueueError::QueueNotFound)));
+    let report = r.store.sweep(r.clock_now(), 100).await.unwrap();
+    assert_eq!(report.reclaimed, 2);
+}
+
+#[tokio::test]
+async fn concurrent_puts_share_commits_and_all_land() {
+    let r = Arc::new(rig().await);
+    let q = r.queue(PolicyValues::default()).await;
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let (r, q) = (r.clone(), q.clone());
+            tokio::spawn(async move { r.put(&q, &[&format!("m{i}")]).await })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.extend(task.await.unwrap());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 64);
+    assert_eq!(r.engine.stats(T, &q, None).await.unwrap().queue.visible, 64);
+}
+
+#[tokio::test]
+async fn messages_survive_reopening_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let clock = Arc::new(ManualClock::new(Timestamp(1_700_000_000_000)));
+    let q = {
+        let store = Arc::new(SqliteStore::open(&path).unwrap());
+        let engine = Engine::new(store.clone(), clock.clone(), "iad".into(), CancellationToken::new()).await.unwrap();
+        let spec = spec_with_defaults("q".into(), T.into(), PolicyValues::default()).unwrap();
+        let q = engine.create_queue(T, spec, None).await.unwrap().resources[0].identifier.clone();
+        engine.put_messages(T, &q, vec![message("kept", "")]).await.unwrap();
+        store.close().await.unwrap();
+        q
+    };
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let engine = Engine::new(store, clock, "iad".into(), CancellationToken::new()).await.unwrap();
+    let params = GetMessages::new(None, Some(0), Some(5), None, false).unwrap();
+    let got = engine.get_messages(T, &q, params).await.unwrap();
+    assert_eq!(contents(&got), ["kept"]);
+}
