@@ -51,6 +51,18 @@ pub enum Created {
     TokenConflict,
 }
 
+/// For bulk operations: settle expired leases as of `now` first (so messages due for the
+/// DLQ are on the right side), then touch at most `batch` rows.
+#[derive(Debug, Clone, Copy)]
+pub struct Settle {
+    /// The current time.
+    pub now: Timestamp,
+    /// The queue's dead-letter threshold.
+    pub dead_letter_after: u32,
+    /// Most rows to touch.
+    pub batch: u32,
+}
+
 /// What one background sweep did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepReport {
@@ -161,16 +173,18 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: u32,
     ) -> StoreResult<Vec<String>>;
-    /// Deletes up to `batch` messages of the target; returns how many (0 = done).
+    /// Settles expired leases, then deletes up to `settle.batch` messages of the target;
+    /// returns how many (0 = done).
     async fn purge(
         &self,
         queue: QueueRow,
         target: PurgeTarget,
         channels: Option<Vec<String>>,
-        batch: u32,
+        settle: Settle,
     ) -> StoreResult<u64>;
-    /// Moves up to `batch` DLQ messages back to the queue with delivery count 0; returns how many.
-    async fn redrive(&self, queue: QueueRow, channels: Option<Vec<String>>, batch: u32) -> StoreResult<u64>;
+    /// Settles expired leases, then moves up to `settle.batch` DLQ messages back to the queue
+    /// with delivery count 0; returns how many.
+    async fn redrive(&self, queue: QueueRow, channels: Option<Vec<String>>, settle: Settle) -> StoreResult<u64>;
     /// One bounded round of background work across all queues.
     async fn sweep(&self, now: Timestamp, batch: u32) -> StoreResult<SweepReport>;
     /// Flushes and closes; later calls fail.

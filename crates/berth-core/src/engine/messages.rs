@@ -6,6 +6,7 @@ use crate::clock::Timestamp;
 use crate::error::QueueError;
 use crate::limits;
 use crate::model::{LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, NewMessage, Page, QueueStats};
+use crate::store::Settle;
 
 use super::Engine;
 
@@ -322,7 +323,12 @@ impl Engine {
         let queue = self.active_queue(tenancy_id, queue_id).await?;
         let mut moved = 0;
         loop {
-            let batch = self.store.redrive(queue.row, channels.clone(), super::PURGE_BATCH).await?;
+            let settle = Settle {
+                now: self.clock.now(),
+                dead_letter_after: queue.spec.policy.dead_letter_after,
+                batch: super::PURGE_BATCH,
+            };
+            let batch = self.store.redrive(queue.row, channels.clone(), settle).await?;
             moved += batch;
             if batch < u64::from(super::PURGE_BATCH) {
                 break;

@@ -11,7 +11,7 @@ use crate::model::{
     WorkEntry, WorkRequest, WorkResource, WorkStatus,
 };
 use crate::ocid;
-use crate::store::{Created, NewQueue, RetryToken};
+use crate::store::{Created, NewQueue, RetryToken, Settle};
 
 use super::Engine;
 
@@ -312,7 +312,8 @@ impl Engine {
                 return Err(QueueError::EtagMismatch);
             }
         }
-        while self.store.purge(queue.row, target, channels.clone(), PURGE_BATCH).await? > 0 {}
+        let settle = |now| Settle { now, dead_letter_after: queue.spec.policy.dead_letter_after, batch: PURGE_BATCH };
+        while self.store.purge(queue.row, target, channels.clone(), settle(self.clock.now())).await? > 0 {}
         let work = self.work_request(&queue, OperationType::PurgeQueue, ActionType::Updated, self.clock.now());
         self.store.insert_work_request(&work).await?;
         Ok(work)

@@ -9,7 +9,7 @@ use berth_core::error::QueueError;
 use berth_core::model::{
     LeaseRef, LeaseRequest, LeasedMessage, MessageCounts, MessageToStore, PurgeTarget, QueueRow, QueueStats,
 };
-use berth_core::store::SweepReport;
+use berth_core::store::{Settle, SweepReport};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::sql;
@@ -146,13 +146,24 @@ fn next_channel(
     }
 }
 
-pub(crate) fn lease(conn: &Connection, req: &LeaseRequest) -> rusqlite::Result<Vec<LeasedMessage>> {
+/// Releases the expired leases of both sides of a queue. Dead-lettering moves rows from the
+/// main side to the DLQ side, so anything reading either side settles both first.
+fn settle(
+    conn: &Connection,
+    queue: QueueRow,
+    now: Timestamp,
+    dead_letter_after: u32,
+    limit: u32,
+) -> rusqlite::Result<()> {
     let mut report = SweepReport::default();
-    // Dead-lettering moves rows from the main side, so a DLQ consumer releases both sides.
-    release_expired(conn, req.queue, false, req.now, req.dead_letter_after, RELEASE_PER_LEASE, &mut report)?;
-    if req.dead_letter {
-        release_expired(conn, req.queue, true, req.now, req.dead_letter_after, RELEASE_PER_LEASE, &mut report)?;
+    for dead_letter in [false, true] {
+        release_expired(conn, queue, dead_letter, now, dead_letter_after, limit, &mut report)?;
     }
+    Ok(())
+}
+
+pub(crate) fn lease(conn: &Connection, req: &LeaseRequest) -> rusqlite::Result<Vec<LeasedMessage>> {
+    settle(conn, req.queue, req.now, req.dead_letter_after, RELEASE_PER_LEASE)?;
     let channels = match &req.channel {
         Some(channel) => vec![channel.clone()],
         None => ready_channels_fair(conn, req.queue, req.dead_letter)?,
@@ -370,8 +381,10 @@ pub(crate) fn purge(
     queue: QueueRow,
     target: PurgeTarget,
     channels: Option<&[String]>,
-    batch: u32,
+    to_settle: Settle,
 ) -> rusqlite::Result<u64> {
+    let batch = to_settle.batch;
+    settle(conn, queue, to_settle.now, to_settle.dead_letter_after, batch)?;
     let (min_side, max_side) = match target {
         PurgeTarget::Normal => (0, 0),
         PurgeTarget::DeadLetter => (1, 1),
@@ -404,8 +417,10 @@ pub(crate) fn redrive(
     conn: &Connection,
     queue: QueueRow,
     channels: Option<&[String]>,
-    batch: u32,
+    to_settle: Settle,
 ) -> rusqlite::Result<u64> {
+    let batch = to_settle.batch;
+    settle(conn, queue, to_settle.now, to_settle.dead_letter_after, batch)?;
     let ids = match channels {
         None => ids_of(conn, "SELECT id FROM messages WHERE queue = ?1 AND dlq = 1 LIMIT ?2", params![queue, batch])?,
         Some(channels) => {

@@ -68,6 +68,12 @@ impl SqliteStore {
         Ok(SqliteStore { writer, readers })
     }
 
+    /// Write transactions committed since the store was opened; each is one WAL fsync.
+    /// Fewer commits than write requests means requests shared commits.
+    pub fn commits(&self) -> u64 {
+        self.writer.commits()
+    }
+
     /// Waits for queued writes, checkpoints the WAL and stops the writer.
     async fn close_writer(&self) -> Result<(), StoreError> {
         let writer = self.writer.clone();

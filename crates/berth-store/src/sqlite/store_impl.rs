@@ -7,7 +7,7 @@ use berth_core::model::{
     LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, PurgeTarget, Queue, QueueFilter, QueueRow, QueueStats,
     Tenancy, User, WorkRequest,
 };
-use berth_core::store::{Created, NewQueue, RetryToken, Store, StoreResult, SweepReport};
+use berth_core::store::{Created, NewQueue, RetryToken, Settle, Store, StoreResult, SweepReport};
 
 use super::{identity, messages, queues, SqliteStore};
 
@@ -160,13 +160,13 @@ impl Store for SqliteStore {
         queue: QueueRow,
         target: PurgeTarget,
         channels: Option<Vec<String>>,
-        batch: u32,
+        settle: Settle,
     ) -> StoreResult<u64> {
-        self.write(move |c| messages::purge(c, queue, target, channels.as_deref(), batch)).await
+        self.write(move |c| messages::purge(c, queue, target, channels.as_deref(), settle)).await
     }
 
-    async fn redrive(&self, queue: QueueRow, channels: Option<Vec<String>>, batch: u32) -> StoreResult<u64> {
-        self.write(move |c| messages::redrive(c, queue, channels.as_deref(), batch)).await
+    async fn redrive(&self, queue: QueueRow, channels: Option<Vec<String>>, settle: Settle) -> StoreResult<u64> {
+        self.write(move |c| messages::redrive(c, queue, channels.as_deref(), settle)).await
     }
 
     async fn sweep(&self, now: Timestamp, batch: u32) -> StoreResult<SweepReport> {

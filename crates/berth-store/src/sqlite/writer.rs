@@ -1,7 +1,8 @@
 //! The single writer thread and its group commit.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use berth_core::error::StoreError;
@@ -19,6 +20,8 @@ type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 pub(crate) struct Writer {
+    /// Transactions committed so far (each is one fsync of the WAL).
+    commits: Arc<AtomicU64>,
     // std Mutexes: held only to clone or take, never across an await.
     jobs: Mutex<Option<SyncSender<Job>>>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
@@ -27,11 +30,18 @@ pub(crate) struct Writer {
 impl Writer {
     pub(crate) fn spawn(conn: Connection) -> Result<Self, StoreError> {
         let (tx, rx) = sync_channel::<Job>(QUEUE_DEPTH);
+        let commits = Arc::new(AtomicU64::new(0));
+        let counter = commits.clone();
         let thread = thread::Builder::new()
             .name("berth-sqlite-writer".into())
-            .spawn(move || run_writer(conn, rx))
+            .spawn(move || run_writer(conn, rx, &counter))
             .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
-        Ok(Writer { jobs: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
+        Ok(Writer { commits, jobs: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Transactions committed so far.
+    pub(crate) fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     /// Runs `f` in the next transaction and returns its result once committed.
@@ -87,7 +97,7 @@ impl Drop for Writer {
     }
 }
 
-fn run_writer(conn: Connection, jobs: Receiver<Job>) {
+fn run_writer(conn: Connection, jobs: Receiver<Job>, commits: &AtomicU64) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_JOBS_PER_COMMIT {
@@ -97,6 +107,7 @@ fn run_writer(conn: Connection, jobs: Receiver<Job>) {
             }
         }
         commit_batch(&conn, batch);
+        commits.fetch_add(1, Ordering::Relaxed);
     }
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
 }
