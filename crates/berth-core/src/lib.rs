@@ -10,6 +10,8 @@
 //! - [`engine`]: [`engine::Engine`] applies the rules around store calls, including long polling.
 //! - [`error`]: `QueueError` (what a client did wrong or what is missing) and `StoreError`.
 
+#![warn(missing_docs)]
+
 pub mod clock;
 pub mod delivery;
 pub mod engine;

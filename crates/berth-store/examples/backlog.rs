@@ -19,7 +19,12 @@ const T: &str = "ocid1.tenancy.oc1..bench";
 
 fn batch(n: usize) -> Vec<NewMessage> {
     (0..n)
-        .map(|i| NewMessage { content: format!("{i:0>1024}"), channel: String::new(), properties: None, delay_secs: None })
+        .map(|i| NewMessage {
+            content: format!("{i:0>1024}"),
+            channel: String::new(),
+            properties: None,
+            delay_secs: None,
+        })
         .collect()
 }
 
@@ -77,8 +82,9 @@ async fn main() {
     let count: usize = args.next().map_or(2_000, |a| a.parse().expect("ROUNDS"));
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(SqliteStore::open(&dir.path().join("db")).expect("open"));
-    let engine =
-        Arc::new(Engine::new(store.clone(), Arc::new(SystemClock), "iad".into(), CancellationToken::new()).await.unwrap());
+    let engine = Arc::new(
+        Engine::new(store.clone(), Arc::new(SystemClock), "iad".into(), CancellationToken::new()).await.unwrap(),
+    );
     let mut queues = Vec::new();
     for name in ["small", "large"] {
         let spec = spec_with_defaults(name.into(), T.into(), PolicyValues::default()).unwrap();

@@ -3,6 +3,7 @@
 use std::any::Any;
 use std::time::Duration;
 
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +17,7 @@ use super::data_plane::*;
 use super::error::ApiError;
 use super::request_id;
 use crate::app::AppState;
-use crate::auth::authenticate;
+use crate::auth::{authenticate, MAX_BODY_BYTES};
 
 /// Longest a request may take; above the 30 s long-poll maximum, so requests don't hang forever.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(45);
@@ -46,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(from_fn(request_id::assign))
