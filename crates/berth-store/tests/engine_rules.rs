@@ -460,3 +460,40 @@ async fn messages_survive_reopening_the_store() {
     let got = engine.get_messages(T, &q, params).await.unwrap();
     assert_eq!(contents(&got), ["kept"]);
 }
+
+#[tokio::test]
+async fn waiting_get_returns_the_message_a_put_brings() {
+    let r = Arc::new(rig().await);
+    let q = r.queue(PolicyValues::default()).await;
+    let poll = {
+        let (r, q) = (r.clone(), q.clone());
+        tokio::spawn(async move {
+            let params = GetMessages::new(Some(30), Some(20), Some(5), None, false).unwrap();
+            r.engine.get_messages(T, &q, params).await
+        })
+    };
+    tokio::task::yield_now().await;
+    r.put(&q, &["wake"]).await;
+    let got = tokio::time::timeout(Duration::from_secs(10), poll).await.expect("woken").unwrap().unwrap();
+    assert_eq!(contents(&got), ["wake"]);
+}
+
+#[tokio::test]
+async fn waiting_get_on_a_deleted_queue_ends_with_not_found() {
+    let r = Arc::new(rig().await);
+    let q = r.queue(PolicyValues::default()).await;
+    let poll = {
+        let (r, q) = (r.clone(), q.clone());
+        tokio::spawn(async move {
+            let params = GetMessages::new(Some(30), Some(20), Some(5), None, false).unwrap();
+            r.engine.get_messages(T, &q, params).await
+        })
+    };
+    // Let the poll find the queue empty and start waiting, then delete the queue.
+    while r.store.commits() < 2 {
+        tokio::task::yield_now().await;
+    }
+    r.engine.delete_queue(T, &q, None).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), poll).await.expect("woken").unwrap();
+    assert!(matches!(outcome, Err(QueueError::QueueNotFound)), "{outcome:?}");
+}

@@ -148,11 +148,16 @@ impl Engine {
         let timeout = params.timeout_secs.unwrap_or(policy.timeout_secs);
         let deadline = self.clock.now().plus_secs(timeout.into());
         let notify = self.wakeups.of(queue.row);
+        let mut first = true;
         loop {
             // Registered before asking the store, so a put that lands in between still wakes us.
             let woken = notify.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
+            if !std::mem::take(&mut first) {
+                // The queue may have been deleted while we waited.
+                self.active_queue(tenancy_id, queue_id).await?;
+            }
 
             let now = self.clock.now();
             let leased = self

@@ -262,16 +262,14 @@ impl Engine {
         queue_id: &str,
         if_match: Option<&str>,
     ) -> Result<WorkRequest, QueueError> {
-        let mut row = 0;
+        let row = self.active_queue(tenancy_id, queue_id).await?.row;
         let work = self
             .change_queue(tenancy_id, queue_id, if_match, OperationType::DeleteQueue, ActionType::Deleted, |queue| {
                 queue.state = LifecycleState::Deleted;
                 Ok(())
             })
             .await?;
-        if let Ok(queue) = self.store.queue(tenancy_id, queue_id).await {
-            row = queue.map_or(0, |q| q.row);
-        }
+        // Waiting long polls wake, find the queue gone and answer 404.
         self.wakeups.forget(row);
         Ok(work)
     }
