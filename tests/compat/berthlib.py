@@ -16,6 +16,8 @@ import os
 import re
 import secrets
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -31,6 +33,7 @@ from urllib.parse import quote
 import oci
 import pytest
 import requests
+import stomp
 
 # --------------------------------------------------------------------------
 # Constants (the limits decided for Berth; see the brief / API reference)
@@ -111,6 +114,32 @@ def sleep_until(t: datetime, margin: float = 0.0) -> None:
         time.sleep(delay)
 
 
+def arg_value(args: Iterable[str], flag: str) -> Optional[str]:
+    """The value of `--flag VALUE` or `--flag=VALUE` in an argument list."""
+    args = list(args)
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(flag + "="):
+            return a[len(flag) + 1:]
+    return None
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    host, port = addr.rsplit(":", 1)
+    return host.strip("[]"), int(port)
+
+
+def use_ca(session: requests.Session, ca_file: Optional[str]) -> requests.Session:
+    """Make a requests session trust exactly ca_file (None: leave it alone).
+    trust_env is turned off because REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE in
+    the environment would otherwise override session.verify."""
+    if ca_file:
+        session.verify = ca_file
+        session.trust_env = False
+    return session
+
+
 def qpath(queue_id: str, *rest: str) -> str:
     """/20210201/queues/<id>/<rest...> with every segment percent-encoded."""
     segs = [quote(queue_id, safe="")] + [quote(s, safe="") for s in rest]
@@ -137,7 +166,9 @@ class BerthServer:
     data dir. Ports are picked by the OS (127.0.0.1:0) and read from the
     `listening http=... stomp=...` line on stdout, so they change on every
     start. stdout/stderr are drained into files under log_dir so the pipes
-    never block.
+    never block. With `--http-tls-cert` in extra_args the HTTP port is HTTPS
+    (base is https://, clients trust that certificate); with
+    `--stomp-tls-cert` the STOMP port is TLS (see stomp_ca).
     """
 
     def __init__(self, binary: str, data_dir: Path, log_dir: Path, extra_args: Iterable[str] = ()):
@@ -145,6 +176,9 @@ class BerthServer:
         self.data_dir = Path(data_dir)
         self.log_dir = Path(log_dir)
         self.extra_args = list(extra_args)
+        # Self-signed certificates double as the CA file clients must trust.
+        self.http_ca: Optional[str] = arg_value(self.extra_args, "--http-tls-cert")
+        self.stomp_ca: Optional[str] = arg_value(self.extra_args, "--stomp-tls-cert")
         self.proc: Optional[subprocess.Popen] = None
         self.http_addr: Optional[str] = None
         self.stomp_addr: Optional[str] = None
@@ -161,7 +195,7 @@ class BerthServer:
     @property
     def base(self) -> str:
         assert self.http_addr, "server not started"
-        return f"http://{self.http_addr}"
+        return f"{'https' if self.http_ca else 'http'}://{self.http_addr}"
 
     @property
     def credentials_dir(self) -> Path:
@@ -279,7 +313,7 @@ class BerthServer:
 
     def tenant(self) -> "Tenant":
         """The admin tenant written on first start, bound to the current port."""
-        return Tenant.load(self.config_path, self.admin_json_path, self.base)
+        return Tenant.load(self.config_path, self.admin_json_path, self.base, self.http_ca)
 
     def create_credentials(self, tenancy: str, user: str, out_dir: Path) -> "Tenant":
         """`berth credentials create` for tenancy/user (tenancy created if new)."""
@@ -291,10 +325,10 @@ class BerthServer:
         assert res.returncode == 0, f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
         cfg, js = out_dir / "oci-config", out_dir / f"{user}.json"
         assert cfg.is_file() and js.is_file(), f"credentials create did not write {cfg} and {js}: {list(out_dir.iterdir())}"
-        return Tenant.load(cfg, js, self.base)
+        return Tenant.load(cfg, js, self.base, self.http_ca)
 
     def health(self) -> requests.Response:
-        return requests.get(self.base + "/health", timeout=10)
+        return requests.get(self.base + "/health", timeout=10, verify=self.http_ca or True)
 
     # -- logs -------------------------------------------------------------
     def log_tail(self, lines: int = 150) -> str:
@@ -325,12 +359,18 @@ def client_kwargs(base: str, default_retries: bool = False) -> dict:
     return kw
 
 
-def admin_client(config: dict, base: str, default_retries: bool = False) -> oci.queue.QueueAdminClient:
-    return oci.queue.QueueAdminClient(config, **client_kwargs(base, default_retries))
+def admin_client(config: dict, base: str, default_retries: bool = False,
+                 ca_file: Optional[str] = None) -> oci.queue.QueueAdminClient:
+    c = oci.queue.QueueAdminClient(config, **client_kwargs(base, default_retries))
+    use_ca(c.base_client.session, ca_file)
+    return c
 
 
-def queue_client(config: dict, base: str, default_retries: bool = False) -> oci.queue.QueueClient:
-    return oci.queue.QueueClient(config, **client_kwargs(base, default_retries))
+def queue_client(config: dict, base: str, default_retries: bool = False,
+                 ca_file: Optional[str] = None) -> oci.queue.QueueClient:
+    c = oci.queue.QueueClient(config, **client_kwargs(base, default_retries))
+    use_ca(c.base_client.session, ca_file)
+    return c
 
 
 _DEFAULT = object()
@@ -339,12 +379,12 @@ _DEFAULT = object()
 class RawClient:
     """Signed raw HTTP requests (for Berth extensions and wire-level checks)."""
 
-    def __init__(self, base: str, config: dict):
+    def __init__(self, base: str, config: dict, ca_file: Optional[str] = None):
         self.base = base
         self.config = config
         self.signer = oci.signer.Signer(config["tenancy"], config["user"], config["fingerprint"],
                                         config["key_file"])
-        self.session = requests.Session()
+        self.session = use_ca(requests.Session(), ca_file)
 
     def url(self, path: str) -> str:
         return self.base + (path if path.startswith("/") else "/" + path)
@@ -401,20 +441,22 @@ class RawClient:
 
 @dataclass
 class Tenant:
-    """A set of credentials (one user of one tenancy) with its clients."""
+    """A set of credentials (one user of one tenancy) with its clients.
+    ca_file: the certificate to trust when base is https:// (self-signed)."""
     config_path: Path
     config: dict
     creds: dict
     base: str
+    ca_file: Optional[str] = None
     _admin: Any = field(default=None, repr=False)
     _qc: Any = field(default=None, repr=False)
     _raw: Any = field(default=None, repr=False)
 
     @classmethod
-    def load(cls, config_path: Path, creds_path: Path, base: str) -> "Tenant":
+    def load(cls, config_path: Path, creds_path: Path, base: str, ca_file: Optional[str] = None) -> "Tenant":
         config = oci.config.from_file(str(config_path), "DEFAULT")
         creds = json.loads(Path(creds_path).read_text())
-        return cls(Path(config_path), config, creds, base)
+        return cls(Path(config_path), config, creds, base, ca_file)
 
     @property
     def tenancy_id(self) -> str:
@@ -426,26 +468,35 @@ class Tenant:
         return self.config["tenancy"]
 
     @property
+    def stomp_login(self) -> str:
+        """`<tenancy-name>/<user-name>` (stompLogin of the credentials JSON)."""
+        return self.creds["stompLogin"]
+
+    @property
+    def stomp_passcode(self) -> str:
+        return self.creds["stompPasscode"]
+
+    @property
     def admin(self) -> oci.queue.QueueAdminClient:
         if self._admin is None:
-            self._admin = admin_client(self.config, self.base)
+            self._admin = admin_client(self.config, self.base, ca_file=self.ca_file)
         return self._admin
 
     @property
     def qc(self) -> oci.queue.QueueClient:
         if self._qc is None:
-            self._qc = queue_client(self.config, self.base)
+            self._qc = queue_client(self.config, self.base, ca_file=self.ca_file)
         return self._qc
 
     @property
     def raw(self) -> RawClient:
         if self._raw is None:
-            self._raw = RawClient(self.base, self.config)
+            self._raw = RawClient(self.base, self.config, self.ca_file)
         return self._raw
 
     def new_queue_client(self) -> oci.queue.QueueClient:
         """A separate client (own HTTP session), e.g. for another thread."""
-        return queue_client(self.config, self.base)
+        return queue_client(self.config, self.base, ca_file=self.ca_file)
 
     def create_queue(self, display_name: Optional[str] = None, compartment_id: Optional[str] = None, **details) -> str:
         return create_queue(self.admin, compartment_id or self.compartment_id, display_name, **details)
@@ -679,3 +730,600 @@ def cli_items(data) -> list:
 
 def b64url(n: int = 48) -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(n)).decode().rstrip("=")
+
+
+# --------------------------------------------------------------------------
+# STOMP (contract: docs of the STOMP interface; reference section 7)
+# --------------------------------------------------------------------------
+
+STOMP_MAX_FRAME_BYTES = 1024 * 1024     # whole frame, headers included
+STOMP_MAX_HEADERS = 64
+STOMP_DEFAULT_PREFETCH = 20
+STOMP_MAX_PREFETCH = 1000
+STOMP_VERSIONS = ("1.0", "1.1", "1.2")
+STOMP_ACK_MODE = "client-individual"    # the only ack mode Berth accepts
+SERVER_HEADER_RE = re.compile(r"^Berth/\S+$")
+HEART_BEAT_RE = re.compile(r"^\d+,\d+$")
+
+
+def destination(queue_id: str, channel_id: Optional[str] = None) -> str:
+    """SEND / SUBSCRIBE destination: the queue OCID, or `<queueOCID>/<channelId>`."""
+    return queue_id if channel_id is None else f"{queue_id}/{channel_id}"
+
+
+def error_text(frame) -> str:
+    """`message` header + body of an ERROR frame (RawFrame or stomp.py Frame)."""
+    body = frame.body
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    return f"{frame.headers.get('message', '')}\n{body or ''}"
+
+
+def assert_error_frame(frame, *patterns: str) -> str:
+    """An ERROR frame with a non-empty `message` header whose message+body
+    matches at least one of the (case-insensitive) regex patterns."""
+    assert frame is not None, "no ERROR frame"
+    assert frame_command(frame) == "ERROR", f"expected ERROR, got {frame_command(frame)}: {frame.headers}"
+    assert frame.headers.get("message"), f"ERROR frame without a message header: {frame.headers}"
+    text = error_text(frame)
+    if patterns:
+        assert any(re.search(p, text, re.I) for p in patterns), \
+            f"ERROR text does not say what was wrong (expected one of {patterns}): {text!r}"
+    return text
+
+
+def frame_command(frame) -> str:
+    return getattr(frame, "command", None) or getattr(frame, "cmd", "")
+
+
+def epoch_ms_now() -> int:
+    return int(time.time() * 1000)
+
+
+def assert_message_headers(frame, queue_id: str, sub_id: str, channel_id: Optional[str] = None,
+                           delivery_count: int = 1, version: str = "1.2") -> dict:
+    """The MESSAGE headers every version carries; returns them."""
+    h = frame.headers
+    for k in ("subscription", "destination", "message-id", "delivery-count", "visible-after", "expire-after",
+              "content-length", "oci-message-id"):
+        assert h.get(k), f"MESSAGE lacks {k}: {h}"
+    assert h["subscription"] == sub_id, h
+    assert h["destination"] == destination(queue_id, channel_id), h
+    assert int(h["delivery-count"]) == delivery_count, h
+    assert int(h["oci-message-id"]) > 0, h
+    body = frame.body.encode() if isinstance(frame.body, str) else frame.body
+    assert int(h["content-length"]) == len(body), h
+    if version == "1.2":
+        assert h["message-id"] == h["oci-message-id"], f"1.2 message-id must be the numeric id: {h}"
+        assert h.get("ack"), f"1.2 MESSAGE lacks ack: {h}"
+    else:
+        assert h["message-id"] != h["oci-message-id"], f"{version} message-id must be the receipt: {h}"
+        assert "ack" not in h, f"{version} MESSAGE must not carry ack: {h}"
+    return h
+
+
+# -- stomp.py -------------------------------------------------------------
+
+class StompListener(stomp.ConnectionListener):
+    """Collects everything a stomp.py connection receives, with waits that
+    end at a deadline (never a fixed sleep)."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.connected = None
+        self.messages: list = []
+        self.errors: list = []
+        self.receipts: dict[str, Any] = {}
+        self.disconnected = False
+        self.heartbeats: list[float] = []
+
+    def on_connected(self, frame):
+        with self.cond:
+            self.connected = frame
+            self.cond.notify_all()
+
+    def on_message(self, frame):
+        with self.cond:
+            self.messages.append(frame)
+            self.cond.notify_all()
+
+    def on_error(self, frame):
+        with self.cond:
+            self.errors.append(frame)
+            self.cond.notify_all()
+
+    def on_receipt(self, frame):
+        with self.cond:
+            self.receipts[frame.headers.get("receipt-id")] = frame
+            self.cond.notify_all()
+
+    def on_disconnected(self):
+        with self.cond:
+            self.disconnected = True
+            self.cond.notify_all()
+
+    def on_heartbeat(self):
+        with self.cond:
+            self.heartbeats.append(time.monotonic())
+            self.cond.notify_all()
+
+    def summary(self) -> str:
+        return (f"connected={self.connected is not None} messages={len(self.messages)} "
+                f"receipts={list(self.receipts)} disconnected={self.disconnected} "
+                f"errors={[error_text(e) for e in self.errors]}")
+
+    def wait(self, pred: Callable[[], Any], timeout: float, desc: str):
+        with self.cond:
+            if not self.cond.wait_for(pred, timeout):
+                raise AssertionError(f"timed out after {timeout}s waiting for {desc}; {self.summary()}")
+            return pred()
+
+
+class StompSession:
+    """A stomp.py connection (1.0, 1.1 or 1.2) plus its StompListener.
+
+    ACK/NACK take the MESSAGE frame and use the right header for the
+    version (1.2: `id` = the frame's `ack`; 1.0/1.1: `message-id`).
+    send/ack/nack ask for a RECEIPT by default and wait for it."""
+
+    CLASSES = {"1.0": stomp.Connection10, "1.1": stomp.Connection11, "1.2": stomp.Connection12}
+
+    def __init__(self, addr: str, version: str = "1.2", ca_file: Optional[str] = None,
+                 heartbeats: tuple[int, int] = (0, 0)):
+        self.version = version
+        self.host_port = split_addr(addr)
+        kw: dict[str, Any] = {"reconnect_attempts_max": 1, "timeout": 10}
+        if version != "1.0":
+            kw["heartbeats"] = heartbeats
+        self.conn = self.CLASSES[version]([self.host_port], **kw)
+        if ca_file:
+            self.conn.set_ssl(for_hosts=[self.host_port], ca_certs=ca_file)
+        self.listener = StompListener()
+        self.conn.set_listener("berth-compat", self.listener)
+        self._subs = 0
+
+    @property
+    def messages(self) -> list:
+        return self.listener.messages
+
+    # -- connection ---------------------------------------------------------
+    def start_connect(self, login: Optional[str], passcode: Optional[str], **headers) -> None:
+        """Send CONNECT (1.0) or STOMP (1.1/1.2) and return at once."""
+        self.conn.connect(login, passcode, wait=False, headers={k: str(v) for k, v in headers.items()})
+
+    def connect(self, login: Optional[str], passcode: Optional[str], timeout: float = 10, **headers):
+        """Connect and return the CONNECTED frame (fails on ERROR)."""
+        self.start_connect(login, passcode, **headers)
+        l = self.listener
+        l.wait(lambda: l.connected is not None or l.errors or l.disconnected, timeout, "CONNECTED")
+        assert l.connected is not None, f"CONNECT as {login!r} failed; {l.summary()}"
+        return l.connected
+
+    def connect_expect_error(self, login: Optional[str], passcode: Optional[str], timeout: float = 10, **headers):
+        """Connect; expect an ERROR frame (no CONNECTED) and then the server
+        closing the connection. Returns the ERROR frame."""
+        self.start_connect(login, passcode, **headers)
+        err = self.expect_error_and_close(timeout)
+        assert self.listener.connected is None, f"got CONNECTED as well as ERROR: {self.listener.connected.headers}"
+        return err
+
+    # -- frames -------------------------------------------------------------
+    def _receipt(self, receipt: bool) -> Optional[str]:
+        return f"r-{uuid.uuid4().hex[:10]}" if receipt else None
+
+    def wait_receipt(self, rid: str, timeout: float = 10):
+        l = self.listener
+        l.wait(lambda: rid in l.receipts or l.errors or l.disconnected, timeout, f"RECEIPT {rid}")
+        assert rid in l.receipts, f"no RECEIPT {rid}; {l.summary()}"
+        return l.receipts[rid]
+
+    def send(self, dest: str, body: str, receipt: bool = True, timeout: float = 10, **headers) -> Optional[str]:
+        rid = self._receipt(receipt)
+        h = {k: str(v) for k, v in headers.items()}
+        if rid:
+            h["receipt"] = rid
+        self.conn.send(dest, body, headers=h)
+        if rid:
+            self.wait_receipt(rid, timeout)
+        return rid
+
+    def subscribe(self, dest: str, sub_id: Optional[str] = None, ack: str = STOMP_ACK_MODE, **headers) -> str:
+        """SUBSCRIBE (no receipt: Berth's contract promises RECEIPTs for SEND,
+        ACK, NACK and DISCONNECT). Extra headers, e.g. visibility=2, prefetch=3."""
+        self._subs += 1
+        sub_id = sub_id or f"sub-{self._subs}"
+        self.conn.subscribe(dest, sub_id, ack=ack, headers={k: str(v) for k, v in headers.items()})
+        return sub_id
+
+    def unsubscribe(self, sub_id: str) -> None:
+        self.conn.unsubscribe(id=sub_id)
+
+    def ack_id(self, msg) -> str:
+        return msg.headers["ack"] if self.version == "1.2" else msg.headers["message-id"]
+
+    def _ack_or_nack(self, command: str, msg, receipt: bool, timeout: float):
+        rid = self._receipt(receipt)
+        if self.version == "1.2":
+            h = {"id": msg.headers["ack"]}
+        else:
+            h = {"message-id": msg.headers["message-id"], "subscription": msg.headers.get("subscription")}
+            if self.version == "1.0":
+                h.pop("subscription")
+        if rid:
+            h["receipt"] = rid
+        self.conn.send_frame(command, h)
+        if rid:
+            self.wait_receipt(rid, timeout)
+
+    def ack(self, msg, receipt: bool = True, timeout: float = 10) -> None:
+        self._ack_or_nack("ACK", msg, receipt, timeout)
+
+    def nack(self, msg, receipt: bool = True, timeout: float = 10) -> None:
+        self._ack_or_nack("NACK", msg, receipt, timeout)
+
+    # -- waiting ------------------------------------------------------------
+    def wait_messages(self, n: int, timeout: float = 10) -> list:
+        """Wait until at least n MESSAGE frames arrived in total; returns the first n."""
+        l = self.listener
+        l.wait(lambda: len(l.messages) >= n or l.errors or l.disconnected, timeout, f"{n} MESSAGE frames")
+        assert len(l.messages) >= n, f"expected {n} MESSAGE frames; {l.summary()}"
+        return l.messages[:n]
+
+    def messages_after(self, seconds: float) -> list:
+        """All MESSAGE frames received once `seconds` have passed (for checks
+        that nothing more arrives)."""
+        time.sleep(seconds)
+        with self.listener.cond:
+            return list(self.listener.messages)
+
+    def wait_error(self, timeout: float = 10):
+        l = self.listener
+        l.wait(lambda: l.errors or l.disconnected, timeout, "ERROR frame")
+        assert l.errors, f"connection closed without an ERROR frame; {l.summary()}"
+        return l.errors[0]
+
+    def wait_disconnected(self, timeout: float = 5) -> None:
+        self.listener.wait(lambda: self.listener.disconnected, timeout, "the server to close the connection")
+
+    def expect_error_and_close(self, timeout: float = 10):
+        err = self.wait_error(timeout)
+        self.wait_disconnected(5)
+        return err
+
+    def disconnect(self, timeout: float = 5):
+        """DISCONNECT with a receipt; returns the RECEIPT once the server closed.
+        (Sent as a plain frame: stomp.py's own disconnect(receipt=...) can
+        block forever if the server never answers.)"""
+        rid = self._receipt(True)
+        self.conn.send_frame("DISCONNECT", {"receipt": rid})
+        r = self.wait_receipt(rid, timeout)
+        self.wait_disconnected(timeout)
+        return r
+
+    def drop(self) -> None:
+        """Close the socket abruptly: no DISCONNECT, no ACK."""
+        self.conn.transport.disconnect_socket()
+
+    def close(self) -> None:
+        """Best-effort cleanup for fixtures."""
+        try:
+            if self.conn.is_connected() and not self.listener.disconnected:
+                self.conn.disconnect()
+                with self.listener.cond:
+                    self.listener.cond.wait_for(lambda: self.listener.disconnected, 3)
+        except Exception:
+            pass
+        try:
+            self.conn.transport.disconnect_socket()
+        except Exception:
+            pass
+
+
+# -- raw frames over a socket ----------------------------------------------
+
+_UNESCAPE = {b"\\n": b"\n", b"\\r": b"\r", b"\\c": b":", b"\\\\": b"\\"}
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+
+
+@dataclass
+class RawFrame:
+    command: str
+    headers: dict          # first occurrence of a repeated header wins (STOMP 1.2)
+    body: bytes
+    header_list: list
+
+    def __repr__(self) -> str:
+        return f"RawFrame({self.command}, {self.headers}, {self.body[:200]!r})"
+
+
+class StompClosed(AssertionError):
+    """The server closed the connection (EOF or reset) before a full frame."""
+
+
+class RawStomp:
+    """A STOMP client that writes exactly the bytes a test gives it and
+    parses what comes back. Lone EOLs between frames are heart-beats; the
+    monotonic time each one arrived is kept in `heartbeats`."""
+
+    def __init__(self, addr: str, ssl_context: Optional[ssl.SSLContext] = None, timeout: float = 10):
+        host, port = split_addr(addr)
+        sock = socket.create_connection((host, port), timeout=timeout)
+        if ssl_context is not None:
+            sock = ssl_context.wrap_socket(sock, server_hostname=host)
+        self.sock = sock
+        self.buf = b""
+        self.eof = False
+        self.heartbeats: list[float] = []
+        self.frames: list[RawFrame] = []   # every frame read, in order
+
+    # -- writing ------------------------------------------------------------
+    @staticmethod
+    def encode(command: str, headers=(), body: bytes | str = b"", content_length: Optional[bool] = None) -> bytes:
+        """headers: dict or list of (name, value) pairs, str or bytes, written
+        as is (no escaping). content-length is added when the body is not
+        empty unless content_length=False (or already given)."""
+        if isinstance(body, str):
+            body = body.encode()
+        pairs = list(headers.items()) if isinstance(headers, dict) else list(headers)
+        names = {(k if isinstance(k, str) else k.decode("latin-1")).lower() for k, _ in pairs}
+        if content_length or (content_length is None and body and "content-length" not in names):
+            pairs.append(("content-length", str(len(body))))
+        out = [command.encode() + b"\n"]
+        for k, v in pairs:
+            k = k.encode() if isinstance(k, str) else k
+            v = str(v).encode() if not isinstance(v, bytes) else v
+            out.append(k + b":" + v + b"\n")
+        out.append(b"\n")
+        return b"".join(out) + body + b"\x00"
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send_frame(self, command: str, headers=(), body: bytes | str = b"", content_length: Optional[bool] = None):
+        self.send_raw(self.encode(command, headers, body, content_length))
+
+    def send_frame_ignoring_reset(self, command: str, headers=(), body: bytes | str = b"", **kw) -> None:
+        """For frames the server may refuse part-way (too large): a reset or
+        broken pipe while writing is not a failure, the reply is read after."""
+        try:
+            self.send_frame(command, headers, body, **kw)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    # -- reading ------------------------------------------------------------
+    def _recv(self, deadline: float) -> bool:
+        """Read more into buf; False on EOF/reset; TimeoutError at deadline."""
+        if self.eof:
+            return False
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        self.sock.settimeout(remaining)
+        try:
+            data = self.sock.recv(65536)
+        except (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            data = b""
+        except socket.timeout:
+            raise TimeoutError from None
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
+
+    def _parse(self) -> Optional[RawFrame]:
+        while True:  # heart-beats: EOLs outside a frame
+            if self.buf.startswith(b"\n"):
+                self.buf = self.buf[1:]
+            elif self.buf.startswith(b"\r\n"):
+                self.buf = self.buf[2:]
+            else:
+                break
+            self.heartbeats.append(time.monotonic())
+        m = _BLANK_LINE.search(self.buf)
+        if not m:
+            return None
+        lines = [ln.rstrip(b"\r") for ln in self.buf[:m.start()].split(b"\n")]
+        command = lines[0].decode("utf-8", "replace")
+        pairs = []
+        for ln in lines[1:]:
+            k, _, v = ln.partition(b":")
+            if command != "CONNECTED":
+                v = re.sub(rb"\\[nrc\\]", lambda x: _UNESCAPE[x.group(0)], v)
+            pairs.append((k.decode("utf-8", "replace"), v.decode("utf-8", "replace")))
+        headers: dict[str, str] = {}
+        for k, v in pairs:
+            headers.setdefault(k, v)
+        start = m.end()
+        if "content-length" in headers:
+            n = int(headers["content-length"])
+            if len(self.buf) < start + n + 1:
+                return None
+            assert self.buf[start + n:start + n + 1] == b"\x00", \
+                f"{command} frame body is not followed by NUL after content-length {n}"
+            end = start + n
+        else:
+            end = self.buf.find(b"\x00", start)
+            if end < 0:
+                return None
+        frame = RawFrame(command, headers, self.buf[start:end], pairs)
+        self.buf = self.buf[end + 1:]
+        self.frames.append(frame)
+        return frame
+
+    def read_frame(self, timeout: float = 10) -> RawFrame:
+        """The next frame. StompClosed on EOF; TimeoutError at the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            f = self._parse()
+            if f is not None:
+                return f
+            if not self._recv(deadline):
+                f = self._parse()
+                if f is not None:
+                    return f
+                raise StompClosed(f"server closed the connection; unparsed bytes: {self.buf[:300]!r}")
+
+    def expect(self, command: str, timeout: float = 10) -> RawFrame:
+        """The next frame, which must be `command`."""
+        try:
+            f = self.read_frame(timeout)
+        except TimeoutError:
+            raise AssertionError(f"no {command} frame within {timeout}s") from None
+        if f.command != command:
+            detail = error_text(f) if f.command == "ERROR" else f.headers
+            raise AssertionError(f"expected {command}, got {f.command}: {detail}")
+        return f
+
+    def listen(self, seconds: float) -> list[RawFrame]:
+        """Read for `seconds` (heart-beats are recorded); returns the frames
+        read meanwhile. Stops early if the server closes (see eof)."""
+        deadline = time.monotonic() + seconds
+        got = []
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                got.append(self.read_frame(remaining))
+            except (TimeoutError, StompClosed):
+                break
+        return got
+
+    def assert_closed(self, timeout: float = 5) -> None:
+        """The server closes the connection within timeout, sending nothing but
+        EOLs meanwhile."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                f = self._parse()
+                assert f is None, f"server sent {f} instead of closing the connection"
+                if not self._recv(deadline):
+                    assert not self.buf.strip(b"\r\n"), f"trailing bytes before close: {self.buf[:200]!r}"
+                    return
+            except TimeoutError:
+                raise AssertionError(f"server did not close the connection within {timeout}s") from None
+
+    def expect_error_and_close(self, timeout: float = 10) -> RawFrame:
+        """Read frames until an ERROR (earlier RECEIPT/MESSAGE frames are kept
+        in `frames`), then require the server to close the connection."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                f = self.read_frame(max(0.001, deadline - time.monotonic()))
+            except TimeoutError:
+                raise AssertionError(f"no ERROR frame within {timeout}s; frames: {self.frames}") from None
+            except StompClosed as e:
+                raise AssertionError(f"connection closed without an ERROR frame ({e}); frames: {self.frames}") \
+                    from None
+            if f.command == "ERROR":
+                break
+        self.assert_closed(5)
+        return f
+
+    # -- conveniences ---------------------------------------------------------
+    def connect(self, login: Optional[str], passcode: Optional[str], accept_version: Optional[str] = "1.2",
+                command: str = "CONNECT", heart_beat: Optional[str] = None, host: str = "127.0.0.1",
+                timeout: float = 10, extra=()) -> RawFrame:
+        """Send CONNECT/STOMP; returns the first frame back (CONNECTED or ERROR)."""
+        h: list = []
+        if accept_version is not None:
+            h.append(("accept-version", accept_version))
+        if host is not None:
+            h.append(("host", host))
+        if login is not None:
+            h.append(("login", login))
+        if passcode is not None:
+            h.append(("passcode", passcode))
+        if heart_beat is not None:
+            h.append(("heart-beat", heart_beat))
+        h.extend(extra)
+        self.send_frame(command, h)
+        return self.read_frame(timeout)
+
+    def login(self, who: "Tenant", **kw) -> RawFrame:
+        """CONNECT as who; returns CONNECTED (fails on anything else)."""
+        f = self.connect(who.stomp_login, who.stomp_passcode, **kw)
+        assert f.command == "CONNECTED", f"CONNECT failed: {f.command} {error_text(f) if f.command == 'ERROR' else f}"
+        return f
+
+    def request(self, command: str, headers=(), body: bytes | str = b"", timeout: float = 10,
+                content_length: Optional[bool] = None) -> RawFrame:
+        """Send a frame with a receipt header; return the RECEIPT (fails on ERROR)."""
+        rid = f"r-{uuid.uuid4().hex[:10]}"
+        pairs = (list(headers.items()) if isinstance(headers, dict) else list(headers)) + [("receipt", rid)]
+        self.send_frame(command, pairs, body, content_length)
+        while True:
+            f = self.read_frame(timeout)
+            if f.command == "RECEIPT":
+                assert f.headers.get("receipt-id") == rid, f"RECEIPT for {rid} has {f.headers}"
+                return f
+            if f.command == "ERROR":
+                raise AssertionError(f"{command} got ERROR: {error_text(f)}")
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def read_raw_until_closed(addr: str, data: bytes, timeout: float = 5) -> bytes:
+    """Connect with plain TCP, write data, return everything read until the
+    server closes, resets, or timeout passes."""
+    host, port = split_addr(addr)
+    out = b""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        try:
+            s.sendall(data)
+        except OSError:
+            return out
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            s.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out
+
+
+# -- TLS ---------------------------------------------------------------------
+
+def make_self_signed_cert(out_dir: Path, ip: str = "127.0.0.1") -> tuple[str, str]:
+    """A self-signed certificate (IP SAN `ip`, DNS SAN localhost) and its
+    PKCS#8 key, as PEM files; the certificate is also the CA file clients trust."""
+    import ipaddress
+    from datetime import timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "berth-compat-test")])
+    now = now_utc()
+    cert = (x509.CertificateBuilder()
+            .subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip)),
+                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(key, hashes.SHA256()))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = out_dir / "cert.pem", out_dir / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def client_ssl_context(ca_file: str) -> ssl.SSLContext:
+    """Verifies the server against ca_file only, hostname (IP SAN) included."""
+    return ssl.create_default_context(cafile=ca_file)

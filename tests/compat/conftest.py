@@ -7,6 +7,8 @@
 - `tenant` (admin credentials written on first start) with `admin`, `qc`
   (SDK clients), `raw` / `signed_request` (raw signed HTTP), `make_queue`.
 - `tenant_b`: a second tenancy made with `berth credentials create`.
+- `stomp_client` (stomp.py sessions) and `raw_stomp` (raw-socket STOMP),
+  both factories whose connections are closed after the test.
 
 Run: BERTH_BIN=/path/to/berth pytest tests/compat
 """
@@ -18,7 +20,7 @@ import time
 import pytest
 
 import berthlib
-from berthlib import BerthServer, Tenant, berth_bin, unique_name
+from berthlib import BerthServer, RawStomp, StompSession, Tenant, berth_bin, unique_name
 
 
 # --------------------------------------------------------------------------
@@ -139,3 +141,47 @@ def make_queue(tenant):
 def queue_id(make_queue) -> str:
     """A fresh queue with default settings."""
     return make_queue()
+
+
+# --------------------------------------------------------------------------
+# STOMP clients
+# --------------------------------------------------------------------------
+
+@pytest.fixture
+def stomp_client(server, tenant):
+    """stomp_client(who=tenant, version="1.2", srv=server, connect=True, heartbeats=(0, 0)) -> StompSession
+
+    A stomp.py connection to srv's STOMP port (TLS when srv was started with
+    --stomp-tls-cert), logged in as `who` unless connect=False. Closed after
+    the test.
+    """
+    sessions: list[StompSession] = []
+
+    def make(who: Tenant = None, version: str = "1.2", srv: BerthServer = None, connect: bool = True,
+             heartbeats=(0, 0)) -> StompSession:
+        srv = srv or server
+        s = StompSession(srv.stomp_addr, version=version, ca_file=srv.stomp_ca, heartbeats=heartbeats)
+        sessions.append(s)
+        if connect:
+            who = who or tenant
+            s.connect(who.stomp_login, who.stomp_passcode)
+        return s
+
+    yield make
+    for s in sessions:
+        s.close()
+
+
+@pytest.fixture
+def raw_stomp(server):
+    """raw_stomp(srv=server, ssl_context=None) -> RawStomp (plain socket to srv's STOMP port), closed after the test."""
+    socks: list[RawStomp] = []
+
+    def make(srv: BerthServer = None, ssl_context=None) -> RawStomp:
+        s = RawStomp((srv or server).stomp_addr, ssl_context=ssl_context)
+        socks.append(s)
+        return s
+
+    yield make
+    for s in socks:
+        s.close()

@@ -28,9 +28,6 @@ pub enum QueueError {
     /// An `opc-retry-token` was reused for a different request.
     #[error("the retry token was already used for a different request")]
     RetryTokenReused,
-    /// The server is shutting down.
-    #[error("the server is shutting down")]
-    ShuttingDown,
     /// The storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -10,11 +10,14 @@ use berth_core::store::Store;
 use berth_core::{Clock, Engine, SystemClock};
 use berth_store::SqliteStore;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, Principal};
 use crate::config::Config;
-use crate::{credentials, rest, stomp, workers};
+use crate::stomp::StompContext;
+use crate::{credentials, rest, stomp, tls, workers};
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -43,7 +46,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let stomp =
         TcpListener::bind(&config.stomp_addr).await.with_context(|| format!("cannot bind {}", config.stomp_addr))?;
     let (http_addr, stomp_addr) = (http.local_addr()?, stomp.local_addr()?);
-    let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{http_addr}"));
+    let scheme = if config.http_tls.is_some() { "https" } else { "http" };
+    let public_url = config.public_url.clone().unwrap_or_else(|| format!("{scheme}://{http_addr}"));
+    let http_tls = config.http_tls.as_ref().map(|(cert, key)| tls::server_config(cert, key)).transpose()?;
+    let stomp_tls = config.stomp_tls.as_ref().map(|(cert, key)| tls::server_config(cert, key)).transpose()?;
 
     let default_tenancy = credentials::bootstrap(store.as_ref(), &config.data_dir, &config.region, &public_url).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -61,12 +67,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     } else {
         Authenticator::new(store_dyn.clone(), clock.clone())
     };
+    let stomp_ctx = Arc::new(StompContext {
+        engine: engine.clone(),
+        limits: stomp::frame::Limits::default(),
+        idle_timeout: config.stomp_idle_timeout,
+        max_connections: config.stomp_max_connections,
+        tls: stomp_tls.map(TlsAcceptor::from),
+    });
     let state = AppState { engine, auth: Arc::new(auth), public_url: public_url.into() };
 
     let sweeper = tokio::spawn(workers::sweep(store_dyn.clone(), clock, shutdown.clone()));
-    let stomp_task = tokio::spawn(stomp::refuse_all(stomp, shutdown.clone()));
-    let serve = axum::serve(http, rest::router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let server = tokio::spawn(async move { serve.await });
+    let stomp_task = tokio::spawn(stomp::serve(stomp, stomp_ctx, shutdown.clone()));
+    let server = serve_http(http, rest::router(state), http_tls, &shutdown, config.shutdown_grace)?;
 
     println!("listening http={http_addr} stomp={stomp_addr}");
     println!("OCI config for the SDK and CLI: {}", config.data_dir.join("credentials").join("oci-config").display());
@@ -90,4 +102,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     store.close().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves HTTP, or HTTPS when `tls` is given, until `shutdown`; in-flight requests then get `grace`.
+fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let Some(tls) = tls else {
+        let serve = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        return Ok(tokio::spawn(async move { serve.await.map_err(anyhow::Error::from) }));
+    };
+    let handle = axum_server::Handle::new();
+    let (on_shutdown, token) = (handle.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        token.cancelled().await;
+        on_shutdown.graceful_shutdown(Some(grace));
+    });
+    let listener = listener.into_std()?;
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+    let server = axum_server::from_tcp_rustls(listener, config).handle(handle);
+    Ok(tokio::spawn(async move { server.serve(router.into_make_service()).await.map_err(anyhow::Error::from) }))
 }

@@ -53,7 +53,7 @@ pub struct CreateCredentialsArgs {
     /// Endpoint written into the files.
     #[arg(long, env = "BERTH_PUBLIC_URL", default_value = "http://127.0.0.1:8080")]
     pub endpoint: String,
-    /// Region written into `oci-config` and used in OCIDs.
+    /// Region written into `oci-config`.
     #[arg(long, env = "BERTH_REGION", default_value = DEFAULT_REGION)]
     pub region: String,
 }
@@ -80,8 +80,26 @@ pub struct ServeArgs {
     #[arg(long, env = "BERTH_REGION")]
     pub region: Option<String>,
     /// Accept unsigned requests as the default tenancy. For local testing only.
-    #[arg(long, env = "BERTH_INSECURE_NO_AUTH")]
-    pub insecure_no_auth: bool,
+    #[arg(long, env = "BERTH_INSECURE_NO_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure_no_auth: Option<bool>,
+    /// PEM certificate chain for HTTPS on --http-addr (with --http-tls-key).
+    #[arg(long, env = "BERTH_HTTP_TLS_CERT")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS.
+    #[arg(long, env = "BERTH_HTTP_TLS_KEY")]
+    pub http_tls_key: Option<PathBuf>,
+    /// PEM certificate chain for STOMP over TLS on --stomp-addr (with --stomp-tls-key).
+    #[arg(long, env = "BERTH_STOMP_TLS_CERT")]
+    pub stomp_tls_cert: Option<PathBuf>,
+    /// PEM private key for STOMP over TLS.
+    #[arg(long, env = "BERTH_STOMP_TLS_KEY")]
+    pub stomp_tls_key: Option<PathBuf>,
+    /// Close STOMP connections silent this long when no heart-beats were negotiated [default: 5m].
+    #[arg(long, env = "BERTH_STOMP_IDLE_TIMEOUT")]
+    pub stomp_idle_timeout: Option<String>,
+    /// Most open STOMP connections; more wait to be accepted [default: 1024].
+    #[arg(long, env = "BERTH_STOMP_MAX_CONNECTIONS")]
+    pub stomp_max_connections: Option<usize>,
     /// How long in-flight requests get at shutdown, e.g. "10s" [default: 10s].
     #[arg(long, env = "BERTH_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
@@ -105,6 +123,18 @@ pub struct FileConfig {
     pub insecure_no_auth: Option<bool>,
     /// Shutdown grace period, human units.
     pub shutdown_grace: Option<String>,
+    /// HTTPS certificate chain (PEM).
+    pub http_tls_cert: Option<PathBuf>,
+    /// HTTPS private key (PEM).
+    pub http_tls_key: Option<PathBuf>,
+    /// STOMP TLS certificate chain (PEM).
+    pub stomp_tls_cert: Option<PathBuf>,
+    /// STOMP TLS private key (PEM).
+    pub stomp_tls_key: Option<PathBuf>,
+    /// STOMP idle timeout, human units.
+    pub stomp_idle_timeout: Option<String>,
+    /// Most open STOMP connections.
+    pub stomp_max_connections: Option<usize>,
 }
 
 const DEFAULT_REGION: &str = "us-ashburn-1";
@@ -126,6 +156,42 @@ pub struct Config {
     pub insecure_no_auth: bool,
     /// Grace period for in-flight requests at shutdown.
     pub shutdown_grace: Duration,
+    /// HTTPS certificate and key.
+    pub http_tls: Option<(PathBuf, PathBuf)>,
+    /// STOMP TLS certificate and key.
+    pub stomp_tls: Option<(PathBuf, PathBuf)>,
+    /// STOMP idle timeout.
+    pub stomp_idle_timeout: Duration,
+    /// Most open STOMP connections.
+    pub stomp_max_connections: usize,
+}
+
+/// Parses a human duration (`"10s"`, `"5m"`), noting a problem instead of failing.
+fn duration(key: &str, value: Option<String>, default: Duration, problems: &mut Vec<String>) -> Duration {
+    match value {
+        None => default,
+        Some(text) => humantime::parse_duration(&text).unwrap_or_else(|e| {
+            problems.push(format!("{key} {text:?}: {e}"));
+            default
+        }),
+    }
+}
+
+/// A certificate and key given together, or neither.
+fn tls_pair(
+    key_name: &str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    problems: &mut Vec<String>,
+) -> Option<(PathBuf, PathBuf)> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
+            problems.push(format!("{key_name}_cert and {key_name}_key must be given together"));
+            None
+        }
+    }
 }
 
 impl Config {
@@ -142,20 +208,36 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        let grace = args.shutdown_grace.or(file.shutdown_grace).unwrap_or_else(|| "10s".into());
         let mut problems = Vec::new();
-        let shutdown_grace = humantime::parse_duration(&grace).unwrap_or_else(|e| {
-            problems.push(format!("shutdown_grace {grace:?}: {e}"));
-            Duration::from_secs(10)
-        });
+        let p = &mut problems;
+        let shutdown_grace =
+            duration("shutdown_grace", args.shutdown_grace.or(file.shutdown_grace), Duration::from_secs(10), p);
+        let stomp_idle_timeout = duration(
+            "stomp_idle_timeout",
+            args.stomp_idle_timeout.or(file.stomp_idle_timeout),
+            Duration::from_secs(300),
+            p,
+        );
+        let http_tls =
+            tls_pair("http_tls", args.http_tls_cert.or(file.http_tls_cert), args.http_tls_key.or(file.http_tls_key), p);
+        let stomp_tls = tls_pair(
+            "stomp_tls",
+            args.stomp_tls_cert.or(file.stomp_tls_cert),
+            args.stomp_tls_key.or(file.stomp_tls_key),
+            p,
+        );
         let config = Config {
             data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./berth-data")),
             http_addr: args.http_addr.or(file.http_addr).unwrap_or_else(|| "127.0.0.1:8080".into()),
             stomp_addr: args.stomp_addr.or(file.stomp_addr).unwrap_or_else(|| "127.0.0.1:61613".into()),
             public_url: args.public_url.or(file.public_url),
             region: args.region.or(file.region).unwrap_or_else(|| DEFAULT_REGION.into()),
-            insecure_no_auth: args.insecure_no_auth || file.insecure_no_auth.unwrap_or(false),
+            insecure_no_auth: args.insecure_no_auth.or(file.insecure_no_auth).unwrap_or(false),
             shutdown_grace,
+            http_tls,
+            stomp_tls,
+            stomp_idle_timeout,
+            stomp_max_connections: args.stomp_max_connections.or(file.stomp_max_connections).unwrap_or(1024),
         };
         problems.extend(config.problems());
         if !problems.is_empty() {
@@ -175,6 +257,9 @@ impl Config {
             if !(url.starts_with("http://") || url.starts_with("https://")) || url.ends_with('/') {
                 problems.push(format!("public_url {url:?} must start with http:// or https:// and not end with /"));
             }
+        }
+        if self.stomp_max_connections == 0 {
+            problems.push("stomp_max_connections must be at least 1".into());
         }
         if self.region.is_empty() || !self.region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             problems.push(format!("region {:?} must be letters, digits and dashes", self.region));
@@ -212,6 +297,23 @@ mod tests {
         for key in ["http_addr", "public_url", "shutdown_grace"] {
             assert!(message.contains(key), "{message}");
         }
+    }
+
+    #[test]
+    fn a_false_flag_overrides_insecure_mode_set_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("berth.toml");
+        std::fs::write(&file, "insecure_no_auth = true\n").unwrap();
+        let args = ServeArgs { config: Some(file.clone()), ..ServeArgs::default() };
+        assert!(Config::load(args).unwrap().insecure_no_auth);
+        let args = ServeArgs { config: Some(file), insecure_no_auth: Some(false), ..ServeArgs::default() };
+        assert!(!Config::load(args).unwrap().insecure_no_auth);
+    }
+
+    #[test]
+    fn tls_certificate_without_key_is_a_problem() {
+        let args = ServeArgs { stomp_tls_cert: Some("c.pem".into()), ..ServeArgs::default() };
+        assert!(Config::load(args).unwrap_err().to_string().contains("stomp_tls_cert and stomp_tls_key"));
     }
 
     #[test]

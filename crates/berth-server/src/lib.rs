@@ -7,7 +7,8 @@
 //! - [`rest`]: routes, handlers (named after OCI operations), DTOs and the one error mapping.
 //! - [`credentials`]: API keys and STOMP passcodes, OCI config files.
 //! - [`workers`]: bounded background sweeps.
-//! - [`stomp`]: the STOMP listener (protocol not implemented yet).
+//! - [`stomp`]: STOMP 1.0–1.2 over the same engine.
+//! - [`tls`]: rustls server configuration for HTTPS and STOMP over TLS.
 
 pub mod app;
 pub mod auth;
@@ -15,4 +16,5 @@ pub mod config;
 pub mod credentials;
 pub mod rest;
 pub mod stomp;
+pub mod tls;
 pub mod workers;

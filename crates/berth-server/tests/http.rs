@@ -144,6 +144,11 @@ async fn unsigned_forged_stale_and_tampered_requests_get_401_in_oci_shape() {
         ("stale date", signed(&r.key, "GET", "/20210201/queues", "", &stale, "")),
         ("wrong key", signed(&other_key, "GET", "/20210201/queues", "", &now_http(), "")),
         ("tampered body", signed(&r.key, "POST", "/20210201/queues", &body, &now_http(), "{}")),
+        ("stale signed date with a fresh unsigned x-date", {
+            let mut replay = signed(&r.key, "GET", "/20210201/queues", "", &stale, "");
+            replay.headers_mut().insert("x-date", now_http().parse().unwrap());
+            replay
+        }),
     ];
     for (case, request) in cases {
         let (status, request_id, body) = call(&r.app, request).await;

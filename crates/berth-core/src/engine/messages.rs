@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::clock::Timestamp;
 use crate::error::QueueError;
 use crate::limits;
@@ -142,6 +144,21 @@ impl Engine {
         queue_id: &str,
         params: GetMessages,
     ) -> Result<Vec<Delivered>, QueueError> {
+        self.poll_messages(tenancy_id, queue_id, params, &CancellationToken::new()).await
+    }
+
+    /// Like [`Engine::get_messages`], and the wait also ends (empty) when `stop` fires.
+    /// Only the wait is cut short: messages already leased are always returned.
+    ///
+    /// # Errors
+    /// `QueueNotFound`, or a store failure.
+    pub async fn poll_messages(
+        &self,
+        tenancy_id: &str,
+        queue_id: &str,
+        params: GetMessages,
+        stop: &CancellationToken,
+    ) -> Result<Vec<Delivered>, QueueError> {
         let queue = self.active_queue(tenancy_id, queue_id).await?;
         let policy = &queue.spec.policy;
         let visibility = params.visibility_secs.unwrap_or(policy.visibility_secs);
@@ -176,7 +193,7 @@ impl Engine {
             if !leased.is_empty() {
                 return Ok(leased.into_iter().map(|m| self.delivered(queue.row, params.dead_letter, m)).collect());
             }
-            if now >= deadline || self.shutdown.is_cancelled() {
+            if now >= deadline || self.shutdown.is_cancelled() || stop.is_cancelled() {
                 return Ok(Vec::new());
             }
             let next = self
@@ -189,6 +206,7 @@ impl Engine {
                 _ = woken => {}
                 _ = tokio::time::sleep(pause) => {}
                 _ = self.shutdown.cancelled() => return Ok(Vec::new()),
+                _ = stop.cancelled() => return Ok(Vec::new()),
             }
         }
     }

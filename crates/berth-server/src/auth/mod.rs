@@ -100,10 +100,9 @@ impl Authenticator {
         let signing_string =
             signature::signing_string(&signed.headers, method, &request_target, header).map_err(refuse)?;
 
-        let date = header("x-date")
-            .or_else(|| header("date"))
-            .ok_or(SignatureError::Unsigned("date".into()))
-            .map_err(refuse)?;
+        // Only a signed date counts: an unsigned x-date must not refresh a replayed request.
+        let date_header = if signed.headers.iter().any(|h| h == "x-date") { "x-date" } else { "date" };
+        let date = header(date_header).ok_or(SignatureError::Unsigned(date_header.into())).map_err(refuse)?;
         let sent = httpdate::parse_http_date(date).map_err(|_| refuse(SignatureError::Malformed("bad date")))?;
         let sent_ms = sent.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         if (self.clock.now().0 - sent_ms).abs() > MAX_SKEW_MS {

@@ -21,6 +21,8 @@ pub enum ApiError {
     MethodNotAllowed,
     /// The body is larger than any valid request.
     BodyTooLarge,
+    /// The request ran past the server's time limit.
+    Timeout,
     /// A handler panicked.
     Panic,
 }
@@ -54,7 +56,6 @@ impl ApiError {
                 }
                 QueueError::EtagMismatch => StatusCode::PRECONDITION_FAILED,
                 QueueError::RetryTokenReused => StatusCode::CONFLICT,
-                QueueError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
                 QueueError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
                 QueueError::Store(StoreError::Backend(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             },
@@ -63,6 +64,7 @@ impl ApiError {
             ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Panic => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -79,7 +81,7 @@ impl ApiError {
                 QueueError::LimitExceeded(_) => "LimitExceeded",
                 QueueError::EtagMismatch => "NoEtagMatch",
                 QueueError::RetryTokenReused => "InvalidatedRetryToken",
-                QueueError::ShuttingDown | QueueError::Store(StoreError::Unavailable(_)) => "ServiceUnavailable",
+                QueueError::Store(StoreError::Unavailable(_)) => "ServiceUnavailable",
                 QueueError::Store(StoreError::Backend(_)) => "InternalServerError",
             },
             ApiError::CannotParse(_) => "CannotParseRequest",
@@ -87,6 +89,7 @@ impl ApiError {
             ApiError::NoRoute => "NotFound",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::BodyTooLarge => "RequestEntityTooLarge",
+            ApiError::Timeout => "ServiceUnavailable",
             ApiError::Panic => "InternalServerError",
         }
     }
@@ -105,6 +108,7 @@ impl ApiError {
             ApiError::NoRoute => "There is no operation for this path.".into(),
             ApiError::MethodNotAllowed => "This path does not support the method.".into(),
             ApiError::BodyTooLarge => "The request body is larger than any valid request.".into(),
+            ApiError::Timeout => "The request took longer than the server allows; retry it.".into(),
         }
     }
 }

@@ -422,22 +422,28 @@ pub(crate) fn redrive(
     let batch = to_settle.batch;
     settle(conn, queue, to_settle.now, to_settle.dead_letter_after, batch)?;
     let ids = match channels {
-        None => ids_of(conn, "SELECT id FROM messages WHERE queue = ?1 AND dlq = 1 LIMIT ?2", params![queue, batch])?,
+        None => ids_of(
+            conn,
+            "SELECT id FROM messages WHERE queue = ?1 AND dlq = 1 AND leased = 0 LIMIT ?2",
+            params![queue, batch],
+        )?,
         Some(channels) => {
             let mut ids = Vec::new();
             for channel in channels {
                 let left = batch as usize - ids.len();
                 ids.extend(ids_of(
                     conn,
-                    "SELECT id FROM messages WHERE queue = ?1 AND channel = ?2 AND dlq = 1 LIMIT ?3",
+                    "SELECT id FROM messages WHERE queue = ?1 AND channel = ?2 AND dlq = 1 AND leased = 0 LIMIT ?3",
                     params![queue, channel, left as i64],
                 )?);
             }
             ids
         }
     };
-    let mut back = conn
-        .prepare_cached("UPDATE messages SET dlq = 0, leased = 0, delivery_count = 0, lease_token = 0 WHERE id = ?1")?;
+    // Only ready DLQ messages move (expired leases were settled above): a DLQ consumer's
+    // current leases stay valid.
+    let mut back =
+        conn.prepare_cached("UPDATE messages SET dlq = 0, delivery_count = 0, lease_token = 0 WHERE id = ?1")?;
     for id in &ids {
         back.execute(params![id])?;
     }

@@ -66,8 +66,9 @@ CREATE TABLE IF NOT EXISTS retry_tokens (
 );
 -- leased = 0: ready, oldest id first per channel.
 -- leased = 1: invisible until visible_at (a lease, or a delivery delay when delivery_count = 0).
+-- AUTOINCREMENT: ids are never reused, so clients can deduplicate by id.
 CREATE TABLE IF NOT EXISTS messages (
-    id             INTEGER PRIMARY KEY,
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
     queue          INTEGER NOT NULL,
     dlq            INTEGER NOT NULL,
     channel        TEXT NOT NULL,

@@ -1,0 +1,353 @@
+//! Per-connection state: who is connected, the subscriptions and the messages delivered
+//! but not yet acknowledged. The session returns frames; it never touches the socket.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_core::model::NewMessage;
+use berth_core::{Engine, QueueError};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::command::{Command, Destination};
+use super::frame::{Frame, Version};
+use super::subscription::{Consumer, Event};
+use super::StompContext;
+
+/// How the connection goes on after a command.
+#[derive(Debug)]
+pub enum Reply {
+    /// Send these frames and keep reading.
+    Continue(Vec<Frame>),
+    /// Send these frames, then close.
+    Close(Vec<Frame>),
+}
+
+/// Negotiated heart-beat intervals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeats {
+    /// How often the server sends one (None = never).
+    pub send_every: Option<Duration>,
+    /// How often the client promised one (None = never).
+    pub expect_every: Option<Duration>,
+}
+
+/// Fastest heart-beat the server sends, and slowest it asks of a client that offers them.
+const MIN_SEND_MS: u64 = 500;
+const MIN_EXPECT_MS: u64 = 1000;
+
+/// Negotiates heart-beats from the client's `cx,cy` (STOMP 1.1+).
+pub fn negotiate(client: Option<&str>) -> Result<Heartbeats, String> {
+    let Some(value) = client else { return Ok(Heartbeats { send_every: None, expect_every: None }) };
+    let parsed = value
+        .split_once(',')
+        .and_then(|(cx, cy)| Some((cx.trim().parse::<u64>().ok()?, cy.trim().parse::<u64>().ok()?)));
+    let (cx, cy) = parsed.ok_or_else(|| format!("heart-beat must be two numbers like 10000,10000, got {value:?}"))?;
+    let every = |ms: u64, floor: u64| (ms > 0).then(|| Duration::from_millis(ms.max(floor)));
+    Ok(Heartbeats { send_every: every(cy, MIN_SEND_MS), expect_every: every(cx, MIN_EXPECT_MS) })
+}
+
+/// An ERROR frame; `receipt` echoes the request's receipt so the client can match it.
+pub fn error_frame(message: &str, receipt: Option<&str>) -> Frame {
+    let short: String = message.lines().next().unwrap_or(message).chars().take(200).collect();
+    let mut frame = Frame::new("ERROR").header("message", short).header("content-type", "text/plain");
+    if let Some(receipt) = receipt {
+        frame = frame.header("receipt-id", receipt);
+    }
+    frame.body(message.to_owned())
+}
+
+fn receipt_frame(receipt: Option<&str>) -> Vec<Frame> {
+    receipt.map(|r| Frame::new("RECEIPT").header("receipt-id", r)).into_iter().collect()
+}
+
+/// What the client may be told about a failure: never whether another tenancy's queue exists.
+fn describe(error: &QueueError) -> String {
+    match error {
+        QueueError::QueueNotFound => "destination not found or not authorized".into(),
+        QueueError::ReceiptInvalid => "the message's lease has ended (or it was never delivered here)".into(),
+        QueueError::Store(_) => "the service could not complete the request; it has been logged".into(),
+        QueueError::WorkRequestNotFound
+        | QueueError::InvalidParameter(_)
+        | QueueError::MissingParameter(_)
+        | QueueError::LimitExceeded(_)
+        | QueueError::EtagMismatch
+        | QueueError::RetryTokenReused => error.to_string(),
+    }
+}
+
+struct Subscription {
+    destination: Destination,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+struct Pending {
+    subscription: String,
+    queue_id: String,
+    receipt: String,
+    /// Holds the message's place in the subscription's prefetch window until ACK/NACK.
+    _slot: OwnedSemaphorePermit,
+}
+
+/// A connected, authenticated client.
+pub struct Session {
+    engine: Arc<Engine>,
+    tenancy_id: String,
+    version: Version,
+    subscriptions: HashMap<String, Subscription>,
+    /// Delivered, not yet acknowledged; keyed by the ack id the client echoes.
+    pending: HashMap<String, Pending>,
+    events: mpsc::Sender<Event>,
+    /// Leased for a subscription that ended before they were sent; released on close.
+    unsent: Vec<(String, String)>,
+}
+
+/// Result of a successful handshake.
+pub struct Connected {
+    /// The session.
+    pub session: Session,
+    /// The CONNECTED frame to send.
+    pub frame: Frame,
+    /// Negotiated heart-beats.
+    pub heartbeats: Heartbeats,
+    /// Subscription events for the connection loop.
+    pub events: mpsc::Receiver<Event>,
+}
+
+fn sha256_hex(value: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, value.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Session {
+    /// Handles CONNECT/STOMP: version, credentials, heart-beats.
+    ///
+    /// # Errors
+    /// The ERROR frame to send before closing.
+    pub async fn connect(ctx: &StompContext, frame: Frame) -> Result<Connected, Frame> {
+        let refuse = |message: &str| error_frame(message, frame.get("receipt"));
+        if frame.command != "CONNECT" && frame.command != "STOMP" {
+            return Err(refuse("the first frame must be CONNECT or STOMP"));
+        }
+        let version = match frame.get("accept-version") {
+            None => Version::V1_0,
+            Some(list) => list
+                .split(',')
+                .filter_map(Version::parse)
+                .max()
+                .ok_or_else(|| refuse("supported versions are 1.0, 1.1 and 1.2"))?,
+        };
+        let heartbeats = if version == Version::V1_0 { negotiate(None) } else { negotiate(frame.get("heart-beat")) }
+            .map_err(|e| refuse(&e))?;
+        let bad_login = || refuse("login failed: check login (<tenancy>/<user>) and passcode");
+        let login = frame.get("login").ok_or_else(bad_login)?;
+        let passcode = frame.get("passcode").ok_or_else(bad_login)?;
+        let (tenancy, user) = login.split_once('/').ok_or_else(bad_login)?;
+        let user = match ctx.engine.store().user_by_name(tenancy, user).await {
+            Ok(Some(user)) => user,
+            Ok(None) => return Err(bad_login()),
+            Err(e) => {
+                tracing::error!(error = %e, "STOMP login lookup failed");
+                return Err(refuse("the service could not check the login; try again"));
+            }
+        };
+        if sha256_hex(passcode) != user.stomp_passcode_sha256 {
+            return Err(bad_login());
+        }
+        let (events_tx, events) = mpsc::channel(64);
+        let ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis() as u64);
+        let mut connected = Frame::new("CONNECTED")
+            .header("version", version.as_str())
+            .header("server", concat!("Berth/", env!("CARGO_PKG_VERSION")))
+            .header("session", berth_core::ocid::new("stompsession", "", ""));
+        if version != Version::V1_0 {
+            let beats = format!("{},{}", ms(heartbeats.send_every), ms(heartbeats.expect_every));
+            connected = connected.header("heart-beat", beats);
+        }
+        let session = Session {
+            engine: ctx.engine.clone(),
+            tenancy_id: user.tenancy_id,
+            version,
+            subscriptions: HashMap::new(),
+            pending: HashMap::new(),
+            events: events_tx,
+            unsent: Vec::new(),
+        };
+        Ok(Connected { session, frame: connected, heartbeats, events })
+    }
+
+    /// The negotiated version.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Runs one command.
+    pub async fn handle(&mut self, command: Command) -> Reply {
+        match command {
+            Command::Send { destination, content, receipt } => {
+                let message = NewMessage {
+                    content,
+                    channel: destination.channel.unwrap_or_default(),
+                    properties: None,
+                    delay_secs: None,
+                };
+                match self.engine.put_messages(&self.tenancy_id, &destination.queue_id, vec![message]).await {
+                    Ok(_) => Reply::Continue(receipt_frame(receipt.as_deref())),
+                    Err(e) => Reply::Close(vec![error_frame(&describe(&e), receipt.as_deref())]),
+                }
+            }
+            Command::Subscribe { id, destination, visibility, prefetch, receipt } => {
+                if self.subscriptions.contains_key(&id) {
+                    return Reply::Close(vec![error_frame(
+                        &format!("subscription id {id:?} is in use"),
+                        receipt.as_deref(),
+                    )]);
+                }
+                if let Err(e) = self.engine.get_queue(&self.tenancy_id, &destination.queue_id).await {
+                    return Reply::Close(vec![error_frame(&describe(&e), receipt.as_deref())]);
+                }
+                let stop = CancellationToken::new();
+                let consumer = Consumer {
+                    engine: self.engine.clone(),
+                    tenancy_id: self.tenancy_id.clone(),
+                    subscription: id.clone(),
+                    destination: destination.clone(),
+                    visibility,
+                    window: Arc::new(Semaphore::new(prefetch as usize)),
+                    events: self.events.clone(),
+                    stop: stop.clone(),
+                };
+                let task = tokio::spawn(consumer.run());
+                self.subscriptions.insert(id, Subscription { destination, stop, task });
+                Reply::Continue(receipt_frame(receipt.as_deref()))
+            }
+            Command::Unsubscribe { id, receipt } => {
+                let Some(subscription) = self.subscriptions.remove(&id) else {
+                    return Reply::Close(vec![error_frame(&format!("no subscription {id:?}"), receipt.as_deref())]);
+                };
+                stop_consumer(subscription).await;
+                let released = self.take_pending(|p| p.subscription == id);
+                release(&self.engine, &self.tenancy_id, released).await;
+                Reply::Continue(receipt_frame(receipt.as_deref()))
+            }
+            Command::Ack { ack_id, receipt } => self.settle(ack_id, receipt, true).await,
+            Command::Nack { ack_id, receipt } => self.settle(ack_id, receipt, false).await,
+            Command::Disconnect { receipt } => Reply::Close(receipt_frame(receipt.as_deref())),
+        }
+    }
+
+    /// ACK deletes, NACK releases; either frees the message's prefetch slot.
+    async fn settle(&mut self, ack_id: String, receipt: Option<String>, ack: bool) -> Reply {
+        let Some(pending) = self.pending.remove(&ack_id) else {
+            let text = "no message with this ack id is awaiting acknowledgement on this connection";
+            return Reply::Close(vec![error_frame(text, receipt.as_deref())]);
+        };
+        let outcome = if ack {
+            self.engine
+                .delete_messages(&self.tenancy_id, &pending.queue_id, vec![pending.receipt.clone()])
+                .await
+                .map(|mut r| r.pop().unwrap_or(Err(QueueError::ReceiptInvalid)).map(|_| ()))
+        } else {
+            self.engine
+                .update_messages(&self.tenancy_id, &pending.queue_id, vec![(pending.receipt.clone(), 0)])
+                .await
+                .map(|mut r| r.pop().unwrap_or(Err(QueueError::ReceiptInvalid)).map(|_| ()))
+        };
+        match outcome.and_then(|inner| inner) {
+            Ok(()) => Reply::Continue(receipt_frame(receipt.as_deref())),
+            Err(e) => Reply::Close(vec![error_frame(&describe(&e), receipt.as_deref())]),
+        }
+    }
+
+    /// Turns a subscription event into the frame to send.
+    pub fn on_event(&mut self, event: Event) -> Reply {
+        match event {
+            Event::Failed { subscription, error } => {
+                self.subscriptions.remove(&subscription);
+                Reply::Close(vec![error_frame(
+                    &format!("subscription {subscription:?} ended: {}", describe(&error)),
+                    None,
+                )])
+            }
+            Event::Delivery { subscription, queue_id, delivered, permit } => {
+                let Some(sub) = self.subscriptions.get(&subscription) else {
+                    // Unsubscribed meanwhile: never sent, so the lease is not kept.
+                    drop(permit);
+                    self.unsent.push((queue_id, delivered.receipt));
+                    return Reply::Continue(Vec::new());
+                };
+                let m = &delivered.message;
+                let destination = Destination {
+                    queue_id: sub.destination.queue_id.clone(),
+                    channel: (!m.channel.is_empty()).then(|| m.channel.clone()),
+                };
+                let receipt = delivered.receipt.clone();
+                let mut frame = Frame::new("MESSAGE")
+                    .header("subscription", subscription.as_str())
+                    .header("destination", destination.render());
+                frame = match self.version {
+                    Version::V1_2 => frame.header("message-id", m.id.to_string()).header("ack", receipt.as_str()),
+                    Version::V1_0 | Version::V1_1 => frame.header("message-id", receipt.as_str()),
+                };
+                let frame = frame
+                    .header("delivery-count", m.delivery_count.to_string())
+                    .header("visible-after", m.visible_after.0.to_string())
+                    .header("expire-after", m.expire_at.0.to_string())
+                    .header("oci-message-id", m.id.to_string())
+                    .body(m.content.clone().into_bytes());
+                self.pending.insert(receipt.clone(), Pending { subscription, queue_id, receipt, _slot: permit });
+                Reply::Continue(vec![frame])
+            }
+        }
+    }
+
+    /// Removes the pending messages `pick` selects; returns their (queue id, receipt).
+    fn take_pending(&mut self, pick: impl Fn(&Pending) -> bool) -> Vec<(String, String)> {
+        let keys: Vec<String> = self.pending.iter().filter(|(_, p)| pick(p)).map(|(k, _)| k.clone()).collect();
+        keys.into_iter().filter_map(|k| self.pending.remove(&k)).map(|p| (p.queue_id, p.receipt)).collect()
+    }
+
+    /// Ends the session. With `release_pending`, unacknowledged messages become visible at
+    /// once (a dropped client); without, their leases run out as usual (server shutdown).
+    pub async fn close(mut self, mut events: mpsc::Receiver<Event>, release_pending: bool) {
+        for (_, subscription) in self.subscriptions.drain() {
+            stop_consumer(subscription).await;
+        }
+        // Deliveries still in the channel were never sent: they go back at once.
+        events.close();
+        let mut released = std::mem::take(&mut self.unsent);
+        while let Some(event) = events.recv().await {
+            if let Event::Delivery { queue_id, delivered, .. } = event {
+                released.push((queue_id, delivered.receipt));
+            }
+        }
+        if release_pending {
+            released.extend(self.pending.drain().map(|(_, p)| (p.queue_id, p.receipt)));
+        }
+        release(&self.engine, &self.tenancy_id, released).await;
+    }
+}
+
+async fn stop_consumer(subscription: Subscription) {
+    subscription.stop.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), subscription.task).await.is_err() {
+        tracing::warn!("a STOMP consumer did not stop in time");
+    }
+}
+
+/// Makes messages (queue id, receipt) visible again at once, in batches per queue.
+async fn release(engine: &Engine, tenancy_id: &str, messages: Vec<(String, String)>) {
+    let mut by_queue: HashMap<String, Vec<(String, i64)>> = HashMap::new();
+    for (queue_id, receipt) in messages {
+        by_queue.entry(queue_id).or_default().push((receipt, 0));
+    }
+    for (queue_id, receipts) in by_queue {
+        for chunk in receipts.chunks(berth_core::limits::MAX_BATCH_ENTRIES) {
+            if let Err(e) = engine.update_messages(tenancy_id, &queue_id, chunk.to_vec()).await {
+                tracing::warn!(error = %e, "could not release unacknowledged messages; they return when their leases end");
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! A subscription is a long-polling consumer in the engine: it leases at most as many
+//! messages as its prefetch window has room for and hands them to the connection.
+
+use std::sync::Arc;
+
+use berth_core::engine::{Delivered, GetMessages};
+use berth_core::{Engine, QueueError};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::command::Destination;
+
+/// Longest single wait of a subscription's long poll (renewed while subscribed).
+const POLL_SECS: i64 = 20;
+/// Most messages leased at once, the engine's GetMessages maximum.
+const MAX_BATCH: usize = berth_core::limits::MAX_GET_LIMIT as usize;
+
+/// What subscriptions tell their connection.
+pub enum Event {
+    /// A leased message; the permit holds its slot of the prefetch window until ACK/NACK.
+    Delivery { subscription: String, queue_id: String, delivered: Delivered, permit: OwnedSemaphorePermit },
+    /// The subscription cannot go on (e.g. its queue was deleted).
+    Failed { subscription: String, error: QueueError },
+}
+
+/// Everything a consumer task needs.
+pub struct Consumer {
+    pub engine: Arc<Engine>,
+    pub tenancy_id: String,
+    pub subscription: String,
+    pub destination: Destination,
+    pub visibility: Option<u32>,
+    pub window: Arc<Semaphore>,
+    pub events: mpsc::Sender<Event>,
+    pub stop: CancellationToken,
+}
+
+impl Consumer {
+    /// Runs until `stop` fires or the connection goes away.
+    pub async fn run(self) {
+        loop {
+            let first = tokio::select! {
+                permit = self.window.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
+                _ = self.stop.cancelled() => return,
+            };
+            let mut permits = vec![first];
+            while permits.len() < MAX_BATCH {
+                match self.window.clone().try_acquire_owned() {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => break,
+                }
+            }
+            let params = GetMessages::new(
+                self.visibility.map(i64::from),
+                Some(POLL_SECS),
+                Some(permits.len() as i64),
+                self.destination.channel.clone(),
+                false,
+            );
+            let polled = match params {
+                Ok(params) => {
+                    self.engine.poll_messages(&self.tenancy_id, &self.destination.queue_id, params, &self.stop).await
+                }
+                Err(e) => Err(e),
+            };
+            let delivered = match polled {
+                Ok(delivered) => delivered,
+                Err(error) => {
+                    let _ = self.events.send(Event::Failed { subscription: self.subscription.clone(), error }).await;
+                    return;
+                }
+            };
+            let mut undelivered = Vec::new();
+            for (delivered, permit) in delivered.into_iter().zip(permits.drain(..)) {
+                let event = Event::Delivery {
+                    subscription: self.subscription.clone(),
+                    queue_id: self.destination.queue_id.clone(),
+                    delivered,
+                    permit,
+                };
+                if let Err(mpsc::error::SendError(Event::Delivery { delivered, .. })) = self.events.send(event).await {
+                    undelivered.push(delivered);
+                }
+            }
+            if !undelivered.is_empty() {
+                // The connection is gone: these were never seen, so they go back at once.
+                let receipts = undelivered.into_iter().map(|d| (d.receipt, 0)).collect();
+                let _ = self.engine.update_messages(&self.tenancy_id, &self.destination.queue_id, receipts).await;
+                return;
+            }
+        }
+    }
+}
