@@ -133,7 +133,7 @@ def test_send_subscribe_ack_round_trip(stomp_client, qc, make_queue, version):
     assert [m.body for m in msgs] == bodies
     for m in msgs:
         assert_message_headers(m, qid, sub, version=version)
-    assert [oci_id(m) for m in msgs] == sorted({oci_id(m) for m in msgs})
+    assert len({oci_id(m) for m in msgs}) == 3
     for m in msgs:
         s.ack(m)
     assert counts(stats(qc, qid)) == EMPTY
