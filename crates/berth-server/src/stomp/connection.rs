@@ -81,7 +81,7 @@ where
                     Inbound::Frame(frame) => handle(&mut session, frame).await,
                 }
             }
-            Step::Event(Some(event)) => session.on_event(event),
+            Step::Event(Some(event)) => session.on_event(event).await,
             Step::Event(None) => continue,
             Step::Beat => {
                 if framed.send(Outbound::Heartbeat).await.is_err() {

@@ -101,8 +101,6 @@ pub struct Session {
     /// Delivered, not yet acknowledged; keyed by the ack id the client echoes.
     pending: HashMap<String, Pending>,
     events: mpsc::Sender<Event>,
-    /// Leased for a subscription that ended before they were sent; released on close.
-    unsent: Vec<(String, String)>,
 }
 
 /// Result of a successful handshake.
@@ -173,7 +171,6 @@ impl Session {
             subscriptions: HashMap::new(),
             pending: HashMap::new(),
             events: events_tx,
-            unsent: Vec::new(),
         };
         Ok(Connected { session, frame: connected, heartbeats, events })
     }
@@ -262,7 +259,7 @@ impl Session {
     }
 
     /// Turns a subscription event into the frame to send.
-    pub fn on_event(&mut self, event: Event) -> Reply {
+    pub async fn on_event(&mut self, event: Event) -> Reply {
         match event {
             Event::Failed { subscription, error } => {
                 self.subscriptions.remove(&subscription);
@@ -273,9 +270,9 @@ impl Session {
             }
             Event::Delivery { subscription, queue_id, delivered, permit } => {
                 let Some(sub) = self.subscriptions.get(&subscription) else {
-                    // Unsubscribed meanwhile: never sent, so the lease is not kept.
+                    // Unsubscribed meanwhile: never sent, so the message goes back at once.
                     drop(permit);
-                    self.unsent.push((queue_id, delivered.receipt));
+                    release(&self.engine, &self.tenancy_id, vec![(queue_id, delivered.receipt)]).await;
                     return Reply::Continue(Vec::new());
                 };
                 let m = &delivered.message;
@@ -317,7 +314,7 @@ impl Session {
         }
         // Deliveries still in the channel were never sent: they go back at once.
         events.close();
-        let mut released = std::mem::take(&mut self.unsent);
+        let mut released = Vec::new();
         while let Some(event) = events.recv().await {
             if let Event::Delivery { queue_id, delivered, .. } = event {
                 released.push((queue_id, delivered.receipt));

@@ -72,18 +72,24 @@ impl Consumer {
             };
             let mut undelivered = Vec::new();
             for (delivered, permit) in delivered.into_iter().zip(permits.drain(..)) {
-                let event = Event::Delivery {
-                    subscription: self.subscription.clone(),
-                    queue_id: self.destination.queue_id.clone(),
-                    delivered,
-                    permit,
+                // Reserve room first so that a stopping subscription keeps the message
+                // (to release it) instead of waiting on a channel nobody reads.
+                let slot = tokio::select! {
+                    slot = self.events.reserve() => slot.ok(),
+                    _ = self.stop.cancelled() => None,
                 };
-                if let Err(mpsc::error::SendError(Event::Delivery { delivered, .. })) = self.events.send(event).await {
-                    undelivered.push(delivered);
+                match slot {
+                    Some(slot) => slot.send(Event::Delivery {
+                        subscription: self.subscription.clone(),
+                        queue_id: self.destination.queue_id.clone(),
+                        delivered,
+                        permit,
+                    }),
+                    None => undelivered.push(delivered),
                 }
             }
             if !undelivered.is_empty() {
-                // The connection is gone: these were never seen, so they go back at once.
+                // Never sent (connection gone or subscription stopping): back at once.
                 let receipts = undelivered.into_iter().map(|d| (d.receipt, 0)).collect();
                 let _ = self.engine.update_messages(&self.tenancy_id, &self.destination.queue_id, receipts).await;
                 return;
