@@ -1,0 +1,408 @@
+//! `berth-bench`: drives a queue with producers and consumers over signed OCI REST or
+//! STOMP, then prints rates, the server's CPU per message, end-to-end latency and an
+//! exactly-once check. Every run is bounded by `--duration` and `--total`.
+
+mod procfs;
+mod record;
+mod rest;
+mod stomp_client;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use record::{body, key, Recorder};
+use rest::{Credentials, RestClient};
+use stomp_client::StompClient;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Protocol {
+    Rest,
+    Stomp,
+}
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "berth-bench", about = "Load generator for OCI Queue REST and STOMP")]
+struct Args {
+    /// Credentials JSON written by Berth (admin.json or <user>.json).
+    #[arg(long)]
+    credentials: PathBuf,
+    /// REST endpoint [default: the credentials' endpoint].
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Protocol of producers and consumers.
+    #[arg(long, value_enum, default_value = "rest")]
+    protocol: Protocol,
+    /// STOMP address HOST:PORT (for --protocol stomp).
+    #[arg(long)]
+    stomp_addr: Option<String>,
+    /// STOMP destination [default: the queue's OCID, looked up over REST].
+    #[arg(long)]
+    stomp_destination: Option<String>,
+    /// STOMP login and passcode [default: from the credentials].
+    #[arg(long)]
+    stomp_login: Option<String>,
+    #[arg(long)]
+    stomp_passcode: Option<String>,
+    /// STOMP virtual host sent on CONNECT.
+    #[arg(long, default_value = "/")]
+    stomp_vhost: String,
+    /// Queue display name (created if absent).
+    #[arg(long, default_value = "bench")]
+    queue: String,
+    #[arg(long, default_value_t = 8)]
+    producers: u32,
+    #[arg(long, default_value_t = 8)]
+    consumers: u32,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Messages per PutMessages (REST).
+    #[arg(long, default_value_t = 20)]
+    batch: usize,
+    /// GetMessages limit (REST) or prefetch (STOMP).
+    #[arg(long, default_value_t = 20)]
+    get_limit: u32,
+    /// Lease length in seconds.
+    #[arg(long, default_value_t = 30)]
+    visibility: u32,
+    /// Pause between a producer's sends (e.g. "10ms"); none by default.
+    #[arg(long)]
+    interval: Option<humantime::Duration>,
+    /// Measured time.
+    #[arg(long, default_value = "30s")]
+    duration: humantime::Duration,
+    /// Unmeasured time before.
+    #[arg(long, default_value = "3s")]
+    warmup: humantime::Duration,
+    /// Stop producing after this many messages in all.
+    #[arg(long)]
+    total: Option<u64>,
+    /// Put this many messages before consumers start, then measure how fast they drain.
+    #[arg(long, default_value_t = 0)]
+    preload: u64,
+    /// Longest wait after producing stops for the last messages to arrive.
+    #[arg(long, default_value = "10s")]
+    drain: humantime::Duration,
+    /// Server process id, for CPU time and memory from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Send unsigned requests (server started with --insecure-no-auth).
+    #[arg(long)]
+    unsigned: bool,
+    /// Label printed in the summary.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+struct Shared {
+    args: Args,
+    creds: Credentials,
+    rest: RestClient,
+    queue_id: String,
+    record: Recorder,
+    /// Producers stop at this.
+    stop_producing: CancellationToken,
+    /// Consumers stop at this.
+    stop_consuming: CancellationToken,
+    /// Most messages to produce: `--preload` when preloading, else `--total`.
+    total: Option<u64>,
+    /// Messages producers have claimed of `total`.
+    claimed: AtomicU64,
+}
+
+impl Shared {
+    /// Claims up to `n` messages of the `--total` budget; returns how many (0 = spent).
+    fn claim(&self, n: u64) -> u64 {
+        let Some(total) = self.total else { return n };
+        let before = self
+            .claimed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |claimed| Some((claimed + n).min(total)))
+            .unwrap_or(total);
+        (before + n).min(total) - before
+    }
+}
+
+async fn produce_rest(s: Arc<Shared>, producer: u64) {
+    let mut seq = 0;
+    loop {
+        let n = s.claim(s.args.batch as u64);
+        if n == 0 || s.stop_producing.is_cancelled() {
+            break;
+        }
+        let keys: Vec<u64> = (0..n).map(|i| key(producer, seq + i)).collect();
+        seq += keys.len() as u64;
+        let bodies: Vec<String> = keys.iter().map(|k| body(*k, s.args.size)).collect();
+        s.record.sending(&keys);
+        match s.rest.put(&s.queue_id, &bodies).await {
+            Ok(()) => s.record.acked(&keys),
+            Err(e) => {
+                s.record.errors_put.fetch_add(1, Ordering::Relaxed);
+                eprintln!("put failed: {e:#}");
+            }
+        }
+        if let Some(pause) = s.args.interval {
+            tokio::time::sleep(pause.into()).await;
+        }
+    }
+}
+
+async fn consume_rest(s: Arc<Shared>) {
+    while !s.stop_consuming.is_cancelled() {
+        let got = match s.rest.get(&s.queue_id, s.args.get_limit, s.args.visibility, 1).await {
+            Ok(got) => got,
+            Err(e) => {
+                s.record.errors_get.fetch_add(1, Ordering::Relaxed);
+                eprintln!("get failed: {e:#}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if got.is_empty() {
+            continue;
+        }
+        let receipts: Vec<String> = got.iter().map(|g| g.receipt.clone()).collect();
+        for g in &got {
+            s.record.received(&g.content);
+        }
+        match s.rest.delete(&s.queue_id, &receipts).await {
+            Ok(0) => {}
+            Ok(failed) => {
+                s.record.errors_delete.fetch_add(failed, Ordering::Relaxed);
+            }
+            Err(e) => {
+                s.record.errors_delete.fetch_add(1, Ordering::Relaxed);
+                eprintln!("delete failed: {e:#}");
+            }
+        }
+    }
+}
+
+fn stomp_target(s: &Shared) -> anyhow::Result<(String, String, String, String)> {
+    let addr = s.args.stomp_addr.clone().context("--stomp-addr is required with --protocol stomp")?;
+    let destination = s.args.stomp_destination.clone().unwrap_or_else(|| s.queue_id.clone());
+    let login = s.args.stomp_login.clone().unwrap_or_else(|| s.creds.stomp_login.clone());
+    let passcode = s.args.stomp_passcode.clone().unwrap_or_else(|| s.creds.stomp_passcode.clone());
+    Ok((addr, destination, login, passcode))
+}
+
+async fn produce_stomp(s: Arc<Shared>, producer: u64) -> anyhow::Result<()> {
+    let (addr, destination, login, passcode) = stomp_target(&s)?;
+    let mut client = StompClient::connect(&addr, &login, &passcode, &s.args.stomp_vhost).await?;
+    let mut seq = 0;
+    while !s.stop_producing.is_cancelled() && s.claim(1) == 1 {
+        let k = key(producer, seq);
+        seq += 1;
+        s.record.sending(&[k]);
+        match client.send_with_receipt(&destination, &body(k, s.args.size), seq).await {
+            Ok(()) => s.record.acked(&[k]),
+            Err(e) => {
+                s.record.errors_put.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        if let Some(pause) = s.args.interval {
+            tokio::time::sleep(pause.into()).await;
+        }
+    }
+    Ok(())
+}
+
+async fn consume_stomp(s: Arc<Shared>) -> anyhow::Result<()> {
+    let (addr, destination, login, passcode) = stomp_target(&s)?;
+    let mut client = StompClient::connect(&addr, &login, &passcode, &s.args.stomp_vhost).await?;
+    client.subscribe(&destination, s.args.get_limit, s.args.visibility).await?;
+    loop {
+        let frame = tokio::select! {
+            frame = client.next() => frame?,
+            _ = s.stop_consuming.cancelled() => return Ok(()),
+        };
+        if frame.command != "MESSAGE" {
+            continue;
+        }
+        s.record.received(&String::from_utf8_lossy(&frame.body));
+        let ack = frame.get("ack").or_else(|| frame.get("message-id")).unwrap_or_default().to_owned();
+        if let Err(e) = client.ack(&ack).await {
+            s.record.errors_delete.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+    }
+}
+
+fn spawn_producers(s: &Arc<Shared>, producers: u32) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..producers)
+        .map(|p| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                match s.args.protocol {
+                    Protocol::Rest => produce_rest(s, u64::from(p)).await,
+                    Protocol::Stomp => {
+                        if let Err(e) = produce_stomp(s, u64::from(p)).await {
+                            eprintln!("STOMP producer failed: {e:#}");
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+fn spawn_consumers(s: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..s.args.consumers)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                match s.args.protocol {
+                    Protocol::Rest => consume_rest(s).await,
+                    Protocol::Stomp => {
+                        if let Err(e) = consume_stomp(s).await {
+                            eprintln!("STOMP consumer failed: {e:#}");
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Preload: producers fill the queue with `--preload` messages before any consumer runs.
+async fn preload(s: &Arc<Shared>) {
+    let started = Instant::now();
+    for task in spawn_producers(s, s.args.producers.max(1)) {
+        let _ = task.await;
+    }
+    let sent = s.record.sent.load(Ordering::Relaxed);
+    eprintln!("preloaded {sent} messages in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+fn endpoint(args: &Args, creds: &Credentials) -> String {
+    args.endpoint.clone().unwrap_or_else(|| creds.endpoint.clone())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let creds = Credentials::load(&args.credentials)?;
+    let rest = RestClient::new(&creds, &endpoint(&args, &creds), !args.unsigned)?;
+    let queue_id = if args.protocol == Protocol::Stomp && args.stomp_destination.is_some() {
+        String::new()
+    } else {
+        rest.ensure_queue(&creds.tenancy_id, &args.queue, args.visibility).await?
+    };
+    let s = Arc::new(Shared {
+        args: args.clone(),
+        creds,
+        rest,
+        queue_id,
+        record: Recorder::default(),
+        stop_producing: CancellationToken::new(),
+        stop_consuming: CancellationToken::new(),
+        total: if args.preload > 0 { Some(args.preload) } else { args.total },
+        claimed: AtomicU64::new(0),
+    });
+    if args.preload > 0 {
+        preload(&s).await;
+    }
+
+    let warmup: Duration = args.warmup.into();
+    let duration: Duration = args.duration.into();
+    let consumers = spawn_consumers(&s);
+    let producers = if args.preload > 0 { Vec::new() } else { spawn_producers(&s, args.producers) };
+    let progress = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut last = (0, 0);
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let now = (s.record.sent.load(Ordering::Relaxed), s.record.received_total());
+                eprintln!(
+                    "[{:>5.1}s] sent {} ({}/s) received {} ({}/s)",
+                    started.elapsed().as_secs_f64(),
+                    now.0,
+                    (now.0 - last.0) / 2,
+                    now.1,
+                    (now.1 - last.1) / 2
+                );
+                last = now;
+            }
+        })
+    };
+
+    tokio::time::sleep(warmup).await;
+    let cpu_before = args.server_pid.and_then(procfs::cpu_seconds);
+    let received_before = s.record.received_total();
+    s.record.measuring.store(true, Ordering::Relaxed);
+    let window_start = Instant::now();
+    // The window ends at its duration, or earlier when a preloaded backlog is drained
+    // or the total is reached and everything sent has arrived.
+    while window_start.elapsed() < duration {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let sent = s.record.sent.load(Ordering::Relaxed);
+        let done_producing = producers.iter().all(|p| p.is_finished());
+        if done_producing && s.record.received_total() >= sent && sent > 0 {
+            break;
+        }
+    }
+    s.record.measuring.store(false, Ordering::Relaxed);
+    let window = window_start.elapsed().as_secs_f64();
+    let cpu_after = args.server_pid.and_then(procfs::cpu_seconds);
+    let rss = args.server_pid.and_then(procfs::rss_mib);
+
+    s.stop_producing.cancel();
+    for p in producers {
+        let _ = p.await;
+    }
+    let drain_until = Instant::now() + Duration::from(args.drain);
+    while s.record.received_total() < s.record.sent.load(Ordering::Relaxed) && Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.stop_consuming.cancel();
+    for c in consumers {
+        let _ = c.await;
+    }
+    progress.abort();
+
+    let r = &s.record;
+    let received_window = r.received_measured.load(Ordering::Relaxed);
+    let sent_window = r.sent_measured.load(Ordering::Relaxed);
+    let [p50, p90, p99, max] = r.latency_ms();
+    let [s50, s90, s99, smax] = r.latency_from_send_ms();
+    let cpu_us_per_msg = match (cpu_before, cpu_after) {
+        (Some(a), Some(b)) if received_window > 0 => Some((b - a) * 1e6 / received_window as f64),
+        _ => None,
+    };
+    let summary = serde_json::json!({
+        "label": args.label,
+        "protocol": format!("{:?}", args.protocol).to_lowercase(),
+        "producers": args.producers,
+        "consumers": args.consumers,
+        "size": args.size,
+        "window_s": (window * 100.0).round() / 100.0,
+        "sent_per_s": (sent_window as f64 / window).round(),
+        "received_per_s": (received_window as f64 / window).round(),
+        "server_cpu_us_per_msg": cpu_us_per_msg.map(|v| (v * 10.0).round() / 10.0),
+        "server_rss_mib": rss.map(|(now, _)| now.round()),
+        "server_peak_rss_mib": rss.map(|(_, peak)| peak.round()),
+        "latency_ms": {"p50": p50, "p90": p90, "p99": p99, "max": max},
+        "latency_from_send_ms": {"p50": s50, "p90": s90, "p99": s99, "max": smax},
+        "sent": r.sent.load(Ordering::Relaxed),
+        "received": r.received_total(),
+        "received_before_window": received_before,
+        "duplicates": r.duplicates.load(Ordering::Relaxed),
+        "lost": r.lost(),
+        "foreign": r.foreign.load(Ordering::Relaxed),
+        "errors": {
+            "put": r.errors_put.load(Ordering::Relaxed),
+            "get": r.errors_get.load(Ordering::Relaxed),
+            "delete": r.errors_delete.load(Ordering::Relaxed),
+        },
+        "exactly_once": r.duplicates.load(Ordering::Relaxed) == 0 && r.lost() == 0,
+    });
+    println!("BENCH {summary}");
+    Ok(())
+}
