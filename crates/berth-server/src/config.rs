@@ -258,6 +258,9 @@ impl Config {
                 problems.push(format!("public_url {url:?} must start with http:// or https:// and not end with /"));
             }
         }
+        if self.stomp_idle_timeout.is_zero() {
+            problems.push("stomp_idle_timeout must be longer than 0".into());
+        }
         if self.stomp_max_connections == 0 {
             problems.push("stomp_max_connections must be at least 1".into());
         }

@@ -1,8 +1,9 @@
 //! Background work: retention, expired leases and dead-lettering, reclaiming deleted
-//! queues and space, each in bounded batches so no sweep holds the writer for long.
+//! queues and space, each in bounded batches so no sweep holds the writer for long; and the
+//! store's housekeeping (WAL checkpoints) off the writer's commit path.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use berth_core::store::Store;
 use berth_core::Clock;
@@ -10,11 +11,14 @@ use tokio_util::sync::CancellationToken;
 
 /// Rows per kind of work in one sweep.
 const SWEEP_BATCH: u32 = 1_000;
+/// How often the store's housekeeping (WAL checkpoints) runs.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
 /// Pause between sweeps when the last one found little to do.
 const IDLE_PAUSE: Duration = Duration::from_secs(1);
 
 /// Sweeps until `shutdown` fires; sweeps again at once while there is a backlog.
 pub async fn sweep(store: Arc<dyn Store>, clock: Arc<dyn Clock>, shutdown: CancellationToken) {
+    let mut last_housekeeping = Instant::now();
     loop {
         let busy = match store.sweep(clock.now(), SWEEP_BATCH).await {
             Ok(report) => {
@@ -28,7 +32,13 @@ pub async fn sweep(store: Arc<dyn Store>, clock: Arc<dyn Clock>, shutdown: Cance
                 false
             }
         };
-        let pause = if busy { Duration::from_millis(10) } else { IDLE_PAUSE };
+        if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
+            if let Err(e) = store.housekeeping().await {
+                tracing::warn!(error = %e, "store housekeeping failed; retrying");
+            }
+            last_housekeeping = Instant::now();
+        }
+        let pause = if busy { Duration::from_millis(10) } else { IDLE_PAUSE.min(HOUSEKEEPING_EVERY) };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}

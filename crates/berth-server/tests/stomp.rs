@@ -198,7 +198,7 @@ async fn negotiated_heart_beats_are_sent() {
 async fn silent_connection_without_heart_beats_times_out() {
     let r = rig_with(Duration::from_millis(300), 64).await;
     let mut c = r.connect("").await;
-    expect_error_and_close(&mut c, "idle").await;
+    expect_error_and_close(&mut c, "no frame or heart-beat").await;
 }
 
 #[tokio::test]

@@ -497,3 +497,29 @@ async fn waiting_get_on_a_deleted_queue_ends_with_not_found() {
     let outcome = tokio::time::timeout(Duration::from_secs(10), poll).await.expect("woken").unwrap();
     assert!(matches!(outcome, Err(QueueError::QueueNotFound)), "{outcome:?}");
 }
+
+#[tokio::test]
+async fn message_ids_are_never_reused_after_deletes() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues::default()).await;
+    let first = r.put(&q, &["a"]).await[0];
+    let receipt = r.get(&q, 1, 30).await[0].receipt.clone();
+    r.engine.delete_messages(T, &q, vec![receipt]).await.unwrap()[0].as_ref().unwrap();
+    let second = r.put(&q, &["b"]).await[0];
+    assert!(second > first, "id {second} reused after deleting {first}");
+}
+
+#[tokio::test]
+async fn redrive_leaves_dead_letter_messages_that_are_being_consumed() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues { dead_letter_after: Some(1), ..PolicyValues::default() }).await;
+    r.put(&q, &["x", "y"]).await;
+    r.get(&q, 2, 1).await;
+    r.advance(2); // both used their only delivery: dead-lettered
+    let leased = r.get_with(&q, 1, 60, None, true).await;
+    assert_eq!(contents(&leased), ["x"]);
+    assert_eq!(r.engine.redrive(T, &q, None).await.unwrap(), 1, "only the DLQ message not being consumed moves");
+    let deleted = r.engine.delete_messages(T, &q, vec![leased[0].receipt.clone()]).await.unwrap();
+    assert!(deleted[0].is_ok(), "the DLQ consumer's lease survived the redrive");
+    assert_eq!(contents(&r.get(&q, 5, 30).await), ["y"]);
+}

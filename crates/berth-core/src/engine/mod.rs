@@ -4,7 +4,9 @@
 mod messages;
 mod queues;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +28,40 @@ pub struct Engine {
     wakeups: Wakeups,
     region: String,
     shutdown: CancellationToken,
+    queues: QueueCache,
+}
+
+/// Queues as recently read from the store. Data-plane calls look their queue up on every
+/// request; this saves a store read each time. The store stays the truth: entries live
+/// [`QueueCache::TTL`], and this node's own changes drop them at once, so another node's
+/// change to a queue's settings reaches this one within the TTL.
+#[derive(Default)]
+struct QueueCache {
+    // std Mutex: held only to copy an entry, never across an await.
+    entries: Mutex<HashMap<(String, String), (Queue, Instant)>>,
+}
+
+impl QueueCache {
+    const TTL: Duration = Duration::from_secs(1);
+    const MAX_ENTRIES: usize = 10_000;
+
+    fn get(&self, tenancy_id: &str, queue_id: &str) -> Option<Queue> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let (queue, at) = entries.get(&(tenancy_id.to_owned(), queue_id.to_owned()))?;
+        (at.elapsed() < Self::TTL).then(|| queue.clone())
+    }
+
+    fn put(&self, queue: &Queue) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= Self::MAX_ENTRIES {
+            entries.retain(|_, (_, at)| at.elapsed() < Self::TTL);
+        }
+        entries.insert((queue.tenancy_id.clone(), queue.id.clone()), (queue.clone(), Instant::now()));
+    }
+
+    fn forget(&self, tenancy_id: &str, queue_id: &str) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(&(tenancy_id.to_owned(), queue_id.to_owned()));
+    }
 }
 
 impl Engine {
@@ -40,7 +76,15 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> Result<Self, QueueError> {
         let receipts = ReceiptKey::new(&store.receipt_secret().await?);
-        Ok(Engine { store, clock, receipts, wakeups: Wakeups::default(), region, shutdown })
+        Ok(Engine {
+            store,
+            clock,
+            receipts,
+            wakeups: Wakeups::default(),
+            region,
+            shutdown,
+            queues: QueueCache::default(),
+        })
     }
 
     /// The store, for identity lookups at the edges.
@@ -58,8 +102,13 @@ impl Engine {
         &self.region
     }
 
-    /// A live queue of the tenancy.
+    /// A live queue of the tenancy, from the cache when fresh.
     async fn active_queue(&self, tenancy_id: &str, queue_id: &str) -> Result<Queue, QueueError> {
-        self.store.queue(tenancy_id, queue_id).await?.ok_or(QueueError::QueueNotFound)
+        if let Some(queue) = self.queues.get(tenancy_id, queue_id) {
+            return Ok(queue);
+        }
+        let queue = self.store.queue(tenancy_id, queue_id).await?.ok_or(QueueError::QueueNotFound)?;
+        self.queues.put(&queue);
+        Ok(queue)
     }
 }

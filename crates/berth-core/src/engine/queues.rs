@@ -197,6 +197,8 @@ impl Engine {
         // Optimistic: re-read and retry when another writer got there first, unless the
         // client pinned a version with if-match.
         loop {
+            // Changes start from the store's copy, never a cached one.
+            self.queues.forget(tenancy_id, queue_id);
             let mut queue = self.active_queue(tenancy_id, queue_id).await?;
             if let Some(etag) = if_match {
                 if etag.trim_matches('"') != queue.version.to_string() {
@@ -209,7 +211,9 @@ impl Engine {
             queue.version += 1;
             queue.updated_at = now;
             let work = self.work_request(&queue, operation, action, now);
-            if self.store.save_queue(&queue, expected, &work).await? {
+            let saved = self.store.save_queue(&queue, expected, &work).await?;
+            self.queues.forget(tenancy_id, queue_id);
+            if saved {
                 return Ok(work);
             }
             if if_match.is_some() {

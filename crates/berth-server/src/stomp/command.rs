@@ -105,7 +105,8 @@ impl Command {
                         ))
                     }
                 }
-                let visibility = number(&frame, "visibility", 0, limits::MAX_VISIBILITY_SECS)?;
+                // At least 1 s: a zero lease would end before the client could ACK.
+                let visibility = number(&frame, "visibility", 1, limits::MAX_VISIBILITY_SECS)?;
                 let prefetch = number(&frame, "prefetch", 1, PREFETCH.1)?.unwrap_or(PREFETCH.0);
                 Ok(Command::Subscribe { id, destination, visibility, prefetch, receipt })
             }
@@ -152,7 +153,8 @@ mod tests {
         assert!(Command::from_frame(base.clone(), Version::V1_2).is_err(), "no ack header");
         let ok = base.clone().header("ack", "client-individual");
         assert!(matches!(Command::from_frame(ok.clone(), Version::V1_2), Ok(Command::Subscribe { prefetch: 20, .. })));
-        assert!(Command::from_frame(ok.header("prefetch", "0"), Version::V1_2).is_err());
+        assert!(Command::from_frame(ok.clone().header("prefetch", "0"), Version::V1_2).is_err());
+        assert!(Command::from_frame(ok.header("visibility", "0"), Version::V1_2).is_err());
         assert!(Command::from_frame(base.header("ack", "auto"), Version::V1_2).is_err());
     }
 

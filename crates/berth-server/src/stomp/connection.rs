@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -89,7 +89,7 @@ where
                 }
                 continue;
             }
-            Step::Idle => Reply::Close(vec![error_frame("connection idle for too long without heart-beats", None)]),
+            Step::Idle => Reply::Close(vec![error_frame("no frame or heart-beat received in time; closing", None)]),
             Step::Shutdown => {
                 // Leases handed out stay valid until their visibility ends.
                 let _ = framed.send(Outbound::Frame(error_frame("the server is shutting down", None))).await;
@@ -111,6 +111,8 @@ where
             break true;
         }
     };
+    // A clean end: TLS sends close_notify, TCP a FIN, after the last frame.
+    let _ = framed.into_inner().shutdown().await;
     session.close(events, release).await;
 }
 

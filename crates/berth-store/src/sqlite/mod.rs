@@ -19,6 +19,8 @@ use rusqlite::{Connection, OpenFlags};
 
 use writer::Writer;
 
+/// Prepared statements kept per connection (more than the store uses, so none is re-parsed).
+const STATEMENT_CACHE: usize = 64;
 /// Most idle read connections kept open.
 const MAX_IDLE_READERS: usize = 8;
 
@@ -26,6 +28,8 @@ const MAX_IDLE_READERS: usize = 8;
 pub struct SqliteStore {
     writer: Arc<Writer>,
     readers: Arc<Readers>,
+    /// A connection of its own for WAL checkpoints (std Mutex: used only on blocking threads).
+    checkpointer: Arc<Mutex<Connection>>,
 }
 
 struct Readers {
@@ -41,6 +45,7 @@ impl Readers {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&self.path, flags).map_err(backend)?;
         conn.execute_batch(schema::PRAGMAS).map_err(backend)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(conn)
     }
 
@@ -59,19 +64,34 @@ impl SqliteStore {
     /// When the file cannot be opened or migrated.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(backend)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         conn.execute_batch(schema::PRAGMAS).map_err(backend)?;
         conn.execute_batch(schema::WRITER_PRAGMAS).map_err(backend)?;
         conn.execute_batch(schema::SCHEMA).map_err(backend)?;
         identity::ensure_receipt_secret(&conn).map_err(backend)?;
         let writer = Arc::new(Writer::spawn(conn)?);
         let readers = Arc::new(Readers { path: path.to_owned(), idle: Mutex::new(Vec::new()) });
-        Ok(SqliteStore { writer, readers })
+        let checkpointer = Connection::open(path).map_err(backend)?;
+        checkpointer.execute_batch(schema::PRAGMAS).map_err(backend)?;
+        Ok(SqliteStore { writer, readers, checkpointer: Arc::new(Mutex::new(checkpointer)) })
     }
 
     /// Write transactions committed since the store was opened; each is one WAL fsync.
     /// Fewer commits than write requests means requests shared commits.
     pub fn commits(&self) -> u64 {
         self.writer.commits()
+    }
+
+    /// Copies committed WAL frames into the database from a connection other than the
+    /// writer's, so that the writer's commits do not pay for it.
+    async fn checkpoint_wal(&self) -> Result<(), StoreError> {
+        let checkpointer = self.checkpointer.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = checkpointer.lock().unwrap_or_else(|e| e.into_inner());
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).map_err(backend)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("checkpoint task failed: {e}")))?
     }
 
     /// Waits for queued writes, checkpoints the WAL and stops the writer.

@@ -5,14 +5,17 @@
 pub(crate) const PRAGMAS: &str = "
     PRAGMA busy_timeout = 10000;
     PRAGMA foreign_keys = OFF;
+    PRAGMA temp_store = MEMORY;
 ";
 
-/// Settings of the writer connection: durable commits, incremental space reclaim.
+/// Settings of the writer connection: durable commits, incremental space reclaim. The
+/// writer checkpoints only as a safety net (the WAL past ~64 MiB): checkpoints normally run
+/// on another connection (`SqliteStore::checkpoint`), off the writer's commit path.
 pub(crate) const WRITER_PRAGMAS: &str = "
     PRAGMA auto_vacuum = INCREMENTAL;
     PRAGMA journal_mode = WAL;
     PRAGMA synchronous = FULL;
-    PRAGMA wal_autocheckpoint = 1000;
+    PRAGMA wal_autocheckpoint = 16000;
 ";
 
 /// Creates what is missing.

@@ -173,6 +173,10 @@ impl Store for SqliteStore {
         self.write(move |c| messages::sweep(c, now, batch)).await
     }
 
+    async fn housekeeping(&self) -> StoreResult<()> {
+        self.checkpoint_wal().await
+    }
+
     async fn close(&self) -> StoreResult<()> {
         self.close_writer().await
     }
