@@ -21,13 +21,14 @@ def fmt(value, unit=""):
     return "n/a" if value is None else f"{value:,.1f}{unit}".replace(".0" + unit, unit) if isinstance(value, float) else f"{value:,}{unit}"
 
 
-print("| workload | messages/s (received) | server CPU µs/msg | latency ack→got p50 / p99 ms | latency send→got p50 / p99 ms | server RSS MiB | exactly once |")
-print("|---|---|---|---|---|---|---|")
+print("| workload | messages/s (received) | server CPU µs/msg | load generator CPU µs/msg | latency ack→got p50 / p99 ms | latency send→got p50 / p99 ms | server RSS MiB | exactly once |")
+print("|---|---|---|---|---|---|---|---|")
 for label, run in runs.items():
     if label == "W5-idle":
         continue
     print(
         f"| {label} | {fmt(run.get('received_per_s'))} | {fmt(run.get('server_cpu_us_per_msg'))} | "
+        f"{fmt(run.get('bench_cpu_us_per_msg'))} | "
         f"{fmt(get(label, 'latency_ms', 'p50'))} / {fmt(get(label, 'latency_ms', 'p99'))} | "
         f"{fmt(get(label, 'latency_from_send_ms', 'p50'))} / {fmt(get(label, 'latency_from_send_ms', 'p99'))} | "
         f"{fmt(run.get('server_rss_mib'))} (peak {fmt(run.get('server_peak_rss_mib'))}) | "

@@ -1,4 +1,4 @@
-//! The server's CPU time and memory from /proc (Linux).
+//! CPU time and memory of a process (the server's, or our own) from /proc (Linux).
 
 /// Clock ticks per second of /proc/<pid>/stat times (USER_HZ, 100 on Linux).
 const TICKS_PER_SEC: f64 = 100.0;

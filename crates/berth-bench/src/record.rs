@@ -36,6 +36,8 @@ pub(crate) struct Recorder {
     pub(crate) duplicates: AtomicU64,
     /// Messages not sent by this run (e.g. left in the queue by an earlier one).
     pub(crate) foreign: AtomicU64,
+    /// Distinct messages received (a lock-free copy of the size of `seen`).
+    received_unique: AtomicU64,
     pub(crate) errors_put: AtomicU64,
     pub(crate) errors_get: AtomicU64,
     pub(crate) errors_delete: AtomicU64,
@@ -80,6 +82,7 @@ impl Recorder {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        self.received_unique.fetch_add(1, Ordering::Relaxed);
         if self.measuring.load(Ordering::Relaxed) {
             self.received_measured.fetch_add(1, Ordering::Relaxed);
             // Got before the producer saw its ack: zero, it was there before the ack.
@@ -92,11 +95,16 @@ impl Recorder {
     }
 
     pub(crate) fn received_total(&self) -> u64 {
-        self.seen.lock().expect("lock").len() as u64
+        self.received_unique.load(Ordering::Relaxed)
     }
 
-    /// Acknowledged keys never received.
-    pub(crate) fn lost(&self) -> u64 {
+    /// Acknowledged but not yet received.
+    pub(crate) fn outstanding(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed).saturating_sub(self.received_total())
+    }
+
+    /// Acknowledged keys not received (yet).
+    pub(crate) fn unreceived(&self) -> u64 {
         let seen = self.seen.lock().expect("lock");
         self.acked_at.lock().expect("lock").keys().filter(|k| !seen.contains(k)).count() as u64
     }
@@ -141,6 +149,6 @@ mod tests {
         r.received(&body(key(0, 1), 32));
         r.received(&body(key(0, 1), 32));
         r.received(&body(key(0, 3), 32));
-        assert_eq!((r.received_total(), r.duplicates.load(Ordering::Relaxed), r.lost()), (2, 1, 1));
+        assert_eq!((r.received_total(), r.duplicates.load(Ordering::Relaxed), r.unreceived()), (2, 1, 1));
     }
 }

@@ -166,6 +166,13 @@ impl RestClient {
             .collect())
     }
 
+    /// Messages still in the queue (visible, in flight or delayed).
+    pub(crate) async fn messages_left(&self, queue: &str) -> anyhow::Result<u64> {
+        let stats = self.call("GET", &format!("/queues/{queue}/stats"), None).await?;
+        let q = &stats["queue"];
+        Ok(["visibleMessages", "inFlightMessages", "delayedMessages"].iter().filter_map(|k| q[k].as_u64()).sum())
+    }
+
     /// DeleteMessages; returns how many entries failed.
     pub(crate) async fn delete(&self, queue: &str, receipts: &[String]) -> anyhow::Result<u64> {
         let entries: Vec<Value> = receipts.iter().map(|r| json!({ "receipt": r })).collect();

@@ -63,8 +63,13 @@ impl Rig {
         self.engine.create_queue(&self.tenancy_id, spec, None).await.unwrap().resources[0].identifier.clone()
     }
 
+    /// A connection that has sent nothing yet.
+    async fn raw(&self) -> Client {
+        Client(TcpStream::connect(self.addr).await.unwrap())
+    }
+
     async fn connect(&self, extra: &str) -> Client {
-        let mut client = Client(TcpStream::connect(self.addr).await.unwrap());
+        let mut client = self.raw().await;
         client.send(&format!("CONNECT\naccept-version:1.2\nlogin:acme/bob\npasscode:{PASSCODE}\n{extra}\n\0")).await;
         let connected = client.frame().await;
         assert!(connected.starts_with("CONNECTED\n"), "{connected}");
@@ -119,7 +124,7 @@ async fn expect_error_and_close(client: &mut Client, mentions: &str) {
 #[tokio::test]
 async fn wrong_passcode_gets_an_error_and_the_connection_closes() {
     let r = rig().await;
-    let mut c = Client(TcpStream::connect(r.addr).await.unwrap());
+    let mut c = r.raw().await;
     c.send("CONNECT\naccept-version:1.2\nlogin:acme/bob\npasscode:nope\n\n\0").await;
     expect_error_and_close(&mut c, "login failed").await;
 }
@@ -127,7 +132,7 @@ async fn wrong_passcode_gets_an_error_and_the_connection_closes() {
 #[tokio::test]
 async fn first_frame_must_be_connect() {
     let r = rig().await;
-    let mut c = Client(TcpStream::connect(r.addr).await.unwrap());
+    let mut c = r.raw().await;
     c.send("SEND\ndestination:q\n\nx\0").await;
     expect_error_and_close(&mut c, "connect").await;
 }
@@ -185,7 +190,7 @@ async fn another_tenancy_s_queue_looks_like_a_missing_one() {
 #[tokio::test]
 async fn negotiated_heart_beats_are_sent() {
     let r = rig().await;
-    let mut c = Client(TcpStream::connect(r.addr).await.unwrap());
+    let mut c = r.raw().await;
     c.send(&format!("CONNECT\naccept-version:1.2\nlogin:acme/bob\npasscode:{PASSCODE}\nheart-beat:0,500\n\n\0")).await;
     let connected = c.frame().await;
     assert_eq!(header(&connected, "heart-beat"), Some("500,0"), "{connected}");
@@ -267,7 +272,7 @@ async fn ack_of_an_expired_lease_is_an_error() {
 async fn connection_cap_makes_the_next_client_wait() {
     let r = rig_with(Duration::from_secs(60), 1).await;
     let first = r.connect("").await;
-    let mut second = Client(TcpStream::connect(r.addr).await.unwrap());
+    let mut second = r.raw().await;
     second.send(&format!("CONNECT\naccept-version:1.2\nlogin:acme/bob\npasscode:{PASSCODE}\n\n\0")).await;
     let mut byte = [0u8];
     let early = tokio::time::timeout(Duration::from_millis(400), second.0.read(&mut byte)).await;

@@ -461,17 +461,23 @@ async fn messages_survive_reopening_the_store() {
     assert_eq!(contents(&got), ["kept"]);
 }
 
+/// A GetMessages waiting up to 20 s, running on its own task.
+fn spawn_long_poll(
+    r: &Arc<Rig>,
+    q: &str,
+) -> tokio::task::JoinHandle<Result<Vec<berth_core::engine::Delivered>, QueueError>> {
+    let (r, q) = (r.clone(), q.to_owned());
+    tokio::spawn(async move {
+        let params = GetMessages::new(Some(30), Some(20), Some(5), None, false).unwrap();
+        r.engine.get_messages(T, &q, params).await
+    })
+}
+
 #[tokio::test]
 async fn waiting_get_returns_the_message_a_put_brings() {
     let r = Arc::new(rig().await);
     let q = r.queue(PolicyValues::default()).await;
-    let poll = {
-        let (r, q) = (r.clone(), q.clone());
-        tokio::spawn(async move {
-            let params = GetMessages::new(Some(30), Some(20), Some(5), None, false).unwrap();
-            r.engine.get_messages(T, &q, params).await
-        })
-    };
+    let poll = spawn_long_poll(&r, &q);
     tokio::task::yield_now().await;
     r.put(&q, &["wake"]).await;
     let got = tokio::time::timeout(Duration::from_secs(10), poll).await.expect("woken").unwrap().unwrap();
@@ -482,13 +488,7 @@ async fn waiting_get_returns_the_message_a_put_brings() {
 async fn waiting_get_on_a_deleted_queue_ends_with_not_found() {
     let r = Arc::new(rig().await);
     let q = r.queue(PolicyValues::default()).await;
-    let poll = {
-        let (r, q) = (r.clone(), q.clone());
-        tokio::spawn(async move {
-            let params = GetMessages::new(Some(30), Some(20), Some(5), None, false).unwrap();
-            r.engine.get_messages(T, &q, params).await
-        })
-    };
+    let poll = spawn_long_poll(&r, &q);
     // Let the poll find the queue empty and start waiting, then delete the queue.
     while r.store.commits() < 2 {
         tokio::task::yield_now().await;

@@ -200,11 +200,7 @@ impl Engine {
             // Changes start from the store's copy, never a cached one.
             self.queues.forget(tenancy_id, queue_id);
             let mut queue = self.active_queue(tenancy_id, queue_id).await?;
-            if let Some(etag) = if_match {
-                if etag.trim_matches('"') != queue.version.to_string() {
-                    return Err(QueueError::EtagMismatch);
-                }
-            }
+            check_etag(&queue, if_match)?;
             let expected = queue.version;
             change(&mut queue)?;
             let now = self.clock.now();
@@ -309,11 +305,7 @@ impl Engine {
         channels: Option<Vec<String>>,
     ) -> Result<WorkRequest, QueueError> {
         let queue = self.active_queue(tenancy_id, queue_id).await?;
-        if let Some(etag) = if_match {
-            if etag.trim_matches('"') != queue.version.to_string() {
-                return Err(QueueError::EtagMismatch);
-            }
-        }
+        check_etag(&queue, if_match)?;
         let settle = |now| Settle { now, dead_letter_after: queue.spec.policy.dead_letter_after, batch: PURGE_BATCH };
         while self.store.purge(queue.row, target, channels.clone(), settle(self.clock.now())).await? > 0 {}
         let work = self.work_request(&queue, OperationType::PurgeQueue, ActionType::Updated, self.clock.now());
@@ -344,6 +336,14 @@ impl Engine {
         let (offset, limit) = page_window(page, limit)?;
         let items = self.store.list_work_requests(tenancy_id, compartment_id, id, offset, limit + 1).await?;
         Ok(paged(items, offset, limit))
+    }
+}
+
+/// `if-match`, when given, must name the queue's current version (its etag).
+fn check_etag(queue: &Queue, if_match: Option<&str>) -> Result<(), QueueError> {
+    match if_match {
+        Some(etag) if etag.trim_matches('"') != queue.version.to_string() => Err(QueueError::EtagMismatch),
+        _ => Ok(()),
     }
 }
 
