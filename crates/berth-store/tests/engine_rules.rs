@@ -523,3 +523,33 @@ async fn redrive_leaves_dead_letter_messages_that_are_being_consumed() {
     assert!(deleted[0].is_ok(), "the DLQ consumer's lease survived the redrive");
     assert_eq!(contents(&r.get(&q, 5, 30).await), ["y"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_put_does_not_undo_puts_committed_with_it() {
+    let r = Arc::new(rig().await);
+    let q = r.queue(PolicyValues::default()).await;
+    for batch in 0..13 {
+        let n = if batch == 12 { 16 } else { 20 };
+        let messages = (0..n).map(|i| message("m", &format!("ch{:03}", batch * 20 + i))).collect();
+        r.engine.put_messages(T, &q, messages).await.unwrap();
+    }
+    let before = r.engine.stats(T, &q, None).await.unwrap().queue.visible;
+    // One refused put (a 257th channel) among many accepted ones, all in flight at once.
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let (r, q) = (r.clone(), q.clone());
+            let channel = if i == 16 { "one-too-many".to_string() } else { "ch000".to_string() };
+            tokio::spawn(async move { r.engine.put_messages(T, &q, vec![message("m", &channel)]).await })
+        })
+        .collect();
+    let mut refused = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => {}
+            Err(QueueError::LimitExceeded(_)) => refused += 1,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(refused, 1);
+    assert_eq!(r.engine.stats(T, &q, None).await.unwrap().queue.visible, before + 31);
+}
