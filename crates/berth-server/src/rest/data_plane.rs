@@ -96,10 +96,10 @@ pub async fn get_messages(
 #[serde(rename_all = "camelCase")]
 pub struct ReceiptQuery {
     consumer_group_id: Option<String>,
-    /// Accepted for symmetry with GetMessages; the receipt itself names the side.
-    #[serde(default)]
-    #[allow(dead_code)]
-    dead_letter_queue: bool,
+    /// Accepted (and checked to be a boolean) for symmetry with GetMessages; the receipt
+    /// itself names the side.
+    #[serde(default, rename = "deadLetterQueue")]
+    _dead_letter_queue: bool,
 }
 
 pub async fn update_message(
