@@ -50,6 +50,15 @@ pub fn fingerprint(spki_der: &[u8]) -> String {
     Md5::digest(spki_der).iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
+/// How STOMP passcodes are stored and checked: SHA-256, lowercase hex.
+pub fn passcode_sha256(passcode: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, passcode.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Writes a new file; fails if it exists. `private` files are mode 0600.
 fn create_file(path: &Path, contents: &[u8], private: bool) -> anyhow::Result<()> {
     let mut options = OpenOptions::new();
@@ -98,14 +107,13 @@ pub async fn issue(
     let mut secret = [0u8; 24];
     rand::rngs::OsRng.fill_bytes(&mut secret);
     let passcode = STANDARD.encode(secret);
-    let passcode_hash = ring::digest::digest(&ring::digest::SHA256, passcode.as_bytes());
     let user = User {
         id: ocid::new("user", "", "aaaaaaaa"),
         tenancy_id: tenancy.id.clone(),
         name: user_name.to_owned(),
         fingerprint: fingerprint.clone(),
         public_key_der: public.to_pkcs1_der()?.as_bytes().to_vec(),
-        stomp_passcode_sha256: passcode_hash.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+        stomp_passcode_sha256: passcode_sha256(&passcode),
     };
 
     create_file(&key_file, key.to_pkcs8_pem(LineEnding::LF)?.as_bytes(), true)?;

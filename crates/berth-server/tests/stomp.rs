@@ -28,14 +28,13 @@ async fn rig_with(idle_timeout: Duration, max_connections: usize) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
     let tenancy = store.ensure_tenancy("acme", "ocid1.tenancy.oc1..acme").await.unwrap();
-    let hash = ring::digest::digest(&ring::digest::SHA256, PASSCODE.as_bytes());
     let user = User {
         id: "ocid1.user.oc1..bob".into(),
         tenancy_id: tenancy.id.clone(),
         name: "bob".into(),
         fingerprint: "ff".into(),
         public_key_der: Vec::new(),
-        stomp_passcode_sha256: hash.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+        stomp_passcode_sha256: berth_server::credentials::passcode_sha256(PASSCODE),
     };
     store.insert_user(&user).await.unwrap();
     let shutdown = CancellationToken::new();

@@ -115,10 +115,6 @@ pub struct Connected {
     pub events: mpsc::Receiver<Event>,
 }
 
-fn sha256_hex(value: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, value.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Session {
     /// Handles CONNECT/STOMP: version, credentials, heart-beats.
     ///
@@ -151,7 +147,7 @@ impl Session {
                 return Err(refuse("the service could not check the login; try again"));
             }
         };
-        if sha256_hex(passcode) != user.stomp_passcode_sha256 {
+        if crate::credentials::passcode_sha256(passcode) != user.stomp_passcode_sha256 {
             return Err(bad_login());
         }
         let (events_tx, events) = mpsc::channel(64);
