@@ -234,6 +234,40 @@ async fn message_past_retention_is_never_delivered_and_is_swept() {
 }
 
 #[tokio::test]
+async fn retention_sweeps_every_channel_and_leased_messages_and_queues_that_were_empty() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues { retention: Some(10), ..PolicyValues::default() }).await;
+    // Seen empty first: the sweeper must still come back for messages put afterwards.
+    assert_eq!(r.store.sweep(r.clock_now(), 100).await.unwrap().expired, 0);
+    r.put(&q, &["a1", "a2"]).await;
+    r.put_in(&q, "c1", &["b"]).await;
+    r.put_in(&q, "c2", &["c"]).await;
+    let leased = r.get_with(&q, 1, 60, Some("c2"), false).await;
+    r.advance(5);
+    r.put_in(&q, "c1", &["young"]).await;
+    r.advance(6);
+    assert_eq!(r.store.sweep(r.clock_now(), 100).await.unwrap().expired, 4);
+    let outcome = r.engine.delete_messages(T, &q, vec![leased[0].receipt.clone()]).await.unwrap();
+    assert!(outcome[0].is_err(), "the expired message's lease ended with it");
+    r.advance(5);
+    assert_eq!(r.store.sweep(r.clock_now(), 100).await.unwrap().expired, 1);
+    assert_eq!(r.engine.stats(T, &q, None).await.unwrap().queue.visible, 0);
+}
+
+#[tokio::test]
+async fn a_sweep_expires_at_most_its_batch_and_the_next_one_goes_on() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues { retention: Some(10), ..PolicyValues::default() }).await;
+    r.put(&q, &["1", "2", "3"]).await;
+    r.put_in(&q, "c", &["4", "5"]).await;
+    r.advance(11);
+    assert_eq!(r.store.sweep(r.clock_now(), 2).await.unwrap().expired, 2);
+    assert_eq!(r.store.sweep(r.clock_now(), 2).await.unwrap().expired, 2);
+    assert_eq!(r.store.sweep(r.clock_now(), 2).await.unwrap().expired, 1);
+    assert_eq!(r.store.sweep(r.clock_now(), 2).await.unwrap().expired, 0);
+}
+
+#[tokio::test]
 async fn put_reports_expire_after_as_creation_plus_retention() {
     let r = rig().await;
     let q = r.queue(PolicyValues { retention: Some(600), ..PolicyValues::default() }).await;

@@ -24,22 +24,21 @@ pub(crate) fn put(
     max_channels: u32,
 ) -> Result<Vec<i64>, QueueError> {
     check_channel_limit(conn, queue, &messages, max_channels)?;
-    let mut insert_row = conn
+    let mut insert = conn
         .prepare_cached(
             "INSERT INTO messages (queue, dlq, channel, leased, visible_at, delivery_count, lease_token, created_at,
-                                   expire_at, size)
-             VALUES (?1, 0, ?2, ?3, ?4, 0, 0, ?5, ?6, ?7)",
+                                   expire_at, size, properties, content)
+             VALUES (?1, 0, ?2, ?3, ?4, 0, 0, ?5, ?6, ?7, ?8, ?9)",
         )
         .map_err(sql)?;
-    let mut insert_body =
-        conn.prepare_cached("INSERT INTO message_bodies (id, properties, content) VALUES (?1, ?2, ?3)").map_err(sql)?;
     let mut ids = Vec::with_capacity(messages.len());
     for m in messages {
         let (leased, visible_at) = match m.delayed_until {
             Some(at) => (1, at.0),
             None => (0, m.created_at.0),
         };
-        insert_row
+        let properties = m.message.properties.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default());
+        insert
             .execute(params![
                 queue,
                 m.message.channel,
@@ -47,13 +46,12 @@ pub(crate) fn put(
                 visible_at,
                 m.created_at.0,
                 m.expire_at.0,
-                m.message.content.len() as i64
+                m.message.content.len() as i64,
+                properties,
+                m.message.content
             ])
             .map_err(sql)?;
-        let id = conn.last_insert_rowid();
-        let properties = m.message.properties.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default());
-        insert_body.execute(params![id, properties, m.message.content]).map_err(sql)?;
-        ids.push(id);
+        ids.push(conn.last_insert_rowid());
     }
     Ok(ids)
 }
@@ -168,54 +166,47 @@ pub(crate) fn lease(conn: &Connection, req: &LeaseRequest) -> rusqlite::Result<V
         Some(channel) => vec![channel.clone()],
         None => ready_channels_fair(conn, req.queue, req.dead_letter)?,
     };
-    let mut candidates: Vec<(i64, u32, i64, i64, usize)> = Vec::new();
+    let mut picked: Vec<LeasedMessage> = Vec::new();
     let mut bytes = 0usize;
     let mut pick = conn.prepare_cached(
-        "SELECT id, delivery_count, created_at, expire_at, size FROM messages
+        "SELECT id, delivery_count, created_at, expire_at, size, properties, content FROM messages
          WHERE queue = ?1 AND dlq = ?2 AND leased = 0 AND channel = ?3 AND expire_at > ?4
          ORDER BY id LIMIT ?5",
     )?;
-    'channels: for channel in &channels {
-        let wanted = req.max_messages as usize - candidates.len();
-        let rows = pick.query_map(params![req.queue, req.dead_letter, channel, req.now.0, wanted as i64], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get::<_, i64>(4)? as usize))
-        })?;
-        for row in rows {
-            let row = row?;
-            if !candidates.is_empty() && bytes + row.4 > req.max_bytes {
+    'channels: for channel in channels {
+        let wanted = req.max_messages as usize - picked.len();
+        let mut rows = pick.query(params![req.queue, req.dead_letter, channel, req.now.0, wanted as i64])?;
+        while let Some(row) = rows.next()? {
+            let size = row.get::<_, i64>(4)? as usize;
+            if !picked.is_empty() && bytes + size > req.max_bytes {
                 break 'channels;
             }
-            bytes += row.4;
-            candidates.push(row);
+            bytes += size;
+            let properties: Option<String> = row.get(5)?;
+            picked.push(LeasedMessage {
+                id: row.get(0)?,
+                content: row.get(6)?,
+                channel: channel.clone(),
+                properties: properties.and_then(|p| serde_json::from_str::<BTreeMap<String, String>>(&p).ok()),
+                delivery_count: row.get::<_, u32>(1)? + 1,
+                created_at: Timestamp(row.get(2)?),
+                expire_at: Timestamp(row.get(3)?),
+                visible_after: req.visible_after,
+                lease_token: rand::random(),
+            });
         }
-        if candidates.len() >= req.max_messages as usize {
+        if picked.len() >= req.max_messages as usize {
             break;
         }
     }
     let mut take = conn.prepare_cached(
         "UPDATE messages SET leased = 1, visible_at = ?2, delivery_count = delivery_count + 1, lease_token = ?3
-         WHERE id = ?1 RETURNING channel",
+         WHERE id = ?1",
     )?;
-    let mut body = conn.prepare_cached("SELECT properties, content FROM message_bodies WHERE id = ?1")?;
-    let mut leased = Vec::with_capacity(candidates.len());
-    for (id, delivery_count, created_at, expire_at, _) in candidates {
-        let lease_token: i64 = rand::random();
-        let channel: String = take.query_row(params![id, req.visible_after.0, lease_token], |row| row.get(0))?;
-        let (properties, content): (Option<String>, String) =
-            body.query_row(params![id], |row| Ok((row.get(0)?, row.get(1)?)))?;
-        leased.push(LeasedMessage {
-            id,
-            content,
-            channel,
-            properties: properties.and_then(|p| serde_json::from_str::<BTreeMap<String, String>>(&p).ok()),
-            delivery_count: delivery_count + 1,
-            created_at: Timestamp(created_at),
-            expire_at: Timestamp(expire_at),
-            visible_after: req.visible_after,
-            lease_token,
-        });
+    for m in &picked {
+        take.execute(params![m.id, req.visible_after.0, m.lease_token])?;
     }
-    Ok(leased)
+    Ok(picked)
 }
 
 /// Channels with ready messages, rotated from a random start so that over many gets
@@ -264,16 +255,9 @@ pub(crate) fn delete(conn: &Connection, leases: &[LeaseRef], now: Timestamp) -> 
         "DELETE FROM messages
          WHERE id = ?1 AND queue = ?2 AND dlq = ?3 AND leased = 1 AND lease_token = ?4 AND visible_at > ?5",
     )?;
-    let mut body = conn.prepare_cached("DELETE FROM message_bodies WHERE id = ?1")?;
     leases
         .iter()
-        .map(|l| {
-            let deleted = row.execute(params![l.message_id, l.queue, l.dead_letter, l.lease_token, now.0])? == 1;
-            if deleted {
-                body.execute(params![l.message_id])?;
-            }
-            Ok(deleted)
-        })
+        .map(|l| Ok(row.execute(params![l.message_id, l.queue, l.dead_letter, l.lease_token, now.0])? == 1))
         .collect()
 }
 
@@ -361,13 +345,10 @@ pub(crate) fn channels(
     Ok(found)
 }
 
-/// Deletes rows by id from both tables.
 fn delete_ids(conn: &Connection, ids: &[i64]) -> rusqlite::Result<()> {
     let mut row = conn.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
-    let mut body = conn.prepare_cached("DELETE FROM message_bodies WHERE id = ?1")?;
     for id in ids {
         row.execute(params![id])?;
-        body.execute(params![id])?;
     }
     Ok(())
 }
@@ -450,16 +431,25 @@ pub(crate) fn redrive(
     Ok(ids.len() as u64)
 }
 
-pub(crate) fn sweep(conn: &Connection, now: Timestamp, batch: u32) -> rusqlite::Result<SweepReport> {
-    let mut report = SweepReport::default();
-    let expired = ids_of(conn, "SELECT id FROM messages WHERE expire_at <= ?1 LIMIT ?2", params![now.0, batch])?;
-    delete_ids(conn, &expired)?;
-    report.expired = expired.len() as u64;
+/// When each queue's oldest message expires, as far as the last sweep saw: queues not due
+/// are skipped. Lost on restart, which only costs one scan per queue.
+pub(crate) type ExpiryWatch = std::collections::HashMap<QueueRow, Timestamp>;
 
+/// Shortest retention a queue can have: a queue found empty is looked at again after it.
+const MIN_RETENTION_MS: i64 = 10_000;
+
+pub(crate) fn sweep(
+    conn: &Connection,
+    now: Timestamp,
+    batch: u32,
+    watch: &mut ExpiryWatch,
+) -> rusqlite::Result<SweepReport> {
+    let mut report = SweepReport::default();
     let queues: Vec<(QueueRow, u32, String)> = conn
         .prepare_cached("SELECT row, dead_letter_after, state FROM queues")?
         .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
+    watch.retain(|queue, _| queues.iter().any(|(q, _, _)| q == queue));
     for (queue, dead_letter_after, state) in queues {
         if state == "DELETED" {
             let ids = ids_of(conn, "SELECT id FROM messages WHERE queue = ?1 LIMIT ?2", params![queue, batch])?;
@@ -469,6 +459,12 @@ pub(crate) fn sweep(conn: &Connection, now: Timestamp, batch: u32) -> rusqlite::
                 conn.execute("DELETE FROM queues WHERE row = ?1", params![queue])?;
             }
             continue;
+        }
+        if watch.get(&queue).is_none_or(|due| *due <= now) {
+            let (expired, next_due) = expired_ids(conn, queue, now, batch)?;
+            delete_ids(conn, &expired)?;
+            report.expired += expired.len() as u64;
+            watch.insert(queue, next_due);
         }
         for dead_letter in [false, true] {
             release_expired(conn, queue, dead_letter, now, dead_letter_after, batch, &mut report)?;
@@ -480,4 +476,42 @@ pub(crate) fn sweep(conn: &Connection, now: Timestamp, batch: u32) -> rusqlite::
         conn.query_row("PRAGMA incremental_vacuum(2000)", [], |_| Ok(())).optional()?;
     }
     Ok(report)
+}
+
+/// Up to `batch` messages of a queue past retention, and when to look again. A queue's
+/// retention is fixed, so within a channel a later id never expires earlier (up to the
+/// milliseconds between stamping and committing a put): only the oldest messages of each
+/// channel need a look, and `(queue, channel)` index entries are ordered by id. This
+/// spares every message an expiry index entry (the largest single cost in profiles).
+fn expired_ids(
+    conn: &Connection,
+    queue: QueueRow,
+    now: Timestamp,
+    batch: u32,
+) -> rusqlite::Result<(Vec<i64>, Timestamp)> {
+    let mut oldest = conn
+        .prepare_cached("SELECT id, expire_at FROM messages WHERE queue = ?1 AND channel = ?2 ORDER BY id LIMIT ?3")?;
+    let mut expired = Vec::new();
+    let mut next_due = Timestamp(now.0 + MIN_RETENTION_MS);
+    let mut channel = String::new();
+    loop {
+        let left = batch as usize - expired.len();
+        let mut rows = oldest.query(params![queue, channel, left as i64 + 1])?;
+        while let Some(row) = rows.next()? {
+            let expire_at = Timestamp(row.get(1)?);
+            if expire_at > now {
+                next_due = next_due.min(expire_at);
+                break;
+            }
+            if expired.len() == batch as usize {
+                // More may wait: look again at the next sweep.
+                return Ok((expired, now));
+            }
+            expired.push(row.get(0)?);
+        }
+        match next_channel(conn, queue, None, &channel)? {
+            Some(next) => channel = next,
+            None => return Ok((expired, next_due)),
+        }
+    }
 }

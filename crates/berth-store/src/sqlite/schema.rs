@@ -1,5 +1,8 @@
-//! The SQLite schema. Message bodies live apart from the message rows so that leasing,
-//! which rewrites a row, never rewrites its content.
+//! The SQLite schema. Each index entry costs every message an insert and a delete, so
+//! messages carry as few as their queries need: a message and its body are one row, and
+//! retention needs no index of its own (see `messages::expired_ids`).
+
+use rusqlite::Connection;
 
 /// Connection settings for every connection.
 pub(crate) const PRAGMAS: &str = "
@@ -19,7 +22,7 @@ pub(crate) const WRITER_PRAGMAS: &str = "
 ";
 
 /// Creates what is missing.
-pub(crate) const SCHEMA: &str = "
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -81,15 +84,75 @@ CREATE TABLE IF NOT EXISTS messages (
     lease_token    INTEGER NOT NULL,
     created_at     INTEGER NOT NULL,
     expire_at      INTEGER NOT NULL,
-    size           INTEGER NOT NULL
+    size           INTEGER NOT NULL,
+    properties     TEXT,
+    content        TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, dlq, channel, id) WHERE leased = 0;
 CREATE INDEX IF NOT EXISTS messages_invisible ON messages (queue, dlq, visible_at) WHERE leased = 1;
 CREATE INDEX IF NOT EXISTS messages_by_channel ON messages (queue, channel);
-CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expire_at);
-CREATE TABLE IF NOT EXISTS message_bodies (
-    id         INTEGER PRIMARY KEY,
-    properties TEXT,
-    content    TEXT NOT NULL
-);
 ";
+
+/// Brings a database of any earlier layout to the current one, then creates what is missing.
+pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let separate_bodies: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'message_bodies')",
+        [],
+        |row| row.get(0),
+    )?;
+    if separate_bodies {
+        // Layout 1 kept bodies in their own table and indexed every message by expiry.
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             ALTER TABLE messages ADD COLUMN properties TEXT;
+             ALTER TABLE messages ADD COLUMN content TEXT NOT NULL DEFAULT '';
+             UPDATE messages SET (properties, content) =
+                 (SELECT b.properties, b.content FROM message_bodies b WHERE b.id = messages.id);
+             DROP TABLE message_bodies;
+             DROP INDEX IF EXISTS messages_by_expiry;
+             COMMIT;",
+        )?;
+    }
+    conn.execute_batch(SCHEMA)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message tables as layout 1 created them.
+    const LAYOUT_1: &str = "
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, queue INTEGER NOT NULL, dlq INTEGER NOT NULL,
+            channel TEXT NOT NULL, leased INTEGER NOT NULL, visible_at INTEGER NOT NULL,
+            delivery_count INTEGER NOT NULL, lease_token INTEGER NOT NULL, created_at INTEGER NOT NULL,
+            expire_at INTEGER NOT NULL, size INTEGER NOT NULL);
+        CREATE INDEX messages_by_expiry ON messages (expire_at);
+        CREATE TABLE message_bodies (id INTEGER PRIMARY KEY, properties TEXT, content TEXT NOT NULL);
+        INSERT INTO messages VALUES (7, 1, 0, 'c', 0, 0, 0, 0, 0, 99, 5);
+        INSERT INTO message_bodies VALUES (7, '{\"k\":\"v\"}', 'hello');
+    ";
+
+    #[test]
+    fn layout_1_moves_bodies_into_message_rows() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(LAYOUT_1).unwrap();
+        migrate(&conn).unwrap();
+        let row: (i64, String, Option<String>, String) = conn
+            .query_row("SELECT id, channel, properties, content FROM messages", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .unwrap();
+        assert_eq!(row, (7, "c".into(), Some("{\"k\":\"v\"}".into()), "hello".into()));
+        let leftovers: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('message_bodies', 'messages_by_expiry')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(leftovers, 0);
+        // Running it again on the current layout changes nothing.
+        migrate(&conn).unwrap();
+    }
+}

@@ -170,7 +170,8 @@ impl Store for SqliteStore {
     }
 
     async fn sweep(&self, now: Timestamp, batch: u32) -> StoreResult<SweepReport> {
-        self.write(move |c| messages::sweep(c, now, batch)).await
+        let watch = self.expiry_watch.clone();
+        self.write(move |c| messages::sweep(c, now, batch, &mut watch.lock().unwrap_or_else(|e| e.into_inner()))).await
     }
 
     async fn housekeeping(&self) -> StoreResult<()> {
