@@ -1,5 +1,12 @@
 //! Per-queue wakeups for long polls. A hint only: a woken poller asks the store again,
-//! so a missed or extra wakeup costs a query, never a message.
+//! so an extra wakeup costs a query, never a message.
+//!
+//! New messages wake as many waiting pollers as there are messages, not all of them: with
+//! many consumers on a quiet queue, waking every one for each message made each message
+//! cost one empty lease per consumer. Pollers that filter on a channel or read the dead
+//! letter side wait apart, so a wakeup meant for the main stream is never spent on them.
+//! A `Notified` dropped after `notify_one` chose it passes the wakeup on (tokio's
+//! contract), so a poller that leaves without waiting does not swallow one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,30 +15,63 @@ use tokio::sync::Notify;
 
 use crate::model::QueueRow;
 
+/// What a poller waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Interest {
+    pub(crate) dead_letter: bool,
+    pub(crate) channel: Option<String>,
+}
+
 #[derive(Default)]
 pub(crate) struct Wakeups {
     // std Mutex: held only to clone an Arc, never across an await.
-    queues: Mutex<HashMap<QueueRow, Arc<Notify>>>,
+    queues: Mutex<HashMap<QueueRow, HashMap<Interest, Arc<Notify>>>>,
 }
 
+/// Interests kept per queue before unused ones are dropped.
+const MAX_INTERESTS: usize = 64;
+
 impl Wakeups {
-    /// The notifier of a queue; pollers call `notified()` on it before asking the store.
-    pub(crate) fn of(&self, queue: QueueRow) -> Arc<Notify> {
+    /// The notifier for an interest; pollers call `notified()` on it before asking the store.
+    pub(crate) fn of(&self, queue: QueueRow, interest: Interest) -> Arc<Notify> {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        queues.entry(queue).or_default().clone()
+        let interests = queues.entry(queue).or_default();
+        if interests.len() >= MAX_INTERESTS && !interests.contains_key(&interest) {
+            interests.retain(|_, notify| Arc::strong_count(notify) > 1);
+        }
+        interests.entry(interest).or_default().clone()
     }
 
-    /// Wakes every poller of a queue.
-    pub(crate) fn wake(&self, queue: QueueRow) {
-        let notify = self.queues.lock().unwrap_or_else(|e| e.into_inner()).get(&queue).cloned();
-        if let Some(notify) = notify {
+    /// Messages became ready on the main side: `count` unfiltered pollers and every
+    /// poller of those channels.
+    pub(crate) fn ready(&self, queue: QueueRow, count: usize, channels: &[&str]) {
+        let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(interests) = queues.get(&queue) else { return };
+        if let Some(any) = interests.get(&Interest { dead_letter: false, channel: None }) {
+            for _ in 0..count {
+                any.notify_one();
+            }
+        }
+        for channel in channels {
+            let interest = Interest { dead_letter: false, channel: Some((*channel).to_owned()) };
+            if let Some(notify) = interests.get(&interest) {
+                notify.notify_waiters();
+            }
+        }
+    }
+
+    /// Wakes every poller of a queue (messages released or moved, or delays changed).
+    pub(crate) fn wake_all(&self, queue: QueueRow) {
+        let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        for notify in queues.get(&queue).into_iter().flat_map(HashMap::values) {
             notify.notify_waiters();
         }
     }
 
-    /// Forgets a deleted queue.
+    /// Forgets a deleted queue, waking its pollers.
     pub(crate) fn forget(&self, queue: QueueRow) {
-        if let Some(notify) = self.queues.lock().unwrap_or_else(|e| e.into_inner()).remove(&queue) {
+        let removed = self.queues.lock().unwrap_or_else(|e| e.into_inner()).remove(&queue);
+        for notify in removed.into_iter().flat_map(HashMap::into_values) {
             notify.notify_waiters();
         }
     }

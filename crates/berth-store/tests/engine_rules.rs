@@ -518,6 +518,57 @@ async fn waiting_get_returns_the_message_a_put_brings() {
     assert_eq!(contents(&got), ["wake"]);
 }
 
+/// A GetMessages of at most `limit` waiting up to 20 s, optionally on one channel or the DLQ.
+fn spawn_poll(
+    r: &Arc<Rig>,
+    q: &str,
+    limit: i64,
+    channel: Option<&str>,
+    dead_letter: bool,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    let (r, q, channel) = (r.clone(), q.to_owned(), channel.map(String::from));
+    tokio::spawn(async move {
+        let params = GetMessages::new(Some(30), Some(20), Some(limit), channel, dead_letter).unwrap();
+        let got = r.engine.get_messages(T, &q, params).await.unwrap();
+        got.into_iter().map(|d| d.message.content).collect()
+    })
+}
+
+/// Waits for a poll well within its 20 s wait: it was woken, not timed out.
+async fn woken(poll: tokio::task::JoinHandle<Vec<String>>) -> Vec<String> {
+    tokio::time::timeout(Duration::from_secs(5), poll).await.expect("woken by the put").unwrap()
+}
+
+#[tokio::test]
+async fn a_put_of_two_messages_wakes_two_waiting_pollers() {
+    let r = Arc::new(rig().await);
+    let q = r.queue(PolicyValues::default()).await;
+    let polls = [spawn_poll(&r, &q, 1, None, false), spawn_poll(&r, &q, 1, None, false)];
+    tokio::time::sleep(Duration::from_millis(300)).await; // both find the queue empty and wait
+    r.put(&q, &["a", "b"]).await;
+    let [first, second] = polls;
+    let mut got = [woken(first).await, woken(second).await].concat();
+    got.sort();
+    assert_eq!(got, ["a", "b"]);
+}
+
+#[tokio::test]
+async fn a_wakeup_for_new_messages_is_not_spent_on_pollers_of_other_channels_or_the_dlq() {
+    let r = Arc::new(rig().await);
+    let q = r.queue(PolicyValues::default()).await;
+    // Started first, so they would be first in line for a shared wakeup.
+    let on_channel = spawn_poll(&r, &q, 1, Some("x"), false);
+    let on_dlq = spawn_poll(&r, &q, 1, None, true);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let any = spawn_poll(&r, &q, 1, None, false);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    r.put(&q, &["main"]).await;
+    assert_eq!(woken(any).await, ["main"]);
+    r.put_in(&q, "x", &["on x"]).await;
+    assert_eq!(woken(on_channel).await, ["on x"]);
+    on_dlq.abort();
+}
+
 #[tokio::test]
 async fn waiting_get_on_a_deleted_queue_ends_with_not_found() {
     let r = Arc::new(rig().await);

@@ -9,6 +9,7 @@ use crate::error::QueueError;
 use crate::limits;
 use crate::model::{LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, NewMessage, Page, QueueStats};
 use crate::store::Settle;
+use crate::wakeup::Interest;
 
 use super::Engine;
 
@@ -120,7 +121,7 @@ impl Engine {
         }
         let now = self.clock.now();
         let expire_at = now.plus_secs(policy.retention_secs.into());
-        let to_store = messages
+        let to_store: Vec<MessageToStore> = messages
             .into_iter()
             .map(|message| {
                 let delay = message.delay_secs.unwrap_or(policy.delivery_delay_secs);
@@ -128,8 +129,19 @@ impl Engine {
                 MessageToStore { message, created_at: now, expire_at, delayed_until }
             })
             .collect();
+        let delayed = to_store.iter().any(|m| m.delayed_until.is_some());
+        let mut channels: Vec<String> = to_store.iter().map(|m| m.message.channel.clone()).collect();
+        channels.sort_unstable();
+        channels.dedup();
+        let count = to_store.len();
         let ids = self.store.put_messages(queue.row, to_store, limits::MAX_CHANNELS).await?;
-        self.wakeups.wake(queue.row);
+        if delayed {
+            // Sleeping pollers timed their sleep before this delay existed.
+            self.wakeups.wake_all(queue.row);
+        } else {
+            let channels: Vec<&str> = channels.iter().map(String::as_str).filter(|c| !c.is_empty()).collect();
+            self.wakeups.ready(queue.row, count, &channels);
+        }
         Ok(ids.into_iter().map(|id| PutResult { id, expire_at }).collect())
     }
 
@@ -164,7 +176,8 @@ impl Engine {
         let visibility = params.visibility_secs.unwrap_or(policy.visibility_secs);
         let timeout = params.timeout_secs.unwrap_or(policy.timeout_secs);
         let deadline = self.clock.now().plus_secs(timeout.into());
-        let notify = self.wakeups.of(queue.row);
+        let interest = Interest { dead_letter: params.dead_letter, channel: params.channel.clone() };
+        let notify = self.wakeups.of(queue.row, interest);
         let mut first = true;
         loop {
             // Registered before asking the store, so a put that lands in between still wakes us.
@@ -251,7 +264,7 @@ impl Engine {
             }
         }
         if released {
-            self.wakeups.wake(queue.row);
+            self.wakeups.wake_all(queue.row);
         }
         Ok(results)
     }
@@ -358,7 +371,7 @@ impl Engine {
             }
         }
         if moved > 0 {
-            self.wakeups.wake(queue.row);
+            self.wakeups.wake_all(queue.row);
         }
         Ok(moved)
     }
