@@ -1,10 +1,11 @@
 //! Measures the engine and the SQLite store without HTTP: W1's message cycle (put in
 //! batches of 20, get up to 20, delete what was got) run by concurrent tasks in-process.
 //!
-//! Run: `cargo run --release -p berth-store --example cycle -- [SECONDS] [TASKS]`
-//! (defaults 10 and 8). TASKS producers and TASKS consumers share one 1 KiB-message queue;
-//! producers pause while more than 20,000 messages wait. Prints messages consumed per
-//! second, the process's CPU time per message (user + system) and commits per message.
+//! Run: `cargo run --release -p berth-store --example cycle -- [SECONDS] [TASKS] [LABEL]`
+//! (defaults 10, 8 and "cycle"). TASKS producers and TASKS consumers share one 1 KiB-message
+//! queue; producers pause while more than 20,000 messages wait. Prints, as one `BENCH {json}`
+//! line like berth-bench, messages consumed per second, the process's CPU time per message
+//! (user + system) and commits per message.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,6 +42,7 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let seconds: u64 = args.next().map_or(10, |a| a.parse().expect("SECONDS"));
     let tasks: usize = args.next().map_or(8, |a| a.parse().expect("TASKS"));
+    let label = args.next().unwrap_or_else(|| "cycle".into());
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(SqliteStore::open(&dir.path().join("db")).expect("open"));
     let engine = Arc::new(
@@ -67,8 +69,9 @@ async fn main() {
         handle.await.expect("task");
     }
     let messages = (got1 - got0) as f64;
+    // One line in berth-bench's summary format, so scripts/bench can table it.
     println!(
-        "cycle: {:.0} msg/s, {:.1} us CPU/msg, {:.4} commits/msg",
+        "BENCH {{\"label\":\"{label}\",\"received_per_s\":{:.0},\"server_cpu_us_per_msg\":{:.1},\"commits_per_msg\":{:.4}}}",
         messages / elapsed,
         (cpu1 - cpu0) * 1e6 / messages,
         (commits1 - commits0) as f64 / messages
