@@ -44,7 +44,7 @@ impl Wakeups {
 
     /// Messages became ready on the main side: `count` unfiltered pollers and every
     /// poller of those channels.
-    pub(crate) fn ready(&self, queue: QueueRow, count: usize, channels: &[&str]) {
+    pub(crate) fn ready(&self, queue: QueueRow, count: usize, channels: &[String]) {
         let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         let Some(interests) = queues.get(&queue) else { return };
         if let Some(any) = interests.get(&Interest { dead_letter: false, channel: None }) {
@@ -53,7 +53,7 @@ impl Wakeups {
             }
         }
         for channel in channels {
-            let interest = Interest { dead_letter: false, channel: Some((*channel).to_owned()) };
+            let interest = Interest { dead_letter: false, channel: Some(channel.clone()) };
             if let Some(notify) = interests.get(&interest) {
                 notify.notify_waiters();
             }

@@ -130,7 +130,8 @@ impl Engine {
             })
             .collect();
         let delayed = to_store.iter().any(|m| m.delayed_until.is_some());
-        let mut channels: Vec<String> = to_store.iter().map(|m| m.message.channel.clone()).collect();
+        let mut channels: Vec<String> =
+            to_store.iter().map(|m| &m.message.channel).filter(|c| !c.is_empty()).cloned().collect();
         channels.sort_unstable();
         channels.dedup();
         let count = to_store.len();
@@ -139,7 +140,6 @@ impl Engine {
             // Sleeping pollers timed their sleep before this delay existed.
             self.wakeups.wake_all(queue.row);
         } else {
-            let channels: Vec<&str> = channels.iter().map(String::as_str).filter(|c| !c.is_empty()).collect();
             self.wakeups.ready(queue.row, count, &channels);
         }
         Ok(ids.into_iter().map(|id| PutResult { id, expire_at }).collect())

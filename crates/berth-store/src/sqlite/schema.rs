@@ -11,11 +11,14 @@ pub(crate) const PRAGMAS: &str = "
     PRAGMA temp_store = MEMORY;
 ";
 
-/// Settings of the writer connection: durable commits, incremental space reclaim. The
-/// writer checkpoints only as a safety net (the WAL past ~64 MiB): checkpoints normally run
-/// on another connection (`SqliteStore::checkpoint`), off the writer's commit path.
+/// Settings of the writer connection: durable commits, and no auto-vacuum: its pointer-map
+/// upkeep on every page allocation, and its refusal to rewrite a large row in place, cost
+/// W1 5–10 % (docs/BENCHMARKS.md). Pages freed by consumed messages are reused, so the file
+/// keeps the size of its largest backlog (`VACUUM` while Berth is stopped shrinks it).
+/// The writer checkpoints only as a safety net (the WAL past ~64 MiB): checkpoints normally
+/// run on another connection (`SqliteStore::checkpoint`), off the writer's commit path.
 pub(crate) const WRITER_PRAGMAS: &str = "
-    PRAGMA auto_vacuum = INCREMENTAL;
+    PRAGMA auto_vacuum = NONE;
     PRAGMA journal_mode = WAL;
     PRAGMA synchronous = FULL;
     PRAGMA wal_autocheckpoint = 16000;
