@@ -430,9 +430,9 @@ pub(crate) fn redrive(
     // Only ready DLQ messages move (expired leases were settled above): a DLQ consumer's
     // current leases stay valid.
     let mut back =
-        conn.prepare_cached("UPDATE messages SET dlq = 0, delivery_count = 0, lease_token = 0 WHERE id = ?1")?;
+        conn.prepare_cached("UPDATE messages SET dlq = 0, delivery_count = 0, lease_token = ?2 WHERE id = ?1")?;
     for id in &ids {
-        back.execute(params![id])?;
+        back.execute(params![id, NEVER_LEASED])?;
     }
     Ok(ids.len() as u64)
 }
