@@ -63,8 +63,18 @@ pub struct Settle {
     pub batch: u32,
 }
 
+/// What a lease call did.
+#[derive(Debug, Clone, Default)]
+pub struct Leased {
+    /// The messages leased, in order.
+    pub messages: Vec<LeasedMessage>,
+    /// Expired leases the call ended on the way (released or dead-lettered): messages that
+    /// became ready without a put announcing them.
+    pub settled: u64,
+}
+
 /// What one background sweep did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SweepReport {
     /// Messages removed because their retention ended.
     pub expired: u64,
@@ -74,6 +84,8 @@ pub struct SweepReport {
     pub dead_lettered: u64,
     /// Rows removed from deleted queues.
     pub reclaimed: u64,
+    /// Queues with leases released or dead-lettered, whose waiting pollers should look again.
+    pub settled_queues: Vec<QueueRow>,
 }
 
 impl SweepReport {
@@ -145,7 +157,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<i64>, QueueError>;
     /// Releases expired leases of the queue (dead-lettering as the request says), then leases
     /// up to `max_messages` visible, unexpired messages, oldest first per channel.
-    async fn lease(&self, request: LeaseRequest) -> StoreResult<Vec<LeasedMessage>>;
+    async fn lease(&self, request: LeaseRequest) -> StoreResult<Leased>;
     /// Moves each current lease's end to its new time; false where the lease is not current.
     async fn extend_leases(&self, leases: Vec<(LeaseRef, Timestamp)>, now: Timestamp) -> StoreResult<Vec<bool>>;
     /// Deletes each message whose lease is current; false where it is not.

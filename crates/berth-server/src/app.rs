@@ -74,9 +74,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         max_connections: config.stomp_max_connections,
         tls: stomp_tls.map(TlsAcceptor::from),
     });
+    let sweeper = tokio::spawn(workers::sweep(engine.clone(), shutdown.clone()));
     let state = AppState { engine, auth: Arc::new(auth), public_url: public_url.into() };
 
-    let sweeper = tokio::spawn(workers::sweep(store_dyn.clone(), clock, shutdown.clone()));
     let stomp_task = tokio::spawn(stomp::serve(stomp, stomp_ctx, shutdown.clone()));
     let server = serve_http(http, rest::router(state), http_tls, &shutdown, config.shutdown_grace)?;
 

@@ -5,8 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_core::store::Store;
-use berth_core::Clock;
+use berth_core::Engine;
 use tokio_util::sync::CancellationToken;
 
 /// Rows per kind of work in one sweep.
@@ -17,10 +16,10 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
 const IDLE_PAUSE: Duration = Duration::from_secs(1);
 
 /// Sweeps until `shutdown` fires; sweeps again at once while there is a backlog.
-pub async fn sweep(store: Arc<dyn Store>, clock: Arc<dyn Clock>, shutdown: CancellationToken) {
+pub async fn sweep(engine: Arc<Engine>, shutdown: CancellationToken) {
     let mut last_housekeeping = Instant::now();
     loop {
-        let busy = match store.sweep(clock.now(), SWEEP_BATCH).await {
+        let busy = match engine.sweep(SWEEP_BATCH).await {
             Ok(report) => {
                 if report.total() > 0 {
                     tracing::debug!(?report, "sweep");
@@ -33,7 +32,7 @@ pub async fn sweep(store: Arc<dyn Store>, clock: Arc<dyn Clock>, shutdown: Cance
             }
         };
         if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
-            if let Err(e) = store.housekeeping().await {
+            if let Err(e) = engine.store().housekeeping().await {
                 tracing::warn!(error = %e, "store housekeeping failed; retrying");
             }
             last_housekeeping = Instant::now();

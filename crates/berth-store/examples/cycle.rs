@@ -86,7 +86,7 @@ async fn producer(
     stop: Arc<AtomicBool>,
 ) {
     while !stop.load(Ordering::Relaxed) {
-        if sent.load(Ordering::Relaxed) - got.load(Ordering::Relaxed) > MAX_BACKLOG {
+        if sent.load(Ordering::Relaxed).saturating_sub(got.load(Ordering::Relaxed)) > MAX_BACKLOG {
             tokio::time::sleep(Duration::from_millis(1)).await;
             continue;
         }

@@ -570,6 +570,38 @@ async fn a_wakeup_for_new_messages_is_not_spent_on_pollers_of_other_channels_or_
 }
 
 #[tokio::test]
+async fn a_message_freed_by_an_ended_lease_does_not_use_up_the_wakeup_of_a_put() {
+    let r = Arc::new(rig().await);
+    let q = r.queue(PolicyValues::default()).await;
+    r.put(&q, &["m0"]).await;
+    assert_eq!(contents(&r.get(&q, 1, 15).await), ["m0"]); // a consumer that then goes away
+    let polls = [spawn_poll(&r, &q, 1, None, false), spawn_poll(&r, &q, 1, None, false)];
+    tokio::time::sleep(Duration::from_millis(300)).await; // both wait, timed for the lease's end
+    r.advance(16);
+    // The put wakes one poll; its lease takes m0, whose lease has ended and which comes
+    // first. The other poll must still be woken for m1.
+    r.put(&q, &["m1"]).await;
+    let [first, second] = polls;
+    let mut got = [woken(first).await, woken(second).await].concat();
+    got.sort();
+    assert_eq!(got, ["m0", "m1"]);
+}
+
+#[tokio::test]
+async fn a_sweep_that_ends_leases_wakes_the_waiting_polls() {
+    let r = Arc::new(rig().await);
+    let q = r.queue(PolicyValues::default()).await;
+    r.put(&q, &["m0"]).await;
+    assert_eq!(contents(&r.get(&q, 1, 15).await), ["m0"]);
+    let poll = spawn_poll(&r, &q, 1, None, false);
+    tokio::time::sleep(Duration::from_millis(300)).await; // waiting, timed for the lease's end
+    r.advance(16);
+    let report = r.engine.sweep(100).await.unwrap();
+    assert_eq!(report.released, 1);
+    assert_eq!(woken(poll).await, ["m0"]);
+}
+
+#[tokio::test]
 async fn waiting_get_on_a_deleted_queue_ends_with_not_found() {
     let r = Arc::new(rig().await);
     let q = r.queue(PolicyValues::default()).await;

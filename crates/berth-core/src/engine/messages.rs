@@ -190,6 +190,11 @@ impl Engine {
             }
 
             let now = self.clock.now();
+            // A failing poll may have taken a wakeup meant for the others: hand it on.
+            let failed = |e| {
+                self.wakeups.wake_all(queue.row);
+                e
+            };
             let leased = self
                 .store
                 .lease(LeaseRequest {
@@ -202,9 +207,15 @@ impl Engine {
                     visible_after: now.plus_secs(visibility.into()),
                     dead_letter_after: policy.dead_letter_after,
                 })
-                .await?;
-            if !leased.is_empty() {
-                return Ok(leased.into_iter().map(|m| self.delivered(queue.row, params.dead_letter, m)).collect());
+                .await
+                .map_err(failed)?;
+            if leased.settled > 0 {
+                // Ended leases made messages ready (or dead letters) that no put announced.
+                self.wakeups.wake_all(queue.row);
+            }
+            if !leased.messages.is_empty() {
+                let messages = leased.messages.into_iter();
+                return Ok(messages.map(|m| self.delivered(queue.row, params.dead_letter, m)).collect());
             }
             if now >= deadline || self.shutdown.is_cancelled() || stop.is_cancelled() {
                 return Ok(Vec::new());
@@ -212,7 +223,8 @@ impl Engine {
             let next = self
                 .store
                 .next_visible_at(queue.row, params.dead_letter, params.channel.as_deref())
-                .await?
+                .await
+                .map_err(failed)?
                 .map_or(deadline, |at| at.min(deadline));
             let pause = now.until(next).max(MIN_POLL_PAUSE);
             tokio::select! {

@@ -14,7 +14,7 @@ use crate::clock::Clock;
 use crate::error::QueueError;
 use crate::model::Queue;
 use crate::receipt::ReceiptKey;
-use crate::store::Store;
+use crate::store::{Store, SweepReport};
 use crate::wakeup::Wakeups;
 
 pub use messages::{Delivered, GetMessages, PutResult};
@@ -100,6 +100,19 @@ impl Engine {
     /// The region used in new OCIDs.
     pub fn region(&self) -> &str {
         &self.region
+    }
+
+    /// One background sweep of the store (retention, ended leases, deleted queues) of at
+    /// most `batch` rows per kind of work; pollers of queues with ended leases look again.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn sweep(&self, batch: u32) -> Result<SweepReport, QueueError> {
+        let report = self.store.sweep(self.clock.now(), batch).await?;
+        for queue in &report.settled_queues {
+            self.wakeups.wake_all(*queue);
+        }
+        Ok(report)
     }
 
     /// A live queue of the tenancy, from the cache when fresh.

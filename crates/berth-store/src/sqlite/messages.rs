@@ -9,7 +9,7 @@ use berth_core::error::QueueError;
 use berth_core::model::{
     LeaseRef, LeaseRequest, LeasedMessage, MessageCounts, MessageToStore, PurgeTarget, QueueRow, QueueStats,
 };
-use berth_core::store::{Settle, SweepReport};
+use berth_core::store::{Leased, Settle, SweepReport};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::sql;
@@ -152,22 +152,23 @@ fn next_channel(
 
 /// Releases the expired leases of both sides of a queue. Dead-lettering moves rows from the
 /// main side to the DLQ side, so anything reading either side settles both first.
+/// Returns how many leases it ended.
 fn settle(
     conn: &Connection,
     queue: QueueRow,
     now: Timestamp,
     dead_letter_after: u32,
     limit: u32,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<u64> {
     let mut report = SweepReport::default();
     for dead_letter in [false, true] {
         release_expired(conn, queue, dead_letter, now, dead_letter_after, limit, &mut report)?;
     }
-    Ok(())
+    Ok(report.released + report.dead_lettered)
 }
 
-pub(crate) fn lease(conn: &Connection, req: &LeaseRequest) -> rusqlite::Result<Vec<LeasedMessage>> {
-    settle(conn, req.queue, req.now, req.dead_letter_after, RELEASE_PER_LEASE)?;
+pub(crate) fn lease(conn: &Connection, req: &LeaseRequest) -> rusqlite::Result<Leased> {
+    let settled = settle(conn, req.queue, req.now, req.dead_letter_after, RELEASE_PER_LEASE)?;
     let channels = match &req.channel {
         Some(channel) => vec![channel.clone()],
         None => ready_channels_fair(conn, req.queue, req.dead_letter)?,
@@ -212,7 +213,7 @@ pub(crate) fn lease(conn: &Connection, req: &LeaseRequest) -> rusqlite::Result<V
     for m in &picked {
         take.execute(params![m.id, req.visible_after.0, m.lease_token])?;
     }
-    Ok(picked)
+    Ok(Leased { messages: picked, settled })
 }
 
 /// Channels with ready messages, rotated from a random start so that over many gets
@@ -455,7 +456,8 @@ pub(crate) fn sweep(
         .prepare_cached("SELECT row, dead_letter_after, state FROM queues")?
         .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    watch.retain(|queue, _| queues.iter().any(|(q, _, _)| q == queue));
+    let live: std::collections::HashSet<QueueRow> = queues.iter().map(|(queue, _, _)| *queue).collect();
+    watch.retain(|queue, _| live.contains(queue));
     for (queue, dead_letter_after, state) in queues {
         if state == "DELETED" {
             let ids = ids_of(conn, "SELECT id FROM messages WHERE queue = ?1 LIMIT ?2", params![queue, batch])?;
@@ -466,14 +468,20 @@ pub(crate) fn sweep(
             }
             continue;
         }
-        if watch.get(&queue).is_none_or(|due| *due <= now) {
-            let (expired, next_due) = expired_ids(conn, queue, now, batch)?;
+        // One budget for retention across all queues, so that a sweep stays bounded.
+        let budget = batch.saturating_sub(u32::try_from(report.expired).unwrap_or(u32::MAX));
+        if budget > 0 && watch.get(&queue).is_none_or(|due| *due <= now) {
+            let (expired, next_due) = expired_ids(conn, queue, now, budget)?;
             delete_ids(conn, &expired)?;
             report.expired += expired.len() as u64;
             watch.insert(queue, next_due);
         }
+        let ended_before = report.released + report.dead_lettered;
         for dead_letter in [false, true] {
             release_expired(conn, queue, dead_letter, now, dead_letter_after, batch, &mut report)?;
+        }
+        if report.released + report.dead_lettered > ended_before {
+            report.settled_queues.push(queue);
         }
     }
     conn.execute("DELETE FROM retry_tokens WHERE expires_at <= ?1", params![now.0])?;

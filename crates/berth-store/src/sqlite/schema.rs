@@ -110,7 +110,7 @@ pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              ALTER TABLE messages ADD COLUMN properties TEXT;
              ALTER TABLE messages ADD COLUMN content TEXT NOT NULL DEFAULT '';
              UPDATE messages SET (properties, content) =
-                 (SELECT b.properties, b.content FROM message_bodies b WHERE b.id = messages.id);
+                 (SELECT b.properties, COALESCE(b.content, '') FROM message_bodies b WHERE b.id = messages.id);
              DROP TABLE message_bodies;
              DROP INDEX IF EXISTS messages_by_expiry;
              COMMIT;",

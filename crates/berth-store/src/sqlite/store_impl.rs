@@ -4,10 +4,10 @@ use async_trait::async_trait;
 use berth_core::clock::Timestamp;
 use berth_core::error::QueueError;
 use berth_core::model::{
-    LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, PurgeTarget, Queue, QueueFilter, QueueRow, QueueStats,
-    Tenancy, User, WorkRequest,
+    LeaseRef, LeaseRequest, MessageToStore, PurgeTarget, Queue, QueueFilter, QueueRow, QueueStats, Tenancy, User,
+    WorkRequest,
 };
-use berth_core::store::{Created, NewQueue, RetryToken, Settle, Store, StoreResult, SweepReport};
+use berth_core::store::{Created, Leased, NewQueue, RetryToken, Settle, Store, StoreResult, SweepReport};
 
 use super::{identity, messages, queues, SqliteStore};
 
@@ -105,7 +105,7 @@ impl Store for SqliteStore {
         self.write_checked(move |c| messages::put(c, queue, messages, max_channels)).await
     }
 
-    async fn lease(&self, request: LeaseRequest) -> StoreResult<Vec<LeasedMessage>> {
+    async fn lease(&self, request: LeaseRequest) -> StoreResult<Leased> {
         self.write(move |c| messages::lease(c, &request)).await
     }
 
