@@ -539,6 +539,16 @@ async fn woken(poll: tokio::task::JoinHandle<Vec<String>>) -> Vec<String> {
     tokio::time::timeout(Duration::from_secs(5), poll).await.expect("woken by the put").unwrap()
 }
 
+/// What the polls got together, sorted; each must have been woken.
+async fn all_woken(polls: impl IntoIterator<Item = tokio::task::JoinHandle<Vec<String>>>) -> Vec<String> {
+    let mut got = Vec::new();
+    for poll in polls {
+        got.extend(woken(poll).await);
+    }
+    got.sort();
+    got
+}
+
 #[tokio::test]
 async fn a_put_of_two_messages_wakes_two_waiting_pollers() {
     let r = Arc::new(rig().await);
@@ -546,10 +556,7 @@ async fn a_put_of_two_messages_wakes_two_waiting_pollers() {
     let polls = [spawn_poll(&r, &q, 1, None, false), spawn_poll(&r, &q, 1, None, false)];
     tokio::time::sleep(Duration::from_millis(300)).await; // both find the queue empty and wait
     r.put(&q, &["a", "b"]).await;
-    let [first, second] = polls;
-    let mut got = [woken(first).await, woken(second).await].concat();
-    got.sort();
-    assert_eq!(got, ["a", "b"]);
+    assert_eq!(all_woken(polls).await, ["a", "b"]);
 }
 
 #[tokio::test]
@@ -581,10 +588,7 @@ async fn a_message_freed_by_an_ended_lease_does_not_use_up_the_wakeup_of_a_put()
     // The put wakes one poll; its lease takes m0, whose lease has ended and which comes
     // first. The other poll must still be woken for m1.
     r.put(&q, &["m1"]).await;
-    let [first, second] = polls;
-    let mut got = [woken(first).await, woken(second).await].concat();
-    got.sort();
-    assert_eq!(got, ["m0", "m1"]);
+    assert_eq!(all_woken(polls).await, ["m0", "m1"]);
 }
 
 #[tokio::test]
