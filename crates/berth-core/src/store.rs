@@ -71,6 +71,9 @@ pub struct Leased {
     /// Expired leases the call ended on the way (released or dead-lettered): messages that
     /// became ready without a put announcing them.
     pub settled: u64,
+    /// When nothing was leased: the earliest time a leased or delayed message of the queue
+    /// becomes visible (answered in the same call, so an empty poll costs one round trip).
+    pub next_visible_at: Option<Timestamp>,
 }
 
 /// What one background sweep did.
@@ -156,19 +159,13 @@ pub trait Store: Send + Sync + 'static {
         max_channels: u32,
     ) -> Result<Vec<i64>, QueueError>;
     /// Releases expired leases of the queue (dead-lettering as the request says), then leases
-    /// up to `max_messages` visible, unexpired messages, oldest first per channel.
+    /// up to `max_messages` visible, unexpired messages, oldest first per channel; with none,
+    /// says when the next one becomes visible.
     async fn lease(&self, request: LeaseRequest) -> StoreResult<Leased>;
     /// Moves each current lease's end to its new time; false where the lease is not current.
     async fn extend_leases(&self, leases: Vec<(LeaseRef, Timestamp)>, now: Timestamp) -> StoreResult<Vec<bool>>;
     /// Deletes each message whose lease is current; false where it is not.
     async fn delete_leased(&self, leases: Vec<LeaseRef>, now: Timestamp) -> StoreResult<Vec<bool>>;
-    /// The earliest time a leased or delayed message of the queue becomes visible.
-    async fn next_visible_at(
-        &self,
-        queue: QueueRow,
-        dead_letter: bool,
-        channel: Option<&str>,
-    ) -> StoreResult<Option<Timestamp>>;
     /// Message counts of the queue and its DLQ, optionally of one channel.
     async fn stats(
         &self,

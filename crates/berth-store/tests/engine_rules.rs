@@ -293,6 +293,24 @@ async fn delayed_message_stays_invisible_until_its_delay_ends() {
 }
 
 #[tokio::test]
+async fn delays_and_shortened_leases_begun_after_a_get_still_end_on_time() {
+    // A get remembers when the queue's first lease or delay ends, to skip looking before
+    // then: a later delay, or a lease moved earlier, must move that time.
+    let r = rig().await;
+    let q = r.queue(PolicyValues::default()).await;
+    assert!(r.get(&q, 1, 30).await.is_empty());
+    let delayed = NewMessage { delay_secs: Some(5), ..message("delayed", "") };
+    r.engine.put_messages(T, &q, vec![delayed]).await.unwrap();
+    r.put(&q, &["leased"]).await;
+    let receipt = r.get(&q, 1, 60).await[0].receipt.clone();
+    r.advance(6);
+    assert_eq!(contents(&r.get(&q, 1, 60).await), ["delayed"]);
+    r.engine.update_messages(T, &q, vec![(receipt, 1)]).await.unwrap()[0].as_ref().unwrap();
+    r.advance(2);
+    assert_eq!(contents(&r.get(&q, 1, 60).await), ["leased"]);
+}
+
+#[tokio::test]
 async fn queue_default_delay_applies_when_a_message_has_none() {
     let r = rig().await;
     let q = r.queue(PolicyValues { delivery_delay: Some(5), ..PolicyValues::default() }).await;

@@ -220,12 +220,7 @@ impl Engine {
             if now >= deadline || self.shutdown.is_cancelled() || stop.is_cancelled() {
                 return Ok(Vec::new());
             }
-            let next = self
-                .store
-                .next_visible_at(queue.row, params.dead_letter, params.channel.as_deref())
-                .await
-                .map_err(failed)?
-                .map_or(deadline, |at| at.min(deadline));
+            let next = leased.next_visible_at.map_or(deadline, |at| at.min(deadline));
             let pause = now.until(next).max(MIN_POLL_PAUSE);
             tokio::select! {
                 _ = woken => {}

@@ -1,7 +1,7 @@
 //! Message rows: put, lease, extend, delete, stats, channels, purge, redrive, sweep.
 //! Every query walks an index, so its cost does not grow with the backlog.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use berth_core::clock::Timestamp;
 use berth_core::delivery::{after_lease, AfterLease};
@@ -22,11 +22,35 @@ const NEVER_LEASED: i64 = i64::MIN;
 /// Expired leases released per lease call; the sweeper handles any surplus.
 const RELEASE_PER_LEASE: u32 = 256;
 
+/// What the writer remembers between jobs to skip queries that would find nothing. Each
+/// entry is a lower bound on when there is work; all are lost on restart, which costs a query.
+#[derive(Debug, Default)]
+pub(crate) struct Watch {
+    /// When each queue's oldest message expires, as far as the last sweep saw: queues not
+    /// due are skipped by retention.
+    expiry: HashMap<QueueRow, Timestamp>,
+    /// Before when none of a queue's leases or delivery delays ends: lease calls settle
+    /// only after it. Lowered by every write that starts a lease or delay, recomputed when
+    /// settling, and forgotten at every sweep, so that a rolled-back transaction cannot
+    /// leave one too late for longer than a sweep interval.
+    lease_ends: HashMap<QueueRow, Timestamp>,
+}
+
+impl Watch {
+    /// A lease or delay of `queue` now ends at `at`.
+    fn lease_until(&mut self, queue: QueueRow, at: Timestamp) {
+        if let Some(known) = self.lease_ends.get_mut(&queue) {
+            *known = (*known).min(at);
+        }
+    }
+}
+
 pub(crate) fn put(
     conn: &Connection,
     queue: QueueRow,
     messages: Vec<MessageToStore>,
     max_channels: u32,
+    watch: &mut Watch,
 ) -> Result<Vec<i64>, QueueError> {
     check_channel_limit(conn, queue, &messages, max_channels)?;
     let mut insert = conn
@@ -39,7 +63,10 @@ pub(crate) fn put(
     let mut ids = Vec::with_capacity(messages.len());
     for m in messages {
         let (leased, visible_at) = match m.delayed_until {
-            Some(at) => (1, at.0),
+            Some(at) => {
+                watch.lease_until(queue, at);
+                (1, at.0)
+            }
             None => (0, m.created_at.0),
         };
         let properties = m.message.properties.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default());
@@ -167,8 +194,17 @@ fn settle(
     Ok(report.released + report.dead_lettered)
 }
 
-pub(crate) fn lease(conn: &Connection, req: &LeaseRequest) -> rusqlite::Result<Leased> {
-    let settled = settle(conn, req.queue, req.now, req.dead_letter_after, RELEASE_PER_LEASE)?;
+pub(crate) fn lease(conn: &Connection, req: &LeaseRequest, watch: &mut Watch) -> rusqlite::Result<Leased> {
+    let settled = match watch.lease_ends.get(&req.queue) {
+        Some(ends) if req.now < *ends => 0,
+        _ => {
+            let settled = settle(conn, req.queue, req.now, req.dead_letter_after, RELEASE_PER_LEASE)?;
+            // Both sides: leases of the main side end on the DLQ side when dead-lettered.
+            let ends = next_visible_at(conn, req.queue, true)?.unwrap_or(Timestamp(i64::MAX));
+            watch.lease_ends.insert(req.queue, ends);
+            settled
+        }
+    };
     let channels = match &req.channel {
         Some(channel) => vec![channel.clone()],
         None => ready_channels_fair(conn, req.queue, req.dead_letter)?,
@@ -213,25 +249,33 @@ pub(crate) fn lease(conn: &Connection, req: &LeaseRequest) -> rusqlite::Result<L
     for m in &picked {
         take.execute(params![m.id, req.visible_after.0, m.lease_token])?;
     }
-    Ok(Leased { messages: picked, settled })
+    if !picked.is_empty() {
+        watch.lease_until(req.queue, req.visible_after);
+    }
+    let next_visible_at = if picked.is_empty() { next_visible_at(conn, req.queue, req.dead_letter)? } else { None };
+    Ok(Leased { messages: picked, settled, next_visible_at })
 }
 
 /// Channels with ready messages, rotated from a random start so that over many gets
 /// every non-empty channel is served first equally often.
 fn ready_channels_fair(conn: &Connection, queue: QueueRow, dead_letter: bool) -> rusqlite::Result<Vec<String>> {
     let mut found = Vec::new();
-    // The default channel is "" and sorts first; probe it separately from "> ''".
+    let mut after = String::new();
+    while let Some(channel) = next_channel(conn, queue, Some(dead_letter), &after)? {
+        after.clone_from(&channel);
+        found.push(channel);
+    }
+    if found.is_empty() {
+        // Only the default channel can hold ready messages: the lease's own query finds out.
+        return Ok(vec![String::new()]);
+    }
+    // The default channel is "" and sorts first, so `next_channel` never returns it.
     let default_ready = conn
         .prepare_cached("SELECT 1 FROM messages WHERE queue = ?1 AND dlq = ?2 AND leased = 0 AND channel = '' LIMIT 1")?
         .query_row(params![queue, dead_letter], |_| Ok(()))
         .optional()?;
     if default_ready.is_some() {
         found.push(String::new());
-    }
-    let mut after = String::new();
-    while let Some(channel) = next_channel(conn, queue, Some(dead_letter), &after)? {
-        after.clone_from(&channel);
-        found.push(channel);
     }
     if found.len() > 1 {
         let start = rand::random::<usize>() % found.len();
@@ -244,6 +288,7 @@ pub(crate) fn extend(
     conn: &Connection,
     leases: &[(LeaseRef, Timestamp)],
     now: Timestamp,
+    watch: &mut Watch,
 ) -> rusqlite::Result<Vec<bool>> {
     let mut stmt = conn.prepare_cached(
         "UPDATE messages SET visible_at = ?1
@@ -252,6 +297,7 @@ pub(crate) fn extend(
     leases
         .iter()
         .map(|(l, until)| {
+            watch.lease_until(l.queue, *until);
             stmt.execute(params![until.0, l.message_id, l.queue, l.dead_letter, l.lease_token, now.0]).map(|n| n == 1)
         })
         .collect()
@@ -268,17 +314,20 @@ pub(crate) fn delete(conn: &Connection, leases: &[LeaseRef], now: Timestamp) -> 
         .collect()
 }
 
-pub(crate) fn next_visible_at(
-    conn: &Connection,
-    queue: QueueRow,
-    dead_letter: bool,
-) -> rusqlite::Result<Option<Timestamp>> {
-    // A message due to be dead-lettered becomes visible on the DLQ side, so DLQ pollers
-    // also watch the main side's leases.
-    let min: Option<i64> = conn
-        .prepare_cached("SELECT MIN(visible_at) FROM messages WHERE queue = ?1 AND leased = 1 AND dlq IN (0, ?2)")?
-        .query_row(params![queue, dead_letter], |row| row.get(0))?;
-    Ok(min.map(Timestamp))
+/// The earliest time a leased or delayed message of one side becomes visible. A message
+/// due to be dead-lettered becomes visible on the DLQ side, so the DLQ side also watches
+/// the main side's leases.
+fn next_visible_at(conn: &Connection, queue: QueueRow, dead_letter: bool) -> rusqlite::Result<Option<Timestamp>> {
+    // One MIN per side: each is a single index probe, where `dlq IN (0, ?)` made SQLite
+    // build a temporary table on every call.
+    let mut earliest =
+        conn.prepare_cached("SELECT MIN(visible_at) FROM messages WHERE queue = ?1 AND dlq = ?2 AND leased = 1")?;
+    let mut next: Option<i64> = None;
+    for side in if dead_letter { &[false, true][..] } else { &[false][..] } {
+        let at: Option<i64> = earliest.query_row(params![queue, side], |row| row.get(0))?;
+        next = next.into_iter().chain(at).min();
+    }
+    Ok(next.map(Timestamp))
 }
 
 pub(crate) fn stats(
@@ -438,23 +487,15 @@ pub(crate) fn redrive(
     Ok(ids.len() as u64)
 }
 
-/// When each queue's oldest message expires, as far as the last sweep saw: queues not due
-/// are skipped. Lost on restart, which only costs one scan per queue.
-pub(crate) type ExpiryWatch = std::collections::HashMap<QueueRow, Timestamp>;
-
-pub(crate) fn sweep(
-    conn: &Connection,
-    now: Timestamp,
-    batch: u32,
-    watch: &mut ExpiryWatch,
-) -> rusqlite::Result<SweepReport> {
+pub(crate) fn sweep(conn: &Connection, now: Timestamp, batch: u32, watch: &mut Watch) -> rusqlite::Result<SweepReport> {
     let mut report = SweepReport::default();
+    watch.lease_ends.clear();
     let queues: Vec<(QueueRow, u32, String)> = conn
         .prepare_cached("SELECT row, dead_letter_after, state FROM queues")?
         .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    let live: std::collections::HashSet<QueueRow> = queues.iter().map(|(queue, _, _)| *queue).collect();
-    watch.retain(|queue, _| live.contains(queue));
+    let live: HashSet<QueueRow> = queues.iter().map(|(queue, _, _)| *queue).collect();
+    watch.expiry.retain(|queue, _| live.contains(queue));
     for (queue, dead_letter_after, state) in queues {
         if state == "DELETED" {
             let ids = ids_of(conn, "SELECT id FROM messages WHERE queue = ?1 LIMIT ?2", params![queue, batch])?;
@@ -467,11 +508,11 @@ pub(crate) fn sweep(
         }
         // One budget for retention across all queues, so that a sweep stays bounded.
         let budget = batch.saturating_sub(u32::try_from(report.expired).unwrap_or(u32::MAX));
-        if budget > 0 && watch.get(&queue).is_none_or(|due| *due <= now) {
+        if budget > 0 && watch.expiry.get(&queue).is_none_or(|due| *due <= now) {
             let (expired, next_due) = expired_ids(conn, queue, now, budget)?;
             delete_ids(conn, &expired)?;
             report.expired += expired.len() as u64;
-            watch.insert(queue, next_due);
+            watch.expiry.insert(queue, next_due);
         }
         let ended_before = report.released + report.dead_lettered;
         for dead_letter in [false, true] {

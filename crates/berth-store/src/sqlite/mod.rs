@@ -30,8 +30,8 @@ pub struct SqliteStore {
     readers: Arc<Readers>,
     /// A connection of its own for WAL checkpoints (std Mutex: used only on blocking threads).
     checkpointer: Arc<Mutex<Connection>>,
-    /// Used by the sweeper only (std Mutex: locked on the writer thread).
-    expiry_watch: Arc<Mutex<messages::ExpiryWatch>>,
+    /// Kept by write jobs (std Mutex: locked on the writer thread only, never contended).
+    watch: Arc<Mutex<messages::Watch>>,
 }
 
 struct Readers {
@@ -73,12 +73,7 @@ impl SqliteStore {
         let readers = Arc::new(Readers { path: path.to_owned(), idle: Mutex::new(Vec::new()) });
         let checkpointer = Connection::open(path).map_err(backend)?;
         configure(&checkpointer)?;
-        Ok(SqliteStore {
-            writer,
-            readers,
-            checkpointer: Arc::new(Mutex::new(checkpointer)),
-            expiry_watch: Arc::default(),
-        })
+        Ok(SqliteStore { writer, readers, checkpointer: Arc::new(Mutex::new(checkpointer)), watch: Arc::default() })
     }
 
     /// Write transactions committed since the store was opened; each is one WAL fsync.
@@ -133,13 +128,24 @@ impl SqliteStore {
         self.writer.run(move |conn| f(conn).map_err(backend)).await
     }
 
-    /// Like [`Self::write`] for jobs that can fail with a client error.
+    /// Like [`Self::write`] for jobs that keep the writer's [`messages::Watch`].
+    async fn write_watched<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut messages::Watch) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let watch = self.watch.clone();
+        self.write(move |conn| f(conn, &mut watch.lock().unwrap_or_else(|e| e.into_inner()))).await
+    }
+
+    /// Like [`Self::write_watched`] for jobs that can fail with a client error.
     async fn write_checked<T, F>(&self, f: F) -> Result<T, QueueError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, QueueError> + Send + 'static,
+        F: FnOnce(&Connection, &mut messages::Watch) -> Result<T, QueueError> + Send + 'static,
     {
-        self.writer.run(f).await
+        let watch = self.watch.clone();
+        self.writer.run(move |conn| f(conn, &mut watch.lock().unwrap_or_else(|e| e.into_inner()))).await
     }
 }
 

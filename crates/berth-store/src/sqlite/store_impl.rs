@@ -102,18 +102,18 @@ impl Store for SqliteStore {
         messages: Vec<MessageToStore>,
         max_channels: u32,
     ) -> Result<Vec<i64>, QueueError> {
-        self.write_checked(move |c| messages::put(c, queue, messages, max_channels)).await
+        self.write_checked(move |c, watch| messages::put(c, queue, messages, max_channels, watch)).await
     }
 
     async fn lease(&self, request: LeaseRequest) -> StoreResult<Leased> {
-        self.write(move |c| messages::lease(c, &request)).await
+        self.write_watched(move |c, watch| messages::lease(c, &request, watch)).await
     }
 
     async fn extend_leases(&self, leases: Vec<(LeaseRef, Timestamp)>, now: Timestamp) -> StoreResult<Vec<bool>> {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(move |c| messages::extend(c, &leases, now)).await
+        self.write_watched(move |c, watch| messages::extend(c, &leases, now, watch)).await
     }
 
     async fn delete_leased(&self, leases: Vec<LeaseRef>, now: Timestamp) -> StoreResult<Vec<bool>> {
@@ -121,16 +121,6 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         self.write(move |c| messages::delete(c, &leases, now)).await
-    }
-
-    async fn next_visible_at(
-        &self,
-        queue: QueueRow,
-        dead_letter: bool,
-        _channel: Option<&str>,
-    ) -> StoreResult<Option<Timestamp>> {
-        // Per queue, not per channel: waking a channel's poller early only costs a query.
-        self.read(move |c| messages::next_visible_at(c, queue, dead_letter)).await
     }
 
     async fn stats(
@@ -170,8 +160,7 @@ impl Store for SqliteStore {
     }
 
     async fn sweep(&self, now: Timestamp, batch: u32) -> StoreResult<SweepReport> {
-        let watch = self.expiry_watch.clone();
-        self.write(move |c| messages::sweep(c, now, batch, &mut watch.lock().unwrap_or_else(|e| e.into_inner()))).await
+        self.write_watched(move |c, watch| messages::sweep(c, now, batch, watch)).await
     }
 
     async fn housekeeping(&self) -> StoreResult<()> {
