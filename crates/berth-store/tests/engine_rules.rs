@@ -234,7 +234,7 @@ async fn message_past_retention_is_never_delivered_and_is_swept() {
 }
 
 #[tokio::test]
-async fn retention_sweeps_every_channel_and_leased_messages_and_queues_that_were_empty() {
+async fn retention_sweeps_every_channel_and_queues_that_were_empty_and_leased_messages_when_their_lease_ends() {
     let r = rig().await;
     let q = r.queue(PolicyValues { retention: Some(10), ..PolicyValues::default() }).await;
     // Seen empty first: the sweeper must still come back for messages put afterwards.
@@ -246,12 +246,16 @@ async fn retention_sweeps_every_channel_and_leased_messages_and_queues_that_were
     r.advance(5);
     r.put_in(&q, "c1", &["young"]).await;
     r.advance(6);
-    assert_eq!(r.store.sweep(r.clock_now(), 100).await.unwrap().expired, 4);
+    assert_eq!(r.store.sweep(r.clock_now(), 100).await.unwrap().expired, 3);
     let outcome = r.engine.delete_messages(T, &q, vec![leased[0].receipt.clone()]).await.unwrap();
     assert!(outcome[0].is_err(), "the expired message's lease ended with it");
+    let stats = r.engine.stats(T, &q, None).await.unwrap().queue;
+    assert_eq!((stats.visible, stats.in_flight), (1, 0), "only the young message counts");
     r.advance(5);
     assert_eq!(r.store.sweep(r.clock_now(), 100).await.unwrap().expired, 1);
-    assert_eq!(r.engine.stats(T, &q, None).await.unwrap().queue.visible, 0);
+    r.advance(50);
+    assert_eq!(r.store.sweep(r.clock_now(), 100).await.unwrap().expired, 1, "gone when its lease ends");
+    assert_eq!(r.engine.stats(T, &q, None).await.unwrap(), Default::default());
 }
 
 #[tokio::test]

@@ -93,7 +93,9 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, dlq, channel, id) WHERE leased = 0;
 CREATE INDEX IF NOT EXISTS messages_invisible ON messages (queue, dlq, visible_at) WHERE leased = 1;
-CREATE INDEX IF NOT EXISTS messages_by_channel ON messages (queue, channel);
+-- Named channels only, for the channel limit and ListChannels: the default channel needs no
+-- registry, and most messages are in it.
+CREATE INDEX IF NOT EXISTS messages_in_named_channels ON messages (queue, channel) WHERE channel != '';
 ";
 
 /// Brings a database of any earlier layout to the current one, then creates what is missing.
@@ -116,6 +118,8 @@ pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              COMMIT;",
         )?;
     }
+    // Layouts 1 and 2 indexed every message by channel; now only named channels are.
+    conn.execute_batch("DROP INDEX IF EXISTS messages_by_channel")?;
     conn.execute_batch(SCHEMA)
 }
 
@@ -131,6 +135,7 @@ mod tests {
             delivery_count INTEGER NOT NULL, lease_token INTEGER NOT NULL, created_at INTEGER NOT NULL,
             expire_at INTEGER NOT NULL, size INTEGER NOT NULL);
         CREATE INDEX messages_by_expiry ON messages (expire_at);
+        CREATE INDEX messages_by_channel ON messages (queue, channel);
         CREATE TABLE message_bodies (id INTEGER PRIMARY KEY, properties TEXT, content TEXT NOT NULL);
         INSERT INTO messages VALUES (7, 1, 0, 'c', 0, 0, 0, 0, 0, 99, 5);
         INSERT INTO message_bodies VALUES (7, '{\"k\":\"v\"}', 'hello');
@@ -149,7 +154,8 @@ mod tests {
         assert_eq!(row, (7, "c".into(), Some("{\"k\":\"v\"}".into()), "hello".into()));
         let leftovers: i64 = conn
             .query_row(
-                "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('message_bodies', 'messages_by_expiry')",
+                "SELECT COUNT(*) FROM sqlite_master
+                 WHERE name IN ('message_bodies', 'messages_by_expiry', 'messages_by_channel')",
                 [],
                 |r| r.get(0),
             )
