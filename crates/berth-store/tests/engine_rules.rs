@@ -249,6 +249,8 @@ async fn retention_sweeps_every_channel_and_queues_that_were_empty_and_leased_me
     assert_eq!(r.store.sweep(r.clock_now(), 100).await.unwrap().expired, 3);
     let outcome = r.engine.delete_messages(T, &q, vec![leased[0].receipt.clone()]).await.unwrap();
     assert!(outcome[0].is_err(), "the expired message's lease ended with it");
+    let outcome = r.engine.update_messages(T, &q, vec![(leased[0].receipt.clone(), 30)]).await.unwrap();
+    assert!(outcome[0].is_err(), "nor can it be extended");
     let stats = r.engine.stats(T, &q, None).await.unwrap().queue;
     assert_eq!((stats.visible, stats.in_flight), (1, 0), "only the young message counts");
     r.advance(5);
