@@ -4,8 +4,13 @@
 //! that commits every job waiting at that moment in a single transaction (group commit),
 //! each job inside its own savepoint; reads run on `spawn_blocking` with pooled connections.
 //! A job is answered only after its transaction is on disk.
+//!
+//! Message state lives in an in-memory [`index::Index`] that write jobs change along with
+//! SQLite, so one process owns a database's messages: the store is not for sharing a file
+//! between servers (tools such as `berth credentials create` touch only users).
 
 mod identity;
+mod index;
 mod messages;
 mod queues;
 mod schema;
@@ -30,8 +35,23 @@ pub struct SqliteStore {
     readers: Arc<Readers>,
     /// A connection of its own for WAL checkpoints (std Mutex: used only on blocking threads).
     checkpointer: Arc<Mutex<Connection>>,
-    /// Kept by write jobs (std Mutex: locked on the writer thread only, never contended).
-    watch: Arc<Mutex<messages::Watch>>,
+    /// Every message's state (std Mutex: locked by write jobs on the writer thread, and
+    /// briefly by stats and channel reads; never across an await).
+    index: Arc<Mutex<Shared>>,
+}
+
+/// The index and whether it may disagree with the database.
+struct Shared {
+    index: index::Index,
+    /// Set when a job failed after changing the index, or a commit failed: the next job
+    /// reads the index back from the database first.
+    stale: bool,
+}
+
+impl Shared {
+    fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+        shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 struct Readers {
@@ -69,11 +89,16 @@ impl SqliteStore {
         conn.execute_batch(schema::WRITER_PRAGMAS).map_err(backend)?;
         schema::migrate(&conn).map_err(backend)?;
         identity::ensure_receipt_secret(&conn).map_err(backend)?;
-        let writer = Arc::new(Writer::spawn(conn)?);
+        let index = Arc::new(Mutex::new(Shared { index: messages::load(&conn).map_err(backend)?, stale: false }));
+        let on_failed_commit = {
+            let index = index.clone();
+            Box::new(move || Shared::lock(&index).stale = true)
+        };
+        let writer = Arc::new(Writer::spawn(conn, on_failed_commit)?);
         let readers = Arc::new(Readers { path: path.to_owned(), idle: Mutex::new(Vec::new()) });
         let checkpointer = Connection::open(path).map_err(backend)?;
         configure(&checkpointer)?;
-        Ok(SqliteStore { writer, readers, checkpointer: Arc::new(Mutex::new(checkpointer)), watch: Arc::default() })
+        Ok(SqliteStore { writer, readers, checkpointer: Arc::new(Mutex::new(checkpointer)), index })
     }
 
     /// Write transactions committed since the store was opened; each is one WAL fsync.
@@ -128,24 +153,51 @@ impl SqliteStore {
         self.writer.run(move |conn| f(conn).map_err(backend)).await
     }
 
-    /// Like [`Self::write`] for jobs that keep the writer's [`messages::Watch`].
-    async fn write_watched<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Runs a message job in the next group commit with the index; answers after the commit.
+    /// A job that fails with a storage error may have changed the index ahead of a rolled
+    /// back savepoint, so the index is then read back from the database before the next job.
+    async fn write_messages<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, &mut messages::Watch) -> rusqlite::Result<T> + Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection, &mut index::Index) -> Result<T, E> + Send + 'static,
+        Result<T, E>: Failure,
     {
-        let watch = self.watch.clone();
-        self.write(move |conn| f(conn, &mut watch.lock().unwrap_or_else(|e| e.into_inner()))).await
+        let shared = self.index.clone();
+        self.writer
+            .run(move |conn| {
+                let mut shared = Shared::lock(&shared);
+                if shared.stale {
+                    shared.index = messages::load(conn).map_err(backend)?;
+                    shared.stale = false;
+                }
+                let result = f(conn, &mut shared.index);
+                shared.stale = result.is_storage_failure();
+                result
+            })
+            .await
     }
 
-    /// Like [`Self::write_watched`] for jobs that can fail with a client error.
-    async fn write_checked<T, F>(&self, f: F) -> Result<T, QueueError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection, &mut messages::Watch) -> Result<T, QueueError> + Send + 'static,
-    {
-        let watch = self.watch.clone();
-        self.writer.run(move |conn| f(conn, &mut watch.lock().unwrap_or_else(|e| e.into_inner()))).await
+    /// Reads the index (no SQL: answered from memory at once).
+    fn read_index<T>(&self, f: impl FnOnce(&index::Index) -> T) -> T {
+        f(&Shared::lock(&self.index).index)
+    }
+}
+
+/// Which failed jobs may have left the index ahead of the database.
+trait Failure {
+    fn is_storage_failure(&self) -> bool;
+}
+
+impl<T> Failure for Result<T, StoreError> {
+    fn is_storage_failure(&self) -> bool {
+        self.is_err()
+    }
+}
+
+impl<T> Failure for Result<T, QueueError> {
+    fn is_storage_failure(&self) -> bool {
+        matches!(self, Err(QueueError::Store(_)))
     }
 }
 

@@ -1,8 +1,28 @@
-//! The SQLite schema. Each index entry costs every message an insert and a delete, so
-//! messages carry as few as their queries need: a message and its body are one row, and
-//! retention needs no index of its own (see `messages::expired_ids`).
+//! The SQLite schema. Messages have no secondary index: the writer keeps their state in
+//! memory (`index.rs`) and SQLite only their durable copy, a row per put (a batch) and a
+//! small row per message whose state changed, each found by its id.
 
-use rusqlite::Connection;
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection};
+use serde::{Deserialize, Serialize};
+
+/// What a batch row's `meta` keeps of each message (short names: one per message).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct MessageMeta {
+    /// Channel id; empty for the default channel.
+    #[serde(rename = "c", default, skip_serializing_if = "String::is_empty")]
+    pub(crate) channel: String,
+    /// Content length in bytes, in `bodies`.
+    #[serde(rename = "s")]
+    pub(crate) size: u32,
+    /// Custom properties.
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) properties: Option<BTreeMap<String, String>>,
+    /// End of the delivery delay (ms since the epoch), if delayed.
+    #[serde(rename = "d", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) delayed_until: Option<i64>,
+}
 
 /// Connection settings for every connection.
 pub(crate) const PRAGMAS: &str = "
@@ -73,29 +93,29 @@ CREATE TABLE IF NOT EXISTS retry_tokens (
     expires_at      INTEGER NOT NULL,
     PRIMARY KEY (tenancy_id, token)
 );
--- leased = 0: ready, oldest id first per channel.
--- leased = 1: invisible until visible_at (a lease, or a delivery delay when delivery_count = 0).
--- AUTOINCREMENT: ids are never reused, so clients can deduplicate by id.
-CREATE TABLE IF NOT EXISTS messages (
-    id             INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue          INTEGER NOT NULL,
+-- One row per put. Its messages have the ids `id - n + 1 ..= id`, n = the length of `meta`
+-- (AUTOINCREMENT: ids are never reused, so clients can deduplicate by id). `meta` is a JSON
+-- array of `MessageMeta`, one per message; `bodies` their contents, concatenated.
+CREATE TABLE IF NOT EXISTS message_batches (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue      INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    expire_at  INTEGER NOT NULL,
+    meta       TEXT NOT NULL,
+    bodies     BLOB NOT NULL
+);
+-- The state of each message that changed since its put; a message without a row is as its
+-- put left it. leased = 1: invisible until visible_at (a lease, or a delay when
+-- delivery_count = 0); once visible_at has passed, that lease or delay has ended.
+CREATE TABLE IF NOT EXISTS message_states (
+    id             INTEGER PRIMARY KEY,
     dlq            INTEGER NOT NULL,
-    channel        TEXT NOT NULL,
     leased         INTEGER NOT NULL,
     visible_at     INTEGER NOT NULL,
     delivery_count INTEGER NOT NULL,
     lease_token    INTEGER NOT NULL,
-    created_at     INTEGER NOT NULL,
-    expire_at      INTEGER NOT NULL,
-    size           INTEGER NOT NULL,
-    properties     TEXT,
-    content        TEXT NOT NULL
+    deleted        INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, dlq, channel, id) WHERE leased = 0;
-CREATE INDEX IF NOT EXISTS messages_invisible ON messages (queue, dlq, visible_at) WHERE leased = 1;
--- Named channels only, for the channel limit and ListChannels: the default channel needs no
--- registry, and most messages are in it.
-CREATE INDEX IF NOT EXISTS messages_in_named_channels ON messages (queue, channel) WHERE channel != '';
 ";
 
 /// Brings a database of any earlier layout to the current one, then creates what is missing.
@@ -118,16 +138,78 @@ pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              COMMIT;",
         )?;
     }
-    // Layouts 1 and 2 indexed every message by channel; now only named channels are.
-    conn.execute_batch("DROP INDEX IF EXISTS messages_by_channel")?;
-    conn.execute_batch(SCHEMA)
+    conn.execute_batch(SCHEMA)?;
+    let rows_per_message: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages')",
+        [],
+        |row| row.get(0),
+    )?;
+    if rows_per_message {
+        batch_message_rows(conn)?;
+    }
+    Ok(())
+}
+
+/// Layouts 1 to 3 kept a row (and index entries) per message: each becomes a batch of one,
+/// with a state row if it ever changed, keeping its id and the id sequence.
+fn batch_message_rows(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let moved = (|| {
+        let mut rows = conn.prepare(
+            "SELECT id, queue, dlq, channel, leased, visible_at, delivery_count, lease_token, created_at,
+                    expire_at, size, properties, content FROM messages ORDER BY id",
+        )?;
+        let mut batch = conn.prepare(
+            "INSERT INTO message_batches (id, queue, created_at, expire_at, meta, bodies) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut state = conn.prepare(
+            "INSERT INTO message_states (id, dlq, leased, visible_at, delivery_count, lease_token, deleted)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
+        )?;
+        let mut rows = rows.query([])?;
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            let (dlq, leased, delivery_count): (bool, bool, u32) = (row.get(2)?, row.get(4)?, row.get(6)?);
+            let properties: Option<String> = row.get(11)?;
+            let content: String = row.get(12)?;
+            let meta = MessageMeta {
+                channel: row.get(3)?,
+                size: u32::try_from(content.len()).unwrap_or(u32::MAX),
+                properties: properties.and_then(|p| serde_json::from_str(&p).ok()),
+                delayed_until: None,
+            };
+            let meta =
+                serde_json::to_string(&[meta]).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            let (queue, created_at, expire_at): (i64, i64, i64) = (row.get(1)?, row.get(8)?, row.get(9)?);
+            batch.execute(params![id, queue, created_at, expire_at, meta, content.as_bytes()])?;
+            if dlq || leased || delivery_count > 0 {
+                let (visible_at, token): (i64, i64) = (row.get(5)?, row.get(7)?);
+                state.execute(params![id, dlq, leased, visible_at, delivery_count, token])?;
+            }
+        }
+        // Ids deleted before the move stay used.
+        conn.execute_batch(
+            "DELETE FROM sqlite_sequence WHERE name = 'message_batches';
+             INSERT INTO sqlite_sequence (name, seq) SELECT 'message_batches', seq FROM sqlite_sequence
+                 WHERE name = 'messages';
+             DROP TABLE messages;",
+        )
+    })();
+    match moved {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The message tables as layout 1 created them.
+    /// The message tables as layout 1 created them, with a ready message, a leased one,
+    /// and a later id already deleted.
     const LAYOUT_1: &str = "
         CREATE TABLE messages (
             id INTEGER PRIMARY KEY AUTOINCREMENT, queue INTEGER NOT NULL, dlq INTEGER NOT NULL,
@@ -139,23 +221,46 @@ mod tests {
         CREATE TABLE message_bodies (id INTEGER PRIMARY KEY, properties TEXT, content TEXT NOT NULL);
         INSERT INTO messages VALUES (7, 1, 0, 'c', 0, 0, 0, 0, 0, 99, 5);
         INSERT INTO message_bodies VALUES (7, '{\"k\":\"v\"}', 'hello');
+        INSERT INTO messages VALUES (9, 1, 0, '', 1, 500, 2, 42, 0, 99, 3);
+        INSERT INTO message_bodies VALUES (9, NULL, 'bye');
+        INSERT INTO messages VALUES (12, 1, 0, '', 0, 0, 0, 0, 0, 99, 1);
+        DELETE FROM messages WHERE id = 12;
     ";
 
     #[test]
-    fn layout_1_moves_bodies_into_message_rows() {
+    fn rows_of_earlier_layouts_become_batches_with_their_ids_and_state() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(LAYOUT_1).unwrap();
         migrate(&conn).unwrap();
-        let row: (i64, String, Option<String>, String) = conn
-            .query_row("SELECT id, channel, properties, content FROM messages", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
+        let batches: Vec<(i64, String, Vec<u8>)> = conn
+            .prepare("SELECT id, meta, bodies FROM message_batches ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(row, (7, "c".into(), Some("{\"k\":\"v\"}".into()), "hello".into()));
+        assert_eq!(
+            batches,
+            [
+                (7, r#"[{"c":"c","s":5,"p":{"k":"v"}}]"#.to_string(), b"hello".to_vec()),
+                (9, r#"[{"s":3}]"#.to_string(), b"bye".to_vec())
+            ]
+        );
+        let states: Vec<(i64, bool, i64, u32, i64)> = conn
+            .prepare("SELECT id, leased, visible_at, delivery_count, lease_token FROM message_states")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(states, [(9, true, 500, 2, 42)], "only the message that changed has a state row");
+        let seq: i64 =
+            conn.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'message_batches'", [], |r| r.get(0)).unwrap();
+        assert_eq!(seq, 12, "the deleted id 12 is never given again");
         let leftovers: i64 = conn
             .query_row(
                 "SELECT COUNT(*) FROM sqlite_master
-                 WHERE name IN ('message_bodies', 'messages_by_expiry', 'messages_by_channel')",
+                 WHERE name IN ('messages', 'message_bodies', 'messages_by_expiry', 'messages_by_channel')",
                 [],
                 |r| r.get(0),
             )
@@ -163,5 +268,6 @@ mod tests {
         assert_eq!(leftovers, 0);
         // Running it again on the current layout changes nothing.
         migrate(&conn).unwrap();
+        assert_eq!(conn.query_row("SELECT COUNT(*) FROM message_batches", [], |r| r.get::<_, i64>(0)).unwrap(), 2);
     }
 }

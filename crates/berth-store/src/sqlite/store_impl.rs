@@ -9,7 +9,7 @@ use berth_core::model::{
 };
 use berth_core::store::{Created, Leased, NewQueue, RetryToken, Settle, Store, StoreResult, SweepReport};
 
-use super::{identity, messages, queues, SqliteStore};
+use super::{backend, identity, messages, queues, SqliteStore};
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -102,25 +102,25 @@ impl Store for SqliteStore {
         messages: Vec<MessageToStore>,
         max_channels: u32,
     ) -> Result<Vec<i64>, QueueError> {
-        self.write_checked(move |c, watch| messages::put(c, queue, messages, max_channels, watch)).await
+        self.write_messages(move |c, index| messages::put(c, index, queue, messages, max_channels)).await
     }
 
     async fn lease(&self, request: LeaseRequest) -> StoreResult<Leased> {
-        self.write_watched(move |c, watch| messages::lease(c, &request, watch)).await
+        self.write_messages(move |c, index| messages::lease(c, index, &request).map_err(backend)).await
     }
 
     async fn extend_leases(&self, leases: Vec<(LeaseRef, Timestamp)>, now: Timestamp) -> StoreResult<Vec<bool>> {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        self.write_watched(move |c, watch| messages::extend(c, &leases, now, watch)).await
+        self.write_messages(move |c, index| messages::extend(c, index, &leases, now).map_err(backend)).await
     }
 
     async fn delete_leased(&self, leases: Vec<LeaseRef>, now: Timestamp) -> StoreResult<Vec<bool>> {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(move |c| messages::delete(c, &leases, now)).await
+        self.write_messages(move |c, index| messages::delete(c, index, &leases, now).map_err(backend)).await
     }
 
     async fn stats(
@@ -130,8 +130,7 @@ impl Store for SqliteStore {
         now: Timestamp,
         dead_letter_after: u32,
     ) -> StoreResult<QueueStats> {
-        let channel = channel.map(str::to_owned);
-        self.read(move |c| messages::stats(c, queue, channel.as_deref(), now, dead_letter_after)).await
+        Ok(self.read_index(|index| index.stats(queue, channel, now.0, dead_letter_after)))
     }
 
     async fn channels(
@@ -141,8 +140,7 @@ impl Store for SqliteStore {
         after: Option<&str>,
         limit: u32,
     ) -> StoreResult<Vec<String>> {
-        let (prefix, after) = (prefix.map(str::to_owned), after.map(str::to_owned));
-        self.read(move |c| messages::channels(c, queue, prefix.as_deref(), after.as_deref(), limit)).await
+        Ok(self.read_index(|index| index.channels(queue, prefix.unwrap_or(""), after.unwrap_or(""), limit)))
     }
 
     async fn purge(
@@ -152,15 +150,21 @@ impl Store for SqliteStore {
         channels: Option<Vec<String>>,
         settle: Settle,
     ) -> StoreResult<u64> {
-        self.write(move |c| messages::purge(c, queue, target, channels.as_deref(), settle)).await
+        self.write_messages(move |c, index| {
+            messages::purge(c, index, queue, target, channels.as_deref(), settle).map_err(backend)
+        })
+        .await
     }
 
     async fn redrive(&self, queue: QueueRow, channels: Option<Vec<String>>, settle: Settle) -> StoreResult<u64> {
-        self.write(move |c| messages::redrive(c, queue, channels.as_deref(), settle)).await
+        self.write_messages(move |c, index| {
+            messages::redrive(c, index, queue, channels.as_deref(), settle).map_err(backend)
+        })
+        .await
     }
 
     async fn sweep(&self, now: Timestamp, batch: u32) -> StoreResult<SweepReport> {
-        self.write_watched(move |c, watch| messages::sweep(c, now, batch, watch)).await
+        self.write_messages(move |c, index| messages::sweep(c, index, now, batch).map_err(backend)).await
     }
 
     async fn housekeeping(&self) -> StoreResult<()> {

@@ -18,6 +18,8 @@ const QUEUE_DEPTH: usize = 4096;
 /// which is sent only once the commit outcome is known.
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// Called on the writer thread after a transaction failed to commit (and was rolled back).
+pub(crate) type OnFailedCommit = Box<dyn Fn() + Send>;
 
 pub(crate) struct Writer {
     /// Transactions committed so far (each is one fsync of the WAL).
@@ -28,13 +30,13 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn spawn(conn: Connection) -> Result<Self, StoreError> {
+    pub(crate) fn spawn(conn: Connection, on_failed_commit: OnFailedCommit) -> Result<Self, StoreError> {
         let (tx, rx) = sync_channel::<Job>(QUEUE_DEPTH);
         let commits = Arc::new(AtomicU64::new(0));
         let counter = commits.clone();
         let thread = thread::Builder::new()
             .name("berth-sqlite-writer".into())
-            .spawn(move || run_writer(conn, rx, &counter))
+            .spawn(move || run_writer(conn, rx, &counter, &on_failed_commit))
             .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
         Ok(Writer { commits, jobs: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
     }
@@ -97,7 +99,7 @@ impl Drop for Writer {
     }
 }
 
-fn run_writer(conn: Connection, jobs: Receiver<Job>, commits: &AtomicU64) {
+fn run_writer(conn: Connection, jobs: Receiver<Job>, commits: &AtomicU64, on_failed_commit: &OnFailedCommit) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_JOBS_PER_COMMIT {
@@ -106,19 +108,22 @@ fn run_writer(conn: Connection, jobs: Receiver<Job>, commits: &AtomicU64) {
                 Err(_) => break,
             }
         }
-        commit_batch(&conn, batch);
+        if !commit_batch(&conn, batch) {
+            on_failed_commit();
+        }
         commits.fetch_add(1, Ordering::Relaxed);
     }
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
 }
 
-fn commit_batch(conn: &Connection, batch: Vec<Job>) {
+/// Runs and commits one batch; false if it was rolled back.
+fn commit_batch(conn: &Connection, batch: Vec<Job>) -> bool {
     // Cached statements: parsing these on every commit showed up in profiles.
     let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut statement| statement.execute([])).map(|_| ());
     if let Err(e) = run("BEGIN IMMEDIATE") {
         // Dropping the jobs drops their reply channels: each caller gets Unavailable.
         tracing::error!(error = %e, jobs = batch.len(), "cannot begin a transaction");
-        return;
+        return true; // no job ran
     }
     let mut replies = Vec::with_capacity(batch.len());
     for job in batch {
@@ -139,7 +144,9 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
         tracing::error!(error = %e, "commit failed; rolling back the batch");
         let _ = conn.execute_batch("ROLLBACK");
     }
+    let committed = outcome.is_ok();
     for reply in replies {
         reply(outcome.clone());
     }
+    committed
 }
