@@ -3,6 +3,7 @@ Each test runs its own server on its own data dir."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -108,3 +109,21 @@ def test_sigterm_ends_waiting_long_polls_with_empty_results(fresh_server):
         assert msgs == []
         assert done - t0 < 5, f"long poll ended {done - t0:.1f}s after SIGTERM"
     assert srv.wait(timeout=10) == 0
+
+
+def test_a_second_server_on_the_same_data_dir_refuses_to_start(fresh_server):
+    srv = fresh_server()
+    t = srv.tenant()
+    qid = t.create_queue("owned")
+    put(t.qc, qid, ["only-once"])
+    second = subprocess.run(
+        [srv.binary, "serve", "--data-dir", str(srv.data_dir),
+         "--http-addr", "127.0.0.1:0", "--stomp-addr", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+    )
+    assert second.returncode != 0
+    assert "another berth server is using the data dir" in second.stderr, second.stderr
+    # The first server still serves the message, once.
+    [m] = get(t.qc, qid, visibility_in_seconds=30)
+    assert m.content == "only-once"
+    assert get(t.qc, qid) == []

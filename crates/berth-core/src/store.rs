@@ -1,7 +1,8 @@
 //! The storage port. Backends (SQLite now, PostgreSQL later) implement [`Store`].
 //!
-//! Every method is atomic. Nothing here may rely on memory of one process: several
-//! stateless nodes may share one store, so leasing and lease checks happen inside it.
+//! Every method is atomic. Leasing and lease checks happen inside the store, so that
+//! stateless nodes may share one (PostgreSQL); a backend that keeps state in memory must be
+//! the only process serving its data (the SQLite store locks its database for that).
 //! Time is always passed in (`now`); backends never read a clock.
 
 use async_trait::async_trait;

@@ -41,6 +41,11 @@ pub fn open_store(data_dir: &Path) -> anyhow::Result<Arc<SqliteStore>> {
 /// Runs the server until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = open_store(&config.data_dir)?;
+    anyhow::ensure!(
+        store.owns_messages(),
+        "another berth server is using the data dir {} (one server per data dir)",
+        config.data_dir.display()
+    );
     let http =
         TcpListener::bind(&config.http_addr).await.with_context(|| format!("cannot bind {}", config.http_addr))?;
     let stomp =

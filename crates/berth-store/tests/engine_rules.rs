@@ -75,6 +75,17 @@ impl Rig {
     fn advance(&self, secs: u64) {
         self.clock.advance(Duration::from_secs(secs));
     }
+
+    /// Closes the store and opens its file again, as a restart of the server does.
+    async fn reopen(self) -> Rig {
+        let Rig { engine, clock, store, _dir: dir } = self;
+        store.close().await.unwrap();
+        drop((engine, store));
+        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
+        assert!(store.owns_messages(), "the closed store let go of the database");
+        let engine = Engine::new(store.clone(), clock.clone(), "iad".into(), CancellationToken::new()).await.unwrap();
+        Rig { engine, clock, store, _dir: dir }
+    }
 }
 
 fn message(content: &str, channel: &str) -> NewMessage {
@@ -517,6 +528,74 @@ async fn messages_survive_reopening_the_store() {
     let params = GetMessages::new(None, Some(0), Some(5), None, false).unwrap();
     let got = engine.get_messages(T, &q, params).await.unwrap();
     assert_eq!(contents(&got), ["kept"]);
+}
+
+#[tokio::test]
+async fn leases_deletes_delays_and_dead_letters_survive_reopening_the_store() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues { dead_letter_after: Some(2), ..PolicyValues::default() }).await;
+    let ids = r.put(&q, &["a", "b", "c", "d"]).await;
+    let got = r.get(&q, 3, 60).await;
+    assert_eq!(contents(&got), ["a", "b", "c"]);
+    let props = [("k".to_string(), "v".to_string())].into_iter().collect();
+    let with_props = NewMessage { properties: Some(props), ..message("p", "ch") };
+    r.engine.put_messages(T, &q, vec![with_props]).await.unwrap();
+    let delayed = NewMessage { delay_secs: Some(30), ..message("later", "") };
+    r.engine.put_messages(T, &q, vec![delayed]).await.unwrap();
+    r.engine.delete_messages(T, &q, vec![got[0].receipt.clone()]).await.unwrap()[0].as_ref().unwrap();
+    r.engine.update_messages(T, &q, vec![(got[1].receipt.clone(), 120)]).await.unwrap()[0].as_ref().unwrap();
+    // A second queue whose only message is dead-lettered before the restart.
+    let q2 = r.queue(PolicyValues { dead_letter_after: Some(1), ..PolicyValues::default() }).await;
+    r.put(&q2, &["x"]).await;
+    r.get(&q2, 1, 1).await;
+    r.advance(2);
+    assert_eq!(r.engine.sweep(100).await.unwrap().dead_lettered, 1);
+    // Raising the threshold afterwards does not undo the move.
+    let change = QueueChange { dead_letter_after: Some(5), ..QueueChange::default() };
+    r.engine.update_queue(T, &q2, None, change).await.unwrap();
+    let before = (r.engine.stats(T, &q, None).await.unwrap(), r.engine.stats(T, &q2, None).await.unwrap());
+
+    let r = r.reopen().await;
+    let after = (r.engine.stats(T, &q, None).await.unwrap(), r.engine.stats(T, &q2, None).await.unwrap());
+    assert_eq!(after, before, "the counts read back from disk");
+    assert_eq!((after.0.queue.visible, after.0.queue.in_flight, after.0.queue.delayed), (2, 2, 1));
+    r.advance(60); // c's lease (60 s) and the delay (30 s) have ended; b's (120 s from update) has not
+    let mut again = r.get(&q, 10, 60).await;
+    again.sort_by_key(|d| d.message.id);
+    let seen: Vec<(&str, u32)> = again.iter().map(|d| (d.message.content.as_str(), d.message.delivery_count)).collect();
+    assert_eq!(seen, [("c", 2), ("d", 1), ("p", 1), ("later", 1)], "delivery counts survive");
+    assert_eq!(again[2].message.properties.as_ref().unwrap()["k"], "v");
+    assert_eq!(again[2].message.channel, "ch");
+    let deleted = r.engine.delete_messages(T, &q, vec![got[1].receipt.clone()]).await.unwrap();
+    assert!(deleted[0].is_ok(), "b's extended lease is still current after the restart");
+    let deleted = r.engine.delete_messages(T, &q, vec![got[0].receipt.clone()]).await.unwrap();
+    assert!(deleted[0].is_err(), "a stays deleted");
+    assert_eq!(contents(&r.get_with(&q2, 1, 30, None, true).await), ["x"], "x is still a dead letter");
+    let next = r.put(&q, &["e"]).await[0];
+    assert!(next > ids[3] + 2, "id {next} reused");
+}
+
+#[tokio::test]
+async fn a_second_store_on_the_same_file_serves_no_messages_but_can_add_users() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues::default()).await;
+    r.put(&q, &["a"]).await;
+    let other = SqliteStore::open(&r._dir.path().join("db")).unwrap();
+    assert!(r.store.owns_messages());
+    assert!(!other.owns_messages());
+    let row = r.store.queue(T, &q).await.unwrap().unwrap().row;
+    let refused = other.stats(row, None, r.clock_now(), 0).await;
+    assert_eq!(refused.unwrap(), Default::default(), "the other store holds no message state");
+    let lease = other
+        .delete_leased(
+            vec![berth_core::model::LeaseRef { queue: row, message_id: 1, lease_token: 0, dead_letter: false }],
+            r.clock_now(),
+        )
+        .await;
+    assert!(matches!(lease, Err(berth_core::error::StoreError::Unavailable(_))), "{lease:?}");
+    other.ensure_tenancy("second", "ocid1.tenancy.oc1..second").await.unwrap();
+    assert!(r.store.tenancy_by_name("second").await.unwrap().is_some());
+    assert_eq!(contents(&r.get(&q, 1, 30).await), ["a"], "the first store still serves");
 }
 
 /// A GetMessages waiting up to 20 s, running on its own task.

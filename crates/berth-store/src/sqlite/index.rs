@@ -44,6 +44,21 @@ pub(crate) struct Slot {
     pub(crate) lease_token: i64,
 }
 
+impl Slot {
+    /// A message as its put left it: ready, or invisible until its delay ends.
+    pub(crate) fn as_put(channel: Arc<str>, size: u32, delayed_until: Option<i64>, created_at: i64) -> Slot {
+        Slot {
+            channel,
+            size,
+            dlq: false,
+            phase: if delayed_until.is_some() { Phase::Invisible } else { Phase::Ready },
+            visible_at: delayed_until.unwrap_or(created_at),
+            delivery_count: 0,
+            lease_token: NEVER_LEASED,
+        }
+    }
+}
+
 /// The messages of one put: ids `first ..= last` (the map key).
 #[derive(Debug, Clone)]
 pub(crate) struct Batch {
@@ -182,6 +197,9 @@ impl QueueIndex {
 
     /// Adds (`up`) or removes a slot's share of the tallies and of the ready and invisible sets.
     fn account(&mut self, id: Id, slot: &Slot, up: bool) {
+        if slot.phase == Phase::Gone {
+            return;
+        }
         let s = side(slot.dlq);
         let counts = match self.counts[s].get_mut(&slot.channel) {
             Some(counts) => counts,
@@ -191,8 +209,7 @@ impl QueueIndex {
         let (n, bytes) = match slot.phase {
             Phase::Ready => (&mut counts.ready, Some(&mut counts.ready_bytes)),
             Phase::Invisible if slot.delivery_count > 0 => (&mut counts.in_flight, Some(&mut counts.in_flight_bytes)),
-            Phase::Invisible => (&mut counts.delayed, None),
-            Phase::Gone => return,
+            Phase::Invisible | Phase::Gone => (&mut counts.delayed, None),
         };
         if up {
             *n += 1;
@@ -434,18 +451,9 @@ impl Index {
     /// state row until it changes.
     pub(crate) fn put(&mut self, queue: QueueRow, messages: &[NewSlot<'_>], created_at: i64, expire_at: i64) -> Id {
         let first = self.next_id;
-        let slots = messages
-            .iter()
-            .map(|m| Slot {
-                channel: Arc::from(m.channel),
-                size: m.size,
-                dlq: false,
-                phase: if m.delayed_until.is_some() { Phase::Invisible } else { Phase::Ready },
-                visible_at: m.delayed_until.unwrap_or(created_at),
-                delivery_count: 0,
-                lease_token: NEVER_LEASED,
-            })
-            .collect();
+        let q = self.queues.entry(queue).or_default();
+        let slots =
+            messages.iter().map(|m| Slot::as_put(q.intern(m.channel), m.size, m.delayed_until, created_at)).collect();
         self.restore(queue, first, created_at, expire_at, slots);
         first
     }

@@ -8,7 +8,7 @@ use berth_core::store::{Leased, Settle, SweepReport};
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::index::{Index, NewSlot, Persist, Phase, Pick, Picked, Slot, NEVER_LEASED};
+use super::index::{Index, NewSlot, Persist, Phase, Pick, Picked, Slot};
 use super::schema::MessageMeta;
 use super::sql;
 
@@ -28,23 +28,19 @@ pub(crate) fn load(conn: &Connection) -> rusqlite::Result<Index> {
     let mut state = states.next()?;
     let mut batches = conn.prepare("SELECT id, queue, created_at, expire_at, meta FROM message_batches ORDER BY id")?;
     let mut batches = batches.query([])?;
+    // Most messages are in the default channel: share one name instead of allocating each.
+    let default_channel: std::sync::Arc<str> = "".into();
     while let Some(batch) = batches.next()? {
         let last: i64 = batch.get(0)?;
         let meta = parse_meta(batch, 4)?;
         let first = last - meta.len() as i64 + 1;
         let created_at: i64 = batch.get(2)?;
-        let mut slots: Vec<Slot> = meta
-            .into_iter()
-            .map(|m| Slot {
-                channel: m.channel.into(),
-                size: m.size,
-                dlq: false,
-                phase: if m.delayed_until.is_some() { Phase::Invisible } else { Phase::Ready },
-                visible_at: m.delayed_until.unwrap_or(created_at),
-                delivery_count: 0,
-                lease_token: NEVER_LEASED,
-            })
-            .collect();
+        // A fresh vector: collecting in place would keep the (larger) meta buffer for good.
+        let mut slots: Vec<Slot> = Vec::with_capacity(meta.len());
+        slots.extend(meta.into_iter().map(|m| {
+            let channel = if m.channel.is_empty() { default_channel.clone() } else { m.channel.into() };
+            Slot::as_put(channel, m.size, m.delayed_until, created_at)
+        }));
         // Both are in id order: apply the state rows of this batch's messages.
         while let Some(row) = state {
             let id: i64 = row.get(0)?;
@@ -90,8 +86,23 @@ fn persist(conn: &Connection, writes: &[Persist]) -> rusqlite::Result<()> {
     )?;
     let mut drop_batch = conn.prepare_cached("DELETE FROM message_batches WHERE id = ?1")?;
     let mut drop_states = conn.prepare_cached("DELETE FROM message_states WHERE id BETWEEN ?1 AND ?2")?;
+    // A put dropped whole takes its state rows with it: rows written for its messages earlier
+    // in the same job (a DeleteMessages of all its messages) need not be written at all.
+    let mut dropped: Vec<(i64, i64)> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Persist::DropBatch { first, last } => Some((*first, *last)),
+            Persist::State(_) => None,
+        })
+        .collect();
+    dropped.sort_unstable();
+    let moot = |id: i64| {
+        let at = dropped.partition_point(|(_, last)| *last < id);
+        dropped.get(at).is_some_and(|(first, _)| *first <= id)
+    };
     for write in writes {
         match write {
+            Persist::State(s) if moot(s.id) => {}
             Persist::State(s) => {
                 state.execute(params![
                     s.id,
@@ -267,7 +278,8 @@ pub(crate) fn sweep(conn: &Connection, index: &mut Index, now: Timestamp, batch:
         .prepare_cached("SELECT row, dead_letter_after, state FROM queues")?
         .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    index.retain_queues(|queue| queues.iter().any(|(row, _, _)| *row == queue));
+    let live: std::collections::HashSet<QueueRow> = queues.iter().map(|(row, _, _)| *row).collect();
+    index.retain_queues(|queue| live.contains(&queue));
     let mut writes = Vec::new();
     for (queue, dead_letter_after, state) in queues {
         if state == "DELETED" {

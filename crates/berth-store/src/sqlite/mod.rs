@@ -6,8 +6,9 @@
 //! A job is answered only after its transaction is on disk.
 //!
 //! Message state lives in an in-memory [`index::Index`] that write jobs change along with
-//! SQLite, so one process owns a database's messages: the store is not for sharing a file
-//! between servers (tools such as `berth credentials create` touch only users).
+//! SQLite, so one process at a time serves a database's messages: it holds a lock on
+//! `<database>.lock`. Another process may open the store for tenancies and users only
+//! (`berth credentials create` next to a running server); see [`SqliteStore::owns_messages`].
 
 mod identity;
 mod index;
@@ -38,6 +39,8 @@ pub struct SqliteStore {
     /// Every message's state (std Mutex: locked by write jobs on the writer thread, and
     /// briefly by stats and channel reads; never across an await).
     index: Arc<Mutex<Shared>>,
+    /// Held while this store serves the database's messages; `None` in a store that does not.
+    owner: Option<std::fs::File>,
 }
 
 /// The index and whether it may disagree with the database.
@@ -89,7 +92,12 @@ impl SqliteStore {
         conn.execute_batch(schema::WRITER_PRAGMAS).map_err(backend)?;
         schema::migrate(&conn).map_err(backend)?;
         identity::ensure_receipt_secret(&conn).map_err(backend)?;
-        let index = Arc::new(Mutex::new(Shared { index: messages::load(&conn).map_err(backend)?, stale: false }));
+        let owner = lock_messages(path)?;
+        let index = match owner {
+            Some(_) => messages::load(&conn).map_err(backend)?,
+            None => index::Index::new(0),
+        };
+        let index = Arc::new(Mutex::new(Shared { index, stale: false }));
         let on_failed_commit = {
             let index = index.clone();
             Box::new(move || Shared::lock(&index).stale = true)
@@ -98,7 +106,13 @@ impl SqliteStore {
         let readers = Arc::new(Readers { path: path.to_owned(), idle: Mutex::new(Vec::new()) });
         let checkpointer = Connection::open(path).map_err(backend)?;
         configure(&checkpointer)?;
-        Ok(SqliteStore { writer, readers, checkpointer: Arc::new(Mutex::new(checkpointer)), index })
+        Ok(SqliteStore { writer, readers, checkpointer: Arc::new(Mutex::new(checkpointer)), index, owner })
+    }
+
+    /// Whether this store serves messages. Only one process at a time does; a store opened
+    /// while another process serves the database answers message calls with `Unavailable`.
+    pub fn owns_messages(&self) -> bool {
+        self.owner.is_some()
     }
 
     /// Write transactions committed since the store was opened; each is one WAL fsync.
@@ -163,6 +177,9 @@ impl SqliteStore {
         F: FnOnce(&Connection, &mut index::Index) -> Result<T, E> + Send + 'static,
         Result<T, E>: Failure,
     {
+        if !self.owns_messages() {
+            return Err(E::from(StoreError::Unavailable("another process serves this database's messages".into())));
+        }
         let shared = self.index.clone();
         self.writer
             .run(move |conn| {
@@ -198,6 +215,20 @@ impl<T> Failure for Result<T, StoreError> {
 impl<T> Failure for Result<T, QueueError> {
     fn is_storage_failure(&self) -> bool {
         matches!(self, Err(QueueError::Store(_)))
+    }
+}
+
+/// Takes the lock that makes this process the one serving the database's messages, if free.
+fn lock_messages(path: &Path) -> Result<Option<std::fs::File>, StoreError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let failed =
+        |e: std::io::Error| StoreError::Backend(format!("cannot lock {}: {e}", Path::new(&lock_path).display()));
+    let file = std::fs::File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(failed)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(failed(e)),
     }
 }
 
