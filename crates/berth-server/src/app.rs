@@ -30,17 +30,18 @@ pub struct AppState {
     pub public_url: Arc<str>,
 }
 
-/// Opens the embedded store of a data directory.
-pub fn open_store(data_dir: &Path) -> anyhow::Result<Arc<SqliteStore>> {
+/// Opens the embedded store of a data directory; `serve_messages` for the server, which
+/// then owns the messages (tools that only manage users leave them to it).
+pub fn open_store(data_dir: &Path, serve_messages: bool) -> anyhow::Result<Arc<SqliteStore>> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let path = data_dir.join("berth.sqlite3");
-    let store = SqliteStore::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    Ok(Arc::new(store))
+    let store = if serve_messages { SqliteStore::open(&path) } else { SqliteStore::open_without_messages(&path) };
+    Ok(Arc::new(store.with_context(|| format!("cannot open {}", path.display()))?))
 }
 
 /// Runs the server until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let store = open_store(&config.data_dir)?;
+    let store = open_store(&config.data_dir, true)?;
     anyhow::ensure!(
         store.owns_messages(),
         "another berth server is using the data dir {} (one server per data dir)",

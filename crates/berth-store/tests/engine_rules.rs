@@ -576,6 +576,34 @@ async fn leases_deletes_delays_and_dead_letters_survive_reopening_the_store() {
 }
 
 #[tokio::test]
+async fn a_lease_ended_before_a_restart_is_not_judged_again_after_it() {
+    let r = rig().await;
+    let q = r.queue(PolicyValues { dead_letter_after: Some(0), ..PolicyValues::default() }).await;
+    r.put(&q, &["m"]).await;
+    r.get(&q, 1, 1).await;
+    r.advance(2);
+    assert_eq!(r.engine.sweep(100).await.unwrap().released, 1, "back in the queue: no DLQ then");
+    // With the threshold lowered afterwards, the message already released must stay released.
+    let change = QueueChange { dead_letter_after: Some(1), ..QueueChange::default() };
+    r.engine.update_queue(T, &q, None, change).await.unwrap();
+    let r = r.reopen().await;
+    let got = r.get(&q, 1, 30).await;
+    assert_eq!(contents(&got), ["m"]);
+    assert_eq!(got[0].message.delivery_count, 2);
+}
+
+#[tokio::test]
+async fn a_store_opened_without_messages_leaves_them_to_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let tool = SqliteStore::open_without_messages(&path).unwrap();
+    assert!(!tool.owns_messages());
+    let server = SqliteStore::open(&path).unwrap();
+    assert!(server.owns_messages(), "the tool holds no lock");
+    tool.ensure_tenancy("t", "ocid1.tenancy.oc1..t").await.unwrap();
+}
+
+#[tokio::test]
 async fn a_second_store_on_the_same_file_serves_no_messages_but_can_add_users() {
     let r = rig().await;
     let q = r.queue(PolicyValues::default()).await;

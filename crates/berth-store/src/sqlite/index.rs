@@ -180,8 +180,8 @@ impl QueueIndex {
 
     fn slot_mut(&mut self, id: Id) -> Option<(Id, &mut Batch, usize)> {
         let (last, batch) = self.batches.range_mut(id..).next()?;
-        let at = usize::try_from(id - batch.first).ok()?;
-        Some((*last, batch, at))
+        let first = batch.first;
+        (id >= first).then(|| (*last, batch, (id - first) as usize))
     }
 
     /// The shared name of a channel that has, or is getting, a live message.
@@ -308,9 +308,14 @@ impl QueueIndex {
                     continue;
                 }
                 match after_lease(batch.slots[at].delivery_count, dead_letter_after, dlq) {
-                    // No write: a lease that ended reads back as ready (see `restore`).
                     AfterLease::Redeliver => {
-                        self.update(id, |slot| slot.phase = Phase::Ready);
+                        let row = self.update(id, |slot| slot.phase = Phase::Ready);
+                        // An ended lease is written down, so that a restart does not decide
+                        // its fate again under a changed dead-letter threshold or clock. An
+                        // ended delay needs no row: read back, it ends the same way.
+                        if was_delivered(row.as_ref()) {
+                            writes.extend(row.map(Persist::State));
+                        }
                         report.released += 1;
                     }
                     AfterLease::DeadLetter => {
@@ -371,6 +376,11 @@ fn uncount(stats: &mut QueueStats, slot: &Slot) {
         Phase::Invisible => out.delayed = out.delayed.saturating_sub(1),
         Phase::Gone => {}
     }
+}
+
+/// Whether a state row is of a message delivered at least once (not merely delayed).
+fn was_delivered(row: Option<&StateRow>) -> bool {
+    row.is_some_and(|row| row.delivery_count > 0)
 }
 
 fn state_row(id: Id, slot: &Slot) -> StateRow {
@@ -733,8 +743,9 @@ impl Index {
         (reclaimed, empty)
     }
 
-    /// Forgets queues not in `live` (their rows are gone).
-    pub(crate) fn retain_queues(&mut self, live: impl Fn(QueueRow) -> bool) {
-        self.queues.retain(|queue, _| live(*queue));
+    /// Queues with messages but no queue row (a put that raced the removal of its deleted
+    /// queue): their messages are reclaimed like those of a deleted queue.
+    pub(crate) fn orphans(&self, live: impl Fn(QueueRow) -> bool) -> Vec<QueueRow> {
+        self.queues.keys().copied().filter(|queue| !live(*queue)).collect()
     }
 }

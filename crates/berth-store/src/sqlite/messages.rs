@@ -279,8 +279,10 @@ pub(crate) fn sweep(conn: &Connection, index: &mut Index, now: Timestamp, batch:
         .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let live: std::collections::HashSet<QueueRow> = queues.iter().map(|(row, _, _)| *row).collect();
-    index.retain_queues(|queue| live.contains(&queue));
     let mut writes = Vec::new();
+    for orphan in index.orphans(|queue| live.contains(&queue)) {
+        report.reclaimed += index.reclaim(orphan, batch, &mut writes).0;
+    }
     for (queue, dead_letter_after, state) in queues {
         if state == "DELETED" {
             let (reclaimed, empty) = index.reclaim(queue, batch, &mut writes);

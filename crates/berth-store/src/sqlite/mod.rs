@@ -7,8 +7,8 @@
 //!
 //! Message state lives in an in-memory [`index::Index`] that write jobs change along with
 //! SQLite, so one process at a time serves a database's messages: it holds a lock on
-//! `<database>.lock`. Another process may open the store for tenancies and users only
-//! (`berth credentials create` next to a running server); see [`SqliteStore::owns_messages`].
+//! `<database>.lock` ([`SqliteStore::owns_messages`]). Tools that manage only tenancies and
+//! users open it with [`SqliteStore::open_without_messages`] and take no lock.
 
 mod identity;
 mod index;
@@ -87,12 +87,26 @@ impl SqliteStore {
     /// # Errors
     /// When the file cannot be opened or migrated.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_as(path, true)
+    }
+
+    /// Opens the database for tenancies, users and queues only: it never serves messages,
+    /// so it neither waits for nor holds the lock a server takes (`berth credentials create`).
+    ///
+    /// # Errors
+    /// When the file cannot be opened.
+    pub fn open_without_messages(path: &Path) -> Result<Self, StoreError> {
+        Self::open_as(path, false)
+    }
+
+    fn open_as(path: &Path, serve_messages: bool) -> Result<Self, StoreError> {
+        let owner = if serve_messages { lock_messages(path)? } else { None };
         let conn = Connection::open(path).map_err(backend)?;
         configure(&conn)?;
         conn.execute_batch(schema::WRITER_PRAGMAS).map_err(backend)?;
-        schema::migrate(&conn).map_err(backend)?;
+        // Only the process that serves the messages may convert their tables.
+        schema::migrate(&conn, owner.is_some()).map_err(backend)?;
         identity::ensure_receipt_secret(&conn).map_err(backend)?;
-        let owner = lock_messages(path)?;
         let index = match owner {
             Some(_) => messages::load(&conn).map_err(backend)?,
             None => index::Index::new(0),
@@ -195,9 +209,16 @@ impl SqliteStore {
             .await
     }
 
-    /// Reads the index (no SQL: answered from memory at once).
-    fn read_index<T>(&self, f: impl FnOnce(&index::Index) -> T) -> T {
-        f(&Shared::lock(&self.index).index)
+    /// Reads the index off the async workers: a write job holds it while it runs.
+    async fn read_index<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&index::Index) -> T + Send + 'static,
+    {
+        let shared = self.index.clone();
+        tokio::task::spawn_blocking(move || f(&Shared::lock(&shared).index))
+            .await
+            .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))
     }
 }
 

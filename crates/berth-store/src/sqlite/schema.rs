@@ -119,13 +119,14 @@ CREATE TABLE IF NOT EXISTS message_states (
 ";
 
 /// Brings a database of any earlier layout to the current one, then creates what is missing.
-pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+/// Message tables are converted only by the process that serves them (`messages_owned`).
+pub(crate) fn migrate(conn: &Connection, messages_owned: bool) -> rusqlite::Result<()> {
     let separate_bodies: bool = conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'message_bodies')",
         [],
         |row| row.get(0),
     )?;
-    if separate_bodies {
+    if separate_bodies && messages_owned {
         // Layout 1 kept bodies in their own table and indexed every message by expiry.
         conn.execute_batch(
             "BEGIN IMMEDIATE;
@@ -144,7 +145,7 @@ pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         [],
         |row| row.get(0),
     )?;
-    if rows_per_message {
+    if rows_per_message && messages_owned {
         batch_message_rows(conn)?;
     }
     Ok(())
@@ -231,7 +232,7 @@ mod tests {
     fn rows_of_earlier_layouts_become_batches_with_their_ids_and_state() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(LAYOUT_1).unwrap();
-        migrate(&conn).unwrap();
+        migrate(&conn, true).unwrap();
         let batches: Vec<(i64, String, Vec<u8>)> = conn
             .prepare("SELECT id, meta, bodies FROM message_batches ORDER BY id")
             .unwrap()
@@ -267,7 +268,7 @@ mod tests {
             .unwrap();
         assert_eq!(leftovers, 0);
         // Running it again on the current layout changes nothing.
-        migrate(&conn).unwrap();
+        migrate(&conn, true).unwrap();
         assert_eq!(conn.query_row("SELECT COUNT(*) FROM message_batches", [], |r| r.get::<_, i64>(0)).unwrap(), 2);
     }
 }

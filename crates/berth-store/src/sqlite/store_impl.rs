@@ -130,7 +130,8 @@ impl Store for SqliteStore {
         now: Timestamp,
         dead_letter_after: u32,
     ) -> StoreResult<QueueStats> {
-        Ok(self.read_index(|index| index.stats(queue, channel, now.0, dead_letter_after)))
+        let channel = channel.map(str::to_owned);
+        self.read_index(move |index| index.stats(queue, channel.as_deref(), now.0, dead_letter_after)).await
     }
 
     async fn channels(
@@ -140,7 +141,8 @@ impl Store for SqliteStore {
         after: Option<&str>,
         limit: u32,
     ) -> StoreResult<Vec<String>> {
-        Ok(self.read_index(|index| index.channels(queue, prefix.unwrap_or(""), after.unwrap_or(""), limit)))
+        let (prefix, after) = (prefix.unwrap_or("").to_owned(), after.unwrap_or("").to_owned());
+        self.read_index(move |index| index.channels(queue, &prefix, &after, limit)).await
     }
 
     async fn purge(
