@@ -60,7 +60,7 @@ impl Slot {
 }
 
 /// The messages of one put: ids `first ..= last` (the map key).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Batch {
     pub(crate) first: Id,
     pub(crate) created_at: i64,
@@ -128,22 +128,6 @@ pub(crate) struct Pick<'a> {
     pub(crate) visible_after: i64,
 }
 
-/// Tallies of one channel on one side, as stats report them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Counts {
-    ready: u64,
-    ready_bytes: u64,
-    in_flight: u64,
-    in_flight_bytes: u64,
-    delayed: u64,
-}
-
-impl Counts {
-    fn is_empty(&self) -> bool {
-        *self == Counts::default()
-    }
-}
-
 /// One queue's messages.
 #[derive(Debug, Default)]
 struct QueueIndex {
@@ -153,8 +137,8 @@ struct QueueIndex {
     ready: [BTreeMap<Arc<str>, BTreeSet<Id>>; 2],
     /// Invisible messages per side by the time they become visible.
     invisible: [BTreeSet<(i64, Id)>; 2],
-    /// Stats tallies per side and channel; no empty entries.
-    counts: [HashMap<Arc<str>, Counts>; 2],
+    /// GetStats counts per side and channel; no empty entries.
+    counts: [HashMap<Arc<str>, MessageCounts>; 2],
     /// Live messages per named channel (either side): the non-empty channels.
     named: BTreeMap<Arc<str>, u64>,
     /// The default channel's name, shared by its slots.
@@ -205,24 +189,8 @@ impl QueueIndex {
             Some(counts) => counts,
             None => self.counts[s].entry(slot.channel.clone()).or_default(),
         };
-        let size = u64::from(slot.size);
-        let (n, bytes) = match slot.phase {
-            Phase::Ready => (&mut counts.ready, Some(&mut counts.ready_bytes)),
-            Phase::Invisible if slot.delivery_count > 0 => (&mut counts.in_flight, Some(&mut counts.in_flight_bytes)),
-            Phase::Invisible | Phase::Gone => (&mut counts.delayed, None),
-        };
-        if up {
-            *n += 1;
-            if let Some(bytes) = bytes {
-                *bytes += size;
-            }
-        } else {
-            *n -= 1;
-            if let Some(bytes) = bytes {
-                *bytes -= size;
-            }
-        }
-        if counts.is_empty() {
+        tally(counts, slot, up);
+        if *counts == MessageCounts::default() {
             self.counts[s].remove(&slot.channel);
         }
         match slot.phase {
@@ -295,8 +263,14 @@ impl QueueIndex {
 
     /// Ends the invisibility of messages whose lease or delay ended by `now`, oldest first,
     /// at most `limit` per side: each goes back to ready, to the DLQ, or, past retention, away.
-    fn settle(&mut self, now: i64, dead_letter_after: u32, limit: u32, report: &mut SweepReport) -> Vec<Persist> {
-        let mut writes = Vec::new();
+    fn settle(
+        &mut self,
+        now: i64,
+        dead_letter_after: u32,
+        limit: u32,
+        report: &mut SweepReport,
+        writes: &mut Vec<Persist>,
+    ) {
         for dlq in [false, true] {
             let due: Vec<Id> =
                 self.invisible[side(dlq)].range(..=(now, Id::MAX)).take(limit as usize).map(|(_, id)| *id).collect();
@@ -331,7 +305,6 @@ impl QueueIndex {
                 }
             }
         }
-        writes
     }
 
     /// Channels with ready messages on one side, rotated from a random start so that over
@@ -360,22 +333,38 @@ impl QueueIndex {
     }
 }
 
-/// Takes a slot's share of the tallies back out of `stats`.
-fn uncount(stats: &mut QueueStats, slot: &Slot) {
-    let out: &mut MessageCounts = if slot.dlq { &mut stats.dead_letter } else { &mut stats.queue };
-    let size = u64::from(slot.size);
-    match slot.phase {
-        Phase::Ready => {
-            out.visible = out.visible.saturating_sub(1);
-            out.size_bytes = out.size_bytes.saturating_sub(size);
-        }
-        Phase::Invisible if slot.delivery_count > 0 => {
-            out.in_flight = out.in_flight.saturating_sub(1);
-            out.size_bytes = out.size_bytes.saturating_sub(size);
-        }
-        Phase::Invisible => out.delayed = out.delayed.saturating_sub(1),
-        Phase::Gone => {}
+/// Adds (`up`) or takes away a message's share of `counts` as GetStats reports it: ready
+/// messages are visible, leased ones in flight, delayed ones (never delivered) count no bytes.
+fn tally(counts: &mut MessageCounts, slot: &Slot, up: bool) {
+    let delayed = slot.phase == Phase::Invisible && slot.delivery_count == 0;
+    let bytes = if delayed { 0 } else { u64::from(slot.size) };
+    let n = match slot.phase {
+        Phase::Ready => &mut counts.visible,
+        Phase::Invisible if delayed => &mut counts.delayed,
+        Phase::Invisible => &mut counts.in_flight,
+        Phase::Gone => return,
+    };
+    if up {
+        *n += 1;
+        counts.size_bytes += bytes;
+    } else {
+        *n = n.saturating_sub(1);
+        counts.size_bytes = counts.size_bytes.saturating_sub(bytes);
     }
+}
+
+/// The counts of one side of a queue.
+fn side_of(stats: &mut QueueStats, dlq: bool) -> &mut MessageCounts {
+    if dlq {
+        &mut stats.dead_letter
+    } else {
+        &mut stats.queue
+    }
+}
+
+/// Whether `channel` is one of `only` (every channel when `None`).
+fn in_channels(only: Option<&[String]>, channel: &str) -> bool {
+    only.is_none_or(|only| only.iter().any(|c| c == channel))
 }
 
 /// Whether a state row is of a message delivered at least once (not merely delayed).
@@ -395,16 +384,6 @@ fn state_row(id: Id, slot: &Slot) -> StateRow {
     }
 }
 
-/// Whether a receipt's lease is the message's current one at `now`.
-fn current(batch: &Batch, at: usize, lease: &LeaseRef, now: i64) -> bool {
-    let slot = &batch.slots[at];
-    slot.phase == Phase::Invisible
-        && slot.dlq == lease.dead_letter
-        && slot.lease_token == lease.lease_token
-        && slot.visible_at > now
-        && batch.expire_at > now
-}
-
 impl Index {
     /// An empty index whose first message id is `next_id`.
     pub(crate) fn new(next_id: Id) -> Self {
@@ -415,8 +394,10 @@ impl Index {
         self.queues.get(&queue)
     }
 
-    /// Adds a batch read back from storage (slots with their stored state), or a new one.
-    fn insert(&mut self, queue: QueueRow, last: Id, mut batch: Batch) {
+    /// Adds a put's messages: read back from storage with their stored state, or new.
+    pub(crate) fn restore(&mut self, queue: QueueRow, first: Id, created_at: i64, expire_at: i64, slots: Vec<Slot>) {
+        let last = first + slots.len() as Id - 1;
+        let mut batch = Batch { first, created_at, expire_at, live: 0, slots };
         let q = self.queues.entry(queue).or_default();
         for slot in &mut batch.slots {
             slot.channel = q.intern(&slot.channel);
@@ -435,12 +416,6 @@ impl Index {
             }
         }
         q.batches.insert(last, batch);
-    }
-
-    /// Adds a batch read back from storage.
-    pub(crate) fn restore(&mut self, queue: QueueRow, first: Id, created_at: i64, expire_at: i64, slots: Vec<Slot>) {
-        let last = first + slots.len() as Id - 1;
-        self.insert(queue, last, Batch { first, created_at, expire_at, live: 0, slots });
     }
 
     /// Whether the messages of a put keep the queue within `max_channels` non-empty named channels.
@@ -481,8 +456,11 @@ impl Index {
         dead_letter_after: u32,
         limit: u32,
         report: &mut SweepReport,
-    ) -> Vec<Persist> {
-        self.queues.get_mut(&queue).map_or_else(Vec::new, |q| q.settle(now, dead_letter_after, limit, report))
+        writes: &mut Vec<Persist>,
+    ) {
+        if let Some(q) = self.queues.get_mut(&queue) {
+            q.settle(now, dead_letter_after, limit, report, writes);
+        }
     }
 
     /// Leases up to `pick.max_messages` ready, unexpired messages of one side, oldest first
@@ -542,6 +520,19 @@ impl Index {
         picked
     }
 
+    /// The queue of a receipt's lease if that lease is the message's current one at `now`.
+    fn leased_in(&mut self, lease: &LeaseRef, now: i64) -> Option<&mut QueueIndex> {
+        let q = self.queues.get_mut(&lease.queue)?;
+        let (_, batch, at) = q.slot(lease.message_id)?;
+        let slot = &batch.slots[at];
+        let current = slot.phase == Phase::Invisible
+            && slot.dlq == lease.dead_letter
+            && slot.lease_token == lease.lease_token
+            && slot.visible_at > now
+            && batch.expire_at > now;
+        current.then_some(q)
+    }
+
     /// When the next invisible message of a side becomes visible.
     pub(crate) fn next_visible_at(&self, queue: QueueRow, dead_letter: bool) -> Option<i64> {
         self.queue(queue)?.next_visible_at(dead_letter)
@@ -557,10 +548,7 @@ impl Index {
         leases
             .iter()
             .map(|(lease, until)| {
-                let Some(q) = self.queues.get_mut(&lease.queue) else { return false };
-                if !q.slot(lease.message_id).is_some_and(|(_, batch, at)| current(batch, at, lease, now)) {
-                    return false;
-                }
+                let Some(q) = self.leased_in(lease, now) else { return false };
                 writes.extend(q.update(lease.message_id, |slot| slot.visible_at = until.0).map(Persist::State));
                 true
             })
@@ -572,10 +560,7 @@ impl Index {
         leases
             .iter()
             .map(|lease| {
-                let Some(q) = self.queues.get_mut(&lease.queue) else { return false };
-                if !q.slot(lease.message_id).is_some_and(|(_, batch, at)| current(batch, at, lease, now)) {
-                    return false;
-                }
+                let Some(q) = self.leased_in(lease, now) else { return false };
                 writes.extend(q.remove(lease.message_id));
                 true
             })
@@ -590,20 +575,20 @@ impl Index {
         let Some(q) = self.queue(queue) else { return stats };
         let wanted = |c: &str| channel.is_none_or(|only| only == c);
         for dlq in [false, true] {
-            let out = if dlq { &mut stats.dead_letter } else { &mut stats.queue };
+            let out = side_of(&mut stats, dlq);
             for (name, c) in &q.counts[side(dlq)] {
                 if wanted(name) {
-                    out.visible += c.ready;
+                    out.visible += c.visible;
                     out.in_flight += c.in_flight;
                     out.delayed += c.delayed;
-                    out.size_bytes += c.ready_bytes + c.in_flight_bytes;
+                    out.size_bytes += c.size_bytes;
                 }
             }
         }
         // Take back what the tallies say of messages past retention, and of ended leases.
         for batch in q.batches.values().take_while(|b| b.expire_at <= now) {
             for slot in batch.slots.iter().filter(|s| wanted(&s.channel)) {
-                uncount(&mut stats, slot);
+                tally(side_of(&mut stats, slot.dlq), slot, false);
             }
         }
         for dlq in [false, true] {
@@ -613,9 +598,9 @@ impl Index {
                 if batch.expire_at <= now || !wanted(&slot.channel) {
                     continue;
                 }
-                uncount(&mut stats, slot);
+                tally(side_of(&mut stats, dlq), slot, false);
                 let dead = after_lease(slot.delivery_count, dead_letter_after, dlq) == AfterLease::DeadLetter;
-                let out = if dlq || dead { &mut stats.dead_letter } else { &mut stats.queue };
+                let out = side_of(&mut stats, dlq || dead);
                 out.visible += 1;
                 out.size_bytes += u64::from(slot.size);
             }
@@ -656,7 +641,7 @@ impl Index {
         for &dlq in sides {
             let s = side(dlq);
             for (name, ready) in &q.ready[s] {
-                if channels.is_none_or(|only| only.iter().any(|c| c.as_str() == &**name)) {
+                if in_channels(channels, name) {
                     ids.extend(ready.iter().take(limit - ids.len()));
                 }
             }
@@ -664,11 +649,7 @@ impl Index {
                 if ids.len() == limit {
                     break;
                 }
-                let wanted = q.slot(*id).is_some_and(|(_, batch, at)| {
-                    let name = &batch.slots[at].channel;
-                    channels.is_none_or(|only| only.iter().any(|c| c.as_str() == &**name))
-                });
-                if wanted {
+                if q.slot(*id).is_some_and(|(_, batch, at)| in_channels(channels, &batch.slots[at].channel)) {
                     ids.push(*id);
                 }
             }
@@ -692,7 +673,7 @@ impl Index {
         let Some(q) = self.queues.get_mut(&queue) else { return 0 };
         let mut ids: Vec<Id> = Vec::new();
         for (name, ready) in &q.ready[1] {
-            if channels.is_none_or(|only| only.iter().any(|c| c.as_str() == &**name)) {
+            if in_channels(channels, name) {
                 ids.extend(ready.iter().take(limit as usize - ids.len()));
             }
         }

@@ -71,6 +71,14 @@ fn parse_meta(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<Vec<Me
     serde_json::from_str(text).map_err(|e| rusqlite::Error::FromSqlConversionFailure(column, Type::Text, Box::new(e)))
 }
 
+/// Makes an index change and writes the rows it needs, in the same job.
+fn durably<T>(conn: &Connection, change: impl FnOnce(&mut Vec<Persist>) -> T) -> rusqlite::Result<T> {
+    let mut writes = Vec::new();
+    let outcome = change(&mut writes);
+    persist(conn, &writes)?;
+    Ok(outcome)
+}
+
 /// Writes what index changes need, in order.
 fn persist(conn: &Connection, writes: &[Persist]) -> rusqlite::Result<()> {
     if writes.is_empty() {
@@ -169,7 +177,6 @@ pub(crate) fn put(
 
 pub(crate) fn lease(conn: &Connection, index: &mut Index, req: &LeaseRequest) -> rusqlite::Result<Leased> {
     let mut report = SweepReport::default();
-    let mut writes = index.settle(req.queue, req.now.0, req.dead_letter_after, RELEASE_PER_LEASE, &mut report);
     let pick = Pick {
         dead_letter: req.dead_letter,
         channel: req.channel.as_deref(),
@@ -178,8 +185,10 @@ pub(crate) fn lease(conn: &Connection, index: &mut Index, req: &LeaseRequest) ->
         now: req.now.0,
         visible_after: req.visible_after.0,
     };
-    let picked = index.lease(req.queue, &pick, &mut writes);
-    persist(conn, &writes)?;
+    let picked = durably(conn, |writes| {
+        index.settle(req.queue, req.now.0, req.dead_letter_after, RELEASE_PER_LEASE, &mut report, writes);
+        index.lease(req.queue, &pick, writes)
+    })?;
     let next_visible_at =
         if picked.is_empty() { index.next_visible_at(req.queue, req.dead_letter).map(Timestamp) } else { None };
     let messages = read_bodies(conn, &picked, req.visible_after)?;
@@ -225,10 +234,7 @@ pub(crate) fn extend(
     leases: &[(LeaseRef, Timestamp)],
     now: Timestamp,
 ) -> rusqlite::Result<Vec<bool>> {
-    let mut writes = Vec::new();
-    let outcome = index.extend(leases, now.0, &mut writes);
-    persist(conn, &writes)?;
-    Ok(outcome)
+    durably(conn, |writes| index.extend(leases, now.0, writes))
 }
 
 pub(crate) fn delete(
@@ -237,10 +243,7 @@ pub(crate) fn delete(
     leases: &[LeaseRef],
     now: Timestamp,
 ) -> rusqlite::Result<Vec<bool>> {
-    let mut writes = Vec::new();
-    let outcome = index.delete(leases, now.0, &mut writes);
-    persist(conn, &writes)?;
-    Ok(outcome)
+    durably(conn, |writes| index.delete(leases, now.0, writes))
 }
 
 pub(crate) fn purge(
@@ -251,11 +254,10 @@ pub(crate) fn purge(
     channels: Option<&[String]>,
     to_settle: Settle,
 ) -> rusqlite::Result<u64> {
-    let mut writes =
-        index.settle(queue, to_settle.now.0, to_settle.dead_letter_after, to_settle.batch, &mut SweepReport::default());
-    let purged = index.purge(queue, target, channels, to_settle.batch, &mut writes);
-    persist(conn, &writes)?;
-    Ok(purged)
+    durably(conn, |writes| {
+        settle(index, queue, to_settle, writes);
+        index.purge(queue, target, channels, to_settle.batch, writes)
+    })
 }
 
 pub(crate) fn redrive(
@@ -265,11 +267,16 @@ pub(crate) fn redrive(
     channels: Option<&[String]>,
     to_settle: Settle,
 ) -> rusqlite::Result<u64> {
-    let mut writes =
-        index.settle(queue, to_settle.now.0, to_settle.dead_letter_after, to_settle.batch, &mut SweepReport::default());
-    let moved = index.redrive(queue, channels, to_settle.batch, &mut writes);
-    persist(conn, &writes)?;
-    Ok(moved)
+    durably(conn, |writes| {
+        settle(index, queue, to_settle, writes);
+        index.redrive(queue, channels, to_settle.batch, writes)
+    })
+}
+
+/// Settles a queue's ended leases before a bulk operation, as `to_settle` says.
+fn settle(index: &mut Index, queue: QueueRow, to_settle: Settle, writes: &mut Vec<Persist>) {
+    let (now, limit) = (to_settle.now.0, to_settle.batch);
+    index.settle(queue, now, to_settle.dead_letter_after, limit, &mut SweepReport::default(), writes);
 }
 
 pub(crate) fn sweep(conn: &Connection, index: &mut Index, now: Timestamp, batch: u32) -> rusqlite::Result<SweepReport> {
@@ -296,7 +303,7 @@ pub(crate) fn sweep(conn: &Connection, index: &mut Index, now: Timestamp, batch:
         let budget = batch.saturating_sub(u32::try_from(report.expired).unwrap_or(u32::MAX));
         report.expired += index.expire(queue, now.0, budget, &mut writes);
         let ended_before = report.released + report.dead_lettered;
-        writes.extend(index.settle(queue, now.0, dead_letter_after, batch, &mut report));
+        index.settle(queue, now.0, dead_letter_after, batch, &mut report, &mut writes);
         if report.released + report.dead_lettered > ended_before {
             report.settled_queues.push(queue);
         }

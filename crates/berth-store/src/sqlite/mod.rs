@@ -124,7 +124,8 @@ impl SqliteStore {
     }
 
     /// Whether this store serves messages. Only one process at a time does; a store opened
-    /// while another process serves the database answers message calls with `Unavailable`.
+    /// while another process serves the database holds no message state and refuses
+    /// message writes with `Unavailable`.
     pub fn owns_messages(&self) -> bool {
         self.owner.is_some()
     }
