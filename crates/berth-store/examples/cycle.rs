@@ -17,6 +17,10 @@ use berth_core::{Engine, SystemClock};
 use berth_store::SqliteStore;
 use tokio_util::sync::CancellationToken;
 
+// The server's allocator, so that the figures match what the server spends.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const T: &str = "ocid1.tenancy.oc1..bench";
 const BATCH: usize = 20;
 const MAX_BACKLOG: u64 = 20_000;

@@ -626,6 +626,21 @@ async fn a_second_store_on_the_same_file_serves_no_messages_but_can_add_users() 
     assert_eq!(contents(&r.get(&q, 1, 30).await), ["a"], "the first store still serves");
 }
 
+#[tokio::test]
+async fn a_database_of_a_newer_layout_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    drop(SqliteStore::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let layout: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
+    assert!(layout > 0, "the store records its layout");
+    conn.execute_batch(&format!("PRAGMA user_version = {}", layout + 1)).unwrap();
+    drop(conn);
+    let refused = SqliteStore::open(&path).err().expect("a newer layout is refused");
+    assert!(refused.to_string().contains("newer Berth"), "{refused}");
+    assert!(SqliteStore::open_without_messages(&path).is_err(), "tools refuse it too");
+}
+
 /// A GetMessages waiting up to 20 s, running on its own task.
 fn spawn_long_poll(
     r: &Arc<Rig>,

@@ -1,10 +1,11 @@
 //! The message index: the state of every live message, kept in memory by the SQLite store.
 //!
-//! SQLite keeps the durable copy (a row per put with the bodies, a small row per message
-//! whose state changed since, see `schema.rs`); this index decides which message a lease
-//! takes, whether a receipt names the current lease, and the counts, so that no message
-//! costs a secondary index entry in SQLite. Every change returns the [`Persist`] rows that
-//! make it durable; the caller writes them in the same transaction. No I/O, no clock.
+//! SQLite keeps the durable copy (a row per put with the bodies, and once one of its
+//! messages changed, a small row with the state of each, see `schema.rs`); this index
+//! decides which message a lease takes, whether a receipt names the current lease, and the
+//! counts, so that no message costs a secondary index entry in SQLite. Every change returns
+//! the [`Persist`] writes that make it durable; the caller does them in the same
+//! transaction. No I/O, no clock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
@@ -70,25 +71,13 @@ pub(crate) struct Batch {
     pub(crate) slots: Vec<Slot>,
 }
 
-/// A message's durable state, as the `message_states` row holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct StateRow {
-    pub(crate) id: Id,
-    pub(crate) dlq: bool,
-    pub(crate) leased: bool,
-    pub(crate) visible_at: i64,
-    pub(crate) delivery_count: u32,
-    pub(crate) lease_token: i64,
-    pub(crate) deleted: bool,
-}
-
 /// A durable write that an index change needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Persist {
-    /// Insert or replace a message's state row.
-    State(StateRow),
-    /// Every message of the batch `first ..= last` is gone: drop its row and state rows.
-    DropBatch { first: Id, last: Id },
+    /// Write the state row of the batch ending at `last` as its slots now are.
+    States { queue: QueueRow, last: Id },
+    /// Every message of the batch ending at `last` is gone: drop its rows.
+    DropBatch { last: Id },
 }
 
 /// A message a lease took: where its body is, and what to answer.
@@ -129,8 +118,10 @@ pub(crate) struct Pick<'a> {
 }
 
 /// One queue's messages.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct QueueIndex {
+    /// The queue's row id.
+    row: QueueRow,
     /// Every batch with a live message, by last id (so, oldest first).
     batches: BTreeMap<Id, Batch>,
     /// Ready ids per side (main, DLQ) and channel; no empty sets.
@@ -157,6 +148,18 @@ fn side(dlq: bool) -> usize {
 }
 
 impl QueueIndex {
+    fn new(row: QueueRow) -> Self {
+        QueueIndex {
+            row,
+            batches: BTreeMap::new(),
+            ready: Default::default(),
+            invisible: Default::default(),
+            counts: Default::default(),
+            named: BTreeMap::new(),
+            default_channel: "".into(),
+        }
+    }
+
     fn slot(&self, id: Id) -> Option<(Id, &Batch, usize)> {
         let (last, batch) = self.batches.range(id..).next()?;
         (id >= batch.first).then(|| (*last, batch, (id - batch.first) as usize))
@@ -220,10 +223,10 @@ impl QueueIndex {
         }
     }
 
-    /// Changes one message with `change`, keeping tallies and sets in step. Returns its
-    /// new state row, or `None` if there is no such live message.
-    fn update(&mut self, id: Id, change: impl FnOnce(&mut Slot)) -> Option<StateRow> {
-        let (_, batch, at) = self.slot_mut(id)?;
+    /// Changes one message with `change`, keeping tallies and sets in step. Returns the
+    /// write that makes it durable, or `None` if there is no such live message.
+    fn update(&mut self, id: Id, change: impl FnOnce(&mut Slot)) -> Option<Persist> {
+        let (last, batch, at) = self.slot_mut(id)?;
         let before = batch.slots[at].clone();
         if before.phase == Phase::Gone {
             return None;
@@ -232,7 +235,7 @@ impl QueueIndex {
         let after = batch.slots[at].clone();
         self.account(id, &before, false);
         self.account(id, &after, true);
-        Some(state_row(id, &after))
+        Some(Persist::States { queue: self.row, last })
     }
 
     /// Removes one live message; returns what makes that durable.
@@ -244,7 +247,7 @@ impl QueueIndex {
         }
         batch.slots[at].phase = Phase::Gone;
         batch.live -= 1;
-        let (first, emptied, row) = (batch.first, batch.live == 0, state_row(id, &batch.slots[at]));
+        let emptied = batch.live == 0;
         self.account(id, &before, false);
         if !before.channel.is_empty() {
             if let Some(n) = self.named.get_mut(&before.channel) {
@@ -256,9 +259,9 @@ impl QueueIndex {
         }
         if emptied {
             self.batches.remove(&last);
-            return Some(Persist::DropBatch { first, last });
+            return Some(Persist::DropBatch { last });
         }
-        Some(Persist::State(row))
+        Some(Persist::States { queue: self.row, last })
     }
 
     /// Ends the invisibility of messages whose lease or delay ended by `now`, oldest first,
@@ -283,23 +286,21 @@ impl QueueIndex {
                 }
                 match after_lease(batch.slots[at].delivery_count, dead_letter_after, dlq) {
                     AfterLease::Redeliver => {
-                        let row = self.update(id, |slot| slot.phase = Phase::Ready);
+                        let delivered = batch.slots[at].delivery_count > 0;
+                        let write = self.update(id, |slot| slot.phase = Phase::Ready);
                         // An ended lease is written down, so that a restart does not decide
                         // its fate again under a changed dead-letter threshold or clock. An
-                        // ended delay needs no row: read back, it ends the same way.
-                        if was_delivered(row.as_ref()) {
-                            writes.extend(row.map(Persist::State));
+                        // ended delay needs no write: read back, it ends the same way.
+                        if delivered {
+                            writes.extend(write);
                         }
                         report.released += 1;
                     }
                     AfterLease::DeadLetter => {
-                        writes.extend(
-                            self.update(id, |slot| {
-                                slot.phase = Phase::Ready;
-                                slot.dlq = true;
-                            })
-                            .map(Persist::State),
-                        );
+                        writes.extend(self.update(id, |slot| {
+                            slot.phase = Phase::Ready;
+                            slot.dlq = true;
+                        }));
                         report.dead_lettered += 1;
                     }
                 }
@@ -367,23 +368,6 @@ fn in_channels(only: Option<&[String]>, channel: &str) -> bool {
     only.is_none_or(|only| only.iter().any(|c| c == channel))
 }
 
-/// Whether a state row is of a message delivered at least once (not merely delayed).
-fn was_delivered(row: Option<&StateRow>) -> bool {
-    row.is_some_and(|row| row.delivery_count > 0)
-}
-
-fn state_row(id: Id, slot: &Slot) -> StateRow {
-    StateRow {
-        id,
-        dlq: slot.dlq,
-        leased: slot.phase == Phase::Invisible,
-        visible_at: slot.visible_at,
-        delivery_count: slot.delivery_count,
-        lease_token: slot.lease_token,
-        deleted: slot.phase == Phase::Gone,
-    }
-}
-
 impl Index {
     /// An empty index whose first message id is `next_id`.
     pub(crate) fn new(next_id: Id) -> Self {
@@ -394,11 +378,16 @@ impl Index {
         self.queues.get(&queue)
     }
 
+    /// The slots of a queue's batch ending at `last`, if any of its messages is live.
+    pub(crate) fn batch_slots(&self, queue: QueueRow, last: Id) -> Option<&[Slot]> {
+        self.queue(queue)?.batches.get(&last).map(|batch| batch.slots.as_slice())
+    }
+
     /// Adds a put's messages: read back from storage with their stored state, or new.
     pub(crate) fn restore(&mut self, queue: QueueRow, first: Id, created_at: i64, expire_at: i64, slots: Vec<Slot>) {
         let last = first + slots.len() as Id - 1;
         let mut batch = Batch { first, created_at, expire_at, live: 0, slots };
-        let q = self.queues.entry(queue).or_default();
+        let q = self.queues.entry(queue).or_insert_with(|| QueueIndex::new(queue));
         for slot in &mut batch.slots {
             slot.channel = q.intern(&slot.channel);
         }
@@ -436,7 +425,7 @@ impl Index {
     /// state row until it changes.
     pub(crate) fn put(&mut self, queue: QueueRow, messages: &[NewSlot<'_>], created_at: i64, expire_at: i64) -> Id {
         let first = self.next_id;
-        let q = self.queues.entry(queue).or_default();
+        let q = self.queues.entry(queue).or_insert_with(|| QueueIndex::new(queue));
         let slots =
             messages.iter().map(|m| Slot::as_put(q.intern(m.channel), m.size, m.delayed_until, created_at)).collect();
         self.restore(queue, first, created_at, expire_at, slots);
@@ -495,13 +484,12 @@ impl Index {
         let mut picked = Vec::with_capacity(chosen.len());
         for id in chosen {
             let token = rand::random::<i64>();
-            let row = q.update(id, |slot| {
+            writes.extend(q.update(id, |slot| {
                 slot.phase = Phase::Invisible;
                 slot.visible_at = pick.visible_after;
                 slot.delivery_count += 1;
                 slot.lease_token = token;
-            });
-            writes.extend(row.map(Persist::State));
+            }));
             let Some((last, batch, at)) = q.slot(id) else { continue };
             let slot = &batch.slots[at];
             picked.push(Picked {
@@ -549,7 +537,7 @@ impl Index {
             .iter()
             .map(|(lease, until)| {
                 let Some(q) = self.leased_in(lease, now) else { return false };
-                writes.extend(q.update(lease.message_id, |slot| slot.visible_at = until.0).map(Persist::State));
+                writes.extend(q.update(lease.message_id, |slot| slot.visible_at = until.0));
                 true
             })
             .collect()
@@ -678,12 +666,11 @@ impl Index {
             }
         }
         for id in &ids {
-            let row = q.update(*id, |slot| {
+            writes.extend(q.update(*id, |slot| {
                 slot.dlq = false;
                 slot.delivery_count = 0;
                 slot.lease_token = NEVER_LEASED;
-            });
-            writes.extend(row.map(Persist::State));
+            }));
         }
         ids.len() as u64
     }
@@ -715,7 +702,7 @@ impl Index {
         while reclaimed < u64::from(limit) {
             let Some((last, batch)) = q.batches.pop_first() else { break };
             reclaimed += u64::from(batch.live);
-            writes.push(Persist::DropBatch { first: batch.first, last });
+            writes.push(Persist::DropBatch { last });
         }
         let empty = q.is_empty();
         if empty {

@@ -8,9 +8,9 @@ use berth_core::store::{Leased, Settle, SweepReport};
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::index::{Index, NewSlot, Persist, Phase, Pick, Picked, Slot};
-use super::schema::MessageMeta;
-use super::sql;
+use super::index::{Index, NewSlot, Persist, Pick, Picked, Slot};
+use super::schema::{self, MessageMeta};
+use super::{per_message_states, sql};
 
 /// Expired leases released per lease call; the sweeper handles any surplus.
 const RELEASE_PER_LEASE: u32 = 256;
@@ -21,12 +21,11 @@ pub(crate) fn load(conn: &Connection) -> rusqlite::Result<Index> {
         .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'message_batches'", [], |row| row.get(0))
         .optional()?;
     let mut index = Index::new(seq.unwrap_or(0) + 1);
-    let mut states = conn.prepare(
-        "SELECT id, dlq, leased, visible_at, delivery_count, lease_token, deleted FROM message_states ORDER BY id",
+    let mut legacy = per_message_states::LegacyStates::read(conn)?;
+    let mut batches = conn.prepare(
+        "SELECT b.id, b.queue, b.created_at, b.expire_at, b.meta, s.states
+         FROM message_batches b LEFT JOIN message_batch_states s ON s.id = b.id ORDER BY b.id",
     )?;
-    let mut states = states.query([])?;
-    let mut state = states.next()?;
-    let mut batches = conn.prepare("SELECT id, queue, created_at, expire_at, meta FROM message_batches ORDER BY id")?;
     let mut batches = batches.query([])?;
     // Most messages are in the default channel: share one name instead of allocating each.
     let default_channel: std::sync::Arc<str> = "".into();
@@ -41,25 +40,12 @@ pub(crate) fn load(conn: &Connection) -> rusqlite::Result<Index> {
             let channel = if m.channel.is_empty() { default_channel.clone() } else { m.channel.into() };
             Slot::as_put(channel, m.size, m.delayed_until, created_at)
         }));
-        // Both are in id order: apply the state rows of this batch's messages.
-        while let Some(row) = state {
-            let id: i64 = row.get(0)?;
-            if id > last {
-                break;
-            }
-            if id >= first {
-                let slot = &mut slots[(id - first) as usize];
-                slot.dlq = row.get(1)?;
-                slot.phase = match (row.get::<_, bool>(6)?, row.get::<_, bool>(2)?) {
-                    (true, _) => Phase::Gone,
-                    (false, true) => Phase::Invisible,
-                    (false, false) => Phase::Ready,
-                };
-                slot.visible_at = row.get(3)?;
-                slot.delivery_count = row.get(4)?;
-                slot.lease_token = row.get(5)?;
-            }
-            state = states.next()?;
+        if let Some(states) = batch.get_ref(5)?.as_blob_or_null()? {
+            schema::decode_states(states, &mut slots)
+                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(5, Type::Blob, e.into()))?;
+        }
+        if let Some(legacy) = &mut legacy {
+            legacy.apply(first, last, &mut slots);
         }
         index.restore(batch.get(1)?, first, created_at, batch.get(3)?, slots);
     }
@@ -72,59 +58,43 @@ fn parse_meta(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<Vec<Me
 }
 
 /// Makes an index change and writes the rows it needs, in the same job.
-fn durably<T>(conn: &Connection, change: impl FnOnce(&mut Vec<Persist>) -> T) -> rusqlite::Result<T> {
+fn durably<T>(
+    conn: &Connection,
+    index: &mut Index,
+    change: impl FnOnce(&mut Index, &mut Vec<Persist>) -> T,
+) -> rusqlite::Result<T> {
     let mut writes = Vec::new();
-    let outcome = change(&mut writes);
-    persist(conn, &writes)?;
+    let outcome = change(index, &mut writes);
+    persist(conn, index, &writes)?;
     Ok(outcome)
 }
 
-/// Writes what index changes need, in order.
-fn persist(conn: &Connection, writes: &[Persist]) -> rusqlite::Result<()> {
+/// Writes what index changes need: each changed batch's state row once, as the index now
+/// has it, and the rows of batches gone.
+pub(super) fn persist(conn: &Connection, index: &Index, writes: &[Persist]) -> rusqlite::Result<()> {
     if writes.is_empty() {
         return Ok(());
     }
     // Fetched once per call: looking a cached statement up hashes its whole text.
-    let mut state = conn.prepare_cached(
-        "INSERT INTO message_states (id, dlq, leased, visible_at, delivery_count, lease_token, deleted)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (id) DO UPDATE SET dlq = excluded.dlq, leased = excluded.leased,
-             visible_at = excluded.visible_at, delivery_count = excluded.delivery_count,
-             lease_token = excluded.lease_token, deleted = excluded.deleted",
+    let mut save = conn.prepare_cached(
+        "INSERT INTO message_batch_states (id, states) VALUES (?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET states = excluded.states",
     )?;
     let mut drop_batch = conn.prepare_cached("DELETE FROM message_batches WHERE id = ?1")?;
-    let mut drop_states = conn.prepare_cached("DELETE FROM message_states WHERE id BETWEEN ?1 AND ?2")?;
-    // A put dropped whole takes its state rows with it: rows written for its messages earlier
-    // in the same job (a DeleteMessages of all its messages) need not be written at all.
-    let mut dropped: Vec<(i64, i64)> = writes
-        .iter()
-        .filter_map(|w| match w {
-            Persist::DropBatch { first, last } => Some((*first, *last)),
-            Persist::State(_) => None,
-        })
-        .collect();
-    dropped.sort_unstable();
-    let moot = |id: i64| {
-        let at = dropped.partition_point(|(_, last)| *last < id);
-        dropped.get(at).is_some_and(|(first, _)| *first <= id)
-    };
+    let mut drop_states = conn.prepare_cached("DELETE FROM message_batch_states WHERE id = ?1")?;
+    let mut saved = std::collections::HashSet::new();
     for write in writes {
-        match write {
-            Persist::State(s) if moot(s.id) => {}
-            Persist::State(s) => {
-                state.execute(params![
-                    s.id,
-                    s.dlq,
-                    s.leased,
-                    s.visible_at,
-                    s.delivery_count,
-                    s.lease_token,
-                    s.deleted
-                ])?;
+        match *write {
+            Persist::States { queue, last } => {
+                // A batch dropped later in the same job is gone from the index: its rows go.
+                let Some(slots) = index.batch_slots(queue, last) else { continue };
+                if saved.insert(last) {
+                    save.execute(params![last, schema::encode_states(slots)])?;
+                }
             }
-            Persist::DropBatch { first, last } => {
+            Persist::DropBatch { last } => {
                 drop_batch.execute(params![last])?;
-                drop_states.execute(params![first, last])?;
+                drop_states.execute(params![last])?;
             }
         }
     }
@@ -185,7 +155,7 @@ pub(crate) fn lease(conn: &Connection, index: &mut Index, req: &LeaseRequest) ->
         now: req.now.0,
         visible_after: req.visible_after.0,
     };
-    let picked = durably(conn, |writes| {
+    let picked = durably(conn, index, |index, writes| {
         index.settle(req.queue, req.now.0, req.dead_letter_after, RELEASE_PER_LEASE, &mut report, writes);
         index.lease(req.queue, &pick, writes)
     })?;
@@ -234,7 +204,7 @@ pub(crate) fn extend(
     leases: &[(LeaseRef, Timestamp)],
     now: Timestamp,
 ) -> rusqlite::Result<Vec<bool>> {
-    durably(conn, |writes| index.extend(leases, now.0, writes))
+    durably(conn, index, |index, writes| index.extend(leases, now.0, writes))
 }
 
 pub(crate) fn delete(
@@ -243,7 +213,7 @@ pub(crate) fn delete(
     leases: &[LeaseRef],
     now: Timestamp,
 ) -> rusqlite::Result<Vec<bool>> {
-    durably(conn, |writes| index.delete(leases, now.0, writes))
+    durably(conn, index, |index, writes| index.delete(leases, now.0, writes))
 }
 
 pub(crate) fn purge(
@@ -254,7 +224,7 @@ pub(crate) fn purge(
     channels: Option<&[String]>,
     to_settle: Settle,
 ) -> rusqlite::Result<u64> {
-    durably(conn, |writes| {
+    durably(conn, index, |index, writes| {
         settle(index, queue, to_settle, writes);
         index.purge(queue, target, channels, to_settle.batch, writes)
     })
@@ -267,7 +237,7 @@ pub(crate) fn redrive(
     channels: Option<&[String]>,
     to_settle: Settle,
 ) -> rusqlite::Result<u64> {
-    durably(conn, |writes| {
+    durably(conn, index, |index, writes| {
         settle(index, queue, to_settle, writes);
         index.redrive(queue, channels, to_settle.batch, writes)
     })
@@ -308,7 +278,7 @@ pub(crate) fn sweep(conn: &Connection, index: &mut Index, now: Timestamp, batch:
             report.settled_queues.push(queue);
         }
     }
-    persist(conn, &writes)?;
+    persist(conn, index, &writes)?;
     conn.execute("DELETE FROM retry_tokens WHERE expires_at <= ?1", params![now.0])?;
     Ok(report)
 }

@@ -1,8 +1,8 @@
 //! [`SqliteStore`]: SQLite in WAL mode with `synchronous = FULL`.
 //!
 //! SQLite calls block, so none runs on the async workers: writes go to one writer thread
-//! that commits every job waiting at that moment in a single transaction (group commit),
-//! each job inside its own savepoint; reads run on `spawn_blocking` with pooled connections.
+//! that commits every job waiting at that moment in a single transaction (group commit);
+//! reads run on `spawn_blocking` with pooled connections.
 //! A job is answered only after its transaction is on disk.
 //!
 //! Message state lives in an in-memory [`index::Index`] that write jobs change along with
@@ -13,6 +13,7 @@
 mod identity;
 mod index;
 mod messages;
+mod per_message_states;
 mod queues;
 mod schema;
 mod writer;
@@ -104,19 +105,32 @@ impl SqliteStore {
         let conn = Connection::open(path).map_err(backend)?;
         configure(&conn)?;
         conn.execute_batch(schema::WRITER_PRAGMAS).map_err(backend)?;
+        let layout = schema::layout(&conn).map_err(backend)?;
+        if layout > schema::LAYOUT {
+            return Err(StoreError::Backend(format!(
+                "{} was written by a newer Berth (message layout {layout}; this build reads up to {})",
+                path.display(),
+                schema::LAYOUT
+            )));
+        }
         // Only the process that serves the messages may convert their tables.
         schema::migrate(&conn, owner.is_some()).map_err(backend)?;
         identity::ensure_receipt_secret(&conn).map_err(backend)?;
         let index = match owner {
-            Some(_) => messages::load(&conn).map_err(backend)?,
+            Some(_) => {
+                let index = messages::load(&conn).map_err(backend)?;
+                per_message_states::convert(&conn, &index).map_err(backend)?;
+                schema::record_layout(&conn).map_err(backend)?;
+                index
+            }
             None => index::Index::new(0),
         };
         let index = Arc::new(Mutex::new(Shared { index, stale: false }));
-        let on_failed_commit = {
+        let on_rollback = {
             let index = index.clone();
             Box::new(move || Shared::lock(&index).stale = true)
         };
-        let writer = Arc::new(Writer::spawn(conn, on_failed_commit)?);
+        let writer = Arc::new(Writer::spawn(conn, on_rollback)?);
         let readers = Arc::new(Readers { path: path.to_owned(), idle: Mutex::new(Vec::new()) });
         let checkpointer = Connection::open(path).map_err(backend)?;
         configure(&checkpointer)?;
@@ -184,7 +198,7 @@ impl SqliteStore {
 
     /// Runs a message job in the next group commit with the index; answers after the commit.
     /// A job that fails with a storage error may have changed the index ahead of a rolled
-    /// back savepoint, so the index is then read back from the database before the next job.
+    /// back write, so the index is then read back from the database before the next job.
     async fn write_messages<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,

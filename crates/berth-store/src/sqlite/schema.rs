@@ -1,11 +1,14 @@
 //! The SQLite schema. Messages have no secondary index: the writer keeps their state in
-//! memory (`index.rs`) and SQLite only their durable copy, a row per put (a batch) and a
-//! small row per message whose state changed, each found by its id.
+//! memory (`index.rs`) and SQLite only their durable copy, a row per put (a batch) and,
+//! once one of its messages changed, a small row with the state of each of its messages,
+//! both found by the batch's id.
 
 use std::collections::BTreeMap;
 
 use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
+
+use super::index::{Phase, Slot};
 
 /// What a batch row's `meta` keeps of each message (short names: one per message).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -104,9 +107,19 @@ CREATE TABLE IF NOT EXISTS message_batches (
     meta       TEXT NOT NULL,
     bodies     BLOB NOT NULL
 );
--- The state of each message that changed since its put; a message without a row is as its
--- put left it. leased = 1: invisible until visible_at (a lease, or a delay when
--- delivery_count = 0); once visible_at has passed, that lease or delay has ended.
+-- The state of every message of a batch (same id) once one of them changed since the put:
+-- one row per batch, not per message, so that a lease or delete of a put's messages writes
+-- one row. A batch without a row is as its put left it. `states` is `encode_states`.
+CREATE TABLE IF NOT EXISTS message_batch_states (
+    id     INTEGER PRIMARY KEY,
+    states BLOB NOT NULL
+);
+";
+
+/// Layout 4 kept a state row per changed message; `per_message_states::convert` turns
+/// them into batch state rows. leased = 1: invisible until visible_at (a lease, or a delay
+/// when delivery_count = 0).
+pub(crate) const MESSAGE_STATES: &str = "
 CREATE TABLE IF NOT EXISTS message_states (
     id             INTEGER PRIMARY KEY,
     dlq            INTEGER NOT NULL,
@@ -117,6 +130,69 @@ CREATE TABLE IF NOT EXISTS message_states (
     deleted        INTEGER NOT NULL
 );
 ";
+
+/// Version byte of `encode_states`.
+const STATES_V1: u8 = 1;
+/// Bytes per slot: flags, delivery count, visible at, lease token.
+const SLOT_BYTES: usize = 1 + 4 + 8 + 8;
+
+/// The state of every slot of a batch, in order: a version byte, then per slot a flags byte
+/// (bit 0: in the DLQ; bits 1–2: 0 ready, 1 invisible, 2 gone), the delivery count (u32),
+/// visible at and the lease token (i64), little-endian.
+pub(crate) fn encode_states(slots: &[Slot]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + slots.len() * SLOT_BYTES);
+    out.push(STATES_V1);
+    for slot in slots {
+        let phase: u8 = match slot.phase {
+            Phase::Ready => 0,
+            Phase::Invisible => 1,
+            Phase::Gone => 2,
+        };
+        out.push(u8::from(slot.dlq) | phase << 1);
+        out.extend_from_slice(&slot.delivery_count.to_le_bytes());
+        out.extend_from_slice(&slot.visible_at.to_le_bytes());
+        out.extend_from_slice(&slot.lease_token.to_le_bytes());
+    }
+    out
+}
+
+/// Applies what [`encode_states`] wrote to the slots of the same batch.
+pub(crate) fn decode_states(bytes: &[u8], slots: &mut [Slot]) -> Result<(), String> {
+    let Some((&STATES_V1, body)) = bytes.split_first() else {
+        return Err(format!("unknown message state format {:?}", bytes.first()));
+    };
+    if body.len() != slots.len() * SLOT_BYTES {
+        return Err(format!("{} bytes of message state for {} messages", body.len(), slots.len()));
+    }
+    for (slot, b) in slots.iter_mut().zip(body.chunks_exact(SLOT_BYTES)) {
+        slot.dlq = b[0] & 1 == 1;
+        slot.phase = match b[0] >> 1 {
+            0 => Phase::Ready,
+            1 => Phase::Invisible,
+            2 => Phase::Gone,
+            other => return Err(format!("unknown message phase {other}")),
+        };
+        let field = |at: usize, n: usize| &b[at..at + n];
+        slot.delivery_count = u32::from_le_bytes(field(1, 4).try_into().unwrap_or_default());
+        slot.visible_at = i64::from_le_bytes(field(5, 8).try_into().unwrap_or_default());
+        slot.lease_token = i64::from_le_bytes(field(13, 8).try_into().unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// The message layout this build writes, kept in `PRAGMA user_version` (0 in databases of
+/// layouts 1 to 4, which predate it). A newer layout is refused: this build would misread it.
+pub(crate) const LAYOUT: i64 = 5;
+
+/// The message layout recorded in the database.
+pub(crate) fn layout(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |row| row.get(0))
+}
+
+/// Records that the message tables are in this build's layout (once converted).
+pub(crate) fn record_layout(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(&format!("PRAGMA user_version = {LAYOUT}"))
+}
 
 /// Brings a database of any earlier layout to the current one, then creates what is missing.
 /// Message tables are converted only by the process that serves them (`messages_owned`).
@@ -152,10 +228,12 @@ pub(crate) fn migrate(conn: &Connection, messages_owned: bool) -> rusqlite::Resu
 }
 
 /// Layouts 1 to 3 kept a row (and index entries) per message: each becomes a batch of one,
-/// with a state row if it ever changed, keeping its id and the id sequence.
+/// with a (layout 4) state row if it ever changed, keeping its id and the id sequence.
 fn batch_message_rows(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let moved = (|| {
+        // Into layout 4's state rows, which the store converts when it loads them.
+        conn.execute_batch(MESSAGE_STATES)?;
         let mut rows = conn.prepare(
             "SELECT id, queue, dlq, channel, leased, visible_at, delivery_count, lease_token, created_at,
                     expire_at, size, properties, content FROM messages ORDER BY id",

@@ -14,12 +14,12 @@ const MAX_JOBS_PER_COMMIT: usize = 256;
 /// Jobs waiting for the writer before callers wait to enqueue (back-pressure).
 const QUEUE_DEPTH: usize = 4096;
 
-/// A job runs inside a savepoint and returns whether it succeeded plus its reply,
-/// which is sent only once the commit outcome is known.
+/// A job returns whether it succeeded plus its reply, which is sent only once the commit
+/// outcome is known.
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-/// Called on the writer thread after a transaction failed to commit (and was rolled back).
-pub(crate) type OnFailedCommit = Box<dyn Fn() + Send>;
+/// Called on the writer thread after a transaction was rolled back.
+pub(crate) type OnRollback = Box<dyn Fn() + Send>;
 
 pub(crate) struct Writer {
     /// Transactions committed so far (each is one fsync of the WAL).
@@ -30,13 +30,13 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn spawn(conn: Connection, on_failed_commit: OnFailedCommit) -> Result<Self, StoreError> {
+    pub(crate) fn spawn(conn: Connection, on_rollback: OnRollback) -> Result<Self, StoreError> {
         let (tx, rx) = sync_channel::<Job>(QUEUE_DEPTH);
         let commits = Arc::new(AtomicU64::new(0));
         let counter = commits.clone();
         let thread = thread::Builder::new()
             .name("berth-sqlite-writer".into())
-            .spawn(move || run_writer(conn, rx, &counter, &on_failed_commit))
+            .spawn(move || run_writer(conn, rx, &counter, &on_rollback))
             .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
         Ok(Writer { commits, jobs: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
     }
@@ -99,7 +99,7 @@ impl Drop for Writer {
     }
 }
 
-fn run_writer(conn: Connection, jobs: Receiver<Job>, commits: &AtomicU64, on_failed_commit: &OnFailedCommit) {
+fn run_writer(conn: Connection, jobs: Receiver<Job>, commits: &AtomicU64, on_rollback: &OnRollback) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_JOBS_PER_COMMIT {
@@ -108,45 +108,171 @@ fn run_writer(conn: Connection, jobs: Receiver<Job>, commits: &AtomicU64, on_fai
                 Err(_) => break,
             }
         }
-        if !commit_batch(&conn, batch) {
-            on_failed_commit();
-        }
+        commit_batch(&conn, batch, on_rollback);
         commits.fetch_add(1, Ordering::Relaxed);
     }
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
 }
 
-/// Runs and commits one batch; false if it was rolled back.
-fn commit_batch(conn: &Connection, batch: Vec<Job>) -> bool {
+/// Runs a batch of jobs in one transaction and commits it.
+///
+/// Jobs run without savepoints: a savepoint per job made SQLite copy every page a job
+/// touched into a sub-journal, a fifth of the bare SQLite cost of W1's cycle
+/// (`examples/sqlite_floor.rs`). A job that fails without having changed a row leaves
+/// nothing to undo. One that fails after changing rows is undone with the whole
+/// transaction: the jobs before it in the batch fail too (retryable), and the rest run in
+/// a new transaction.
+fn commit_batch(conn: &Connection, batch: Vec<Job>, on_rollback: &OnRollback) {
     // Cached statements: parsing these on every commit showed up in profiles.
     let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut statement| statement.execute([])).map(|_| ());
-    if let Err(e) = run("BEGIN IMMEDIATE") {
-        // Dropping the jobs drops their reply channels: each caller gets Unavailable.
-        tracing::error!(error = %e, jobs = batch.len(), "cannot begin a transaction");
-        return true; // no job ran
+    let begin = || {
+        run("BEGIN IMMEDIATE").map_err(|e| {
+            // Dropping the jobs drops their reply channels: each caller gets Unavailable.
+            tracing::error!(error = %e, "cannot begin a transaction");
+        })
+    };
+    if begin().is_err() {
+        return;
     }
-    let mut replies = Vec::with_capacity(batch.len());
+    let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
     for job in batch {
-        let savepoint = run("SAVEPOINT job");
+        let changes = conn.total_changes();
         let (ok, reply) = job(conn);
-        let closed = if ok && savepoint.is_ok() {
-            run("RELEASE job")
-        } else {
-            run("ROLLBACK TO job").and_then(|()| run("RELEASE job"))
-        };
-        if let Err(e) = closed {
-            tracing::error!(error = %e, "savepoint failed");
+        if ok || conn.total_changes() == changes {
+            replies.push(reply);
+            continue;
         }
-        replies.push(reply);
+        tracing::error!(undone = replies.len(), "a write failed halfway; rolling back its transaction");
+        let undone = StoreError::Unavailable("rolled back with a failed write in the same transaction; retry".into());
+        abort(conn, &mut replies, &undone, on_rollback);
+        reply(Ok(())); // its own error
+        if begin().is_err() {
+            return;
+        }
     }
-    let outcome = run("COMMIT").map_err(super::backend);
-    if let Err(e) = &outcome {
+    if let Err(e) = run("COMMIT") {
         tracing::error!(error = %e, "commit failed; rolling back the batch");
-        let _ = conn.execute_batch("ROLLBACK");
+        abort(conn, &mut replies, &super::backend(e), on_rollback);
+        return;
     }
-    let committed = outcome.is_ok();
     for reply in replies {
-        reply(outcome.clone());
+        reply(Ok(()));
     }
-    committed
+}
+
+/// Rolls back the open transaction: the jobs that ran in it fail with `error`.
+fn abort(conn: &Connection, replies: &mut Vec<Reply>, error: &StoreError, on_rollback: &OnRollback) {
+    // SQLite may already have rolled back (after an I/O error): then this fails harmlessly.
+    let _ = conn.execute_batch("ROLLBACK");
+    on_rollback();
+    for reply in replies.drain(..) {
+        reply(Err(error.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use super::*;
+
+    type TestJob = Box<dyn FnOnce(&Connection) -> Result<(), StoreError> + Send>;
+
+    /// A writer on a fresh database with a table `t (x)`, and how many rollbacks it saw.
+    fn writer(dir: &tempfile::TempDir) -> (Arc<Writer>, Arc<AtomicUsize>) {
+        let conn = Connection::open(dir.path().join("db")).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER PRIMARY KEY)").unwrap();
+        let rollbacks = Arc::new(AtomicUsize::new(0));
+        let seen = rollbacks.clone();
+        let on_rollback: OnRollback = Box::new(move || {
+            seen.fetch_add(1, Ordering::Relaxed);
+        });
+        (Arc::new(Writer::spawn(conn, on_rollback).unwrap()), rollbacks)
+    }
+
+    fn insert(x: i64, then_fail: bool) -> impl FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static {
+        move |conn| {
+            conn.execute("INSERT INTO t (x) VALUES (?1)", [x]).map_err(super::super::backend)?;
+            if then_fail {
+                return Err(StoreError::Backend("failed after writing".into()));
+            }
+            Ok(())
+        }
+    }
+
+    /// Runs `jobs` in one batch: they queue while a first job holds the writer.
+    async fn in_one_batch(writer: &Arc<Writer>, jobs: Vec<TestJob>) -> Vec<Result<(), StoreError>> {
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let first = {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                writer
+                    .run(move |_| {
+                        let _ = hold.recv_timeout(Duration::from_secs(10));
+                        Ok::<_, StoreError>(())
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let queued: Vec<_> = jobs
+            .into_iter()
+            .map(|job| {
+                let writer = writer.clone();
+                tokio::spawn(async move { writer.run(job).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        let mut results = Vec::new();
+        for job in queued {
+            results.push(job.await.unwrap());
+        }
+        results
+    }
+
+    fn rows(dir: &tempfile::TempDir) -> Vec<i64> {
+        let conn = Connection::open(dir.path().join("db")).unwrap();
+        let mut select = conn.prepare("SELECT x FROM t ORDER BY x").unwrap();
+        select.query_map([], |row| row.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+    }
+
+    // One runtime thread: spawned jobs enqueue in the order they were spawned.
+    #[tokio::test]
+    async fn a_job_failing_halfway_is_undone_with_the_jobs_before_it_and_the_rest_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, rollbacks) = writer(&dir);
+        let results = in_one_batch(
+            &writer,
+            vec![Box::new(insert(1, false)), Box::new(insert(2, true)), Box::new(insert(3, false))],
+        )
+        .await;
+        assert!(matches!(results[0], Err(StoreError::Unavailable(_))), "{:?}", results[0]);
+        assert!(matches!(results[1], Err(StoreError::Backend(_))), "{:?}", results[1]);
+        assert!(results[2].is_ok(), "{:?}", results[2]);
+        assert_eq!(rows(&dir), [3], "neither the failed job's row nor the undone one's is kept");
+        assert_eq!(rollbacks.load(Ordering::Relaxed), 1);
+    }
+
+    // One runtime thread: spawned jobs enqueue in the order they were spawned.
+    #[tokio::test]
+    async fn a_job_failing_before_writing_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, rollbacks) = writer(&dir);
+        let refuse: TestJob = Box::new(|_| Err(StoreError::Backend("refused".into())));
+        // A constraint error: SQLite undoes the statement itself, so no row changed.
+        let results = in_one_batch(
+            &writer,
+            vec![Box::new(insert(1, false)), refuse, Box::new(insert(1, false)), Box::new(insert(2, false))],
+        )
+        .await;
+        assert!(results[0].is_ok());
+        assert!(results[1].is_err());
+        assert!(results[2].is_err(), "a duplicate key");
+        assert!(results[3].is_ok());
+        assert_eq!(rows(&dir), [1, 2]);
+        assert_eq!(rollbacks.load(Ordering::Relaxed), 0);
+    }
 }
