@@ -15,7 +15,10 @@ use berth_core::engine::{spec_with_defaults, GetMessages, PolicyValues};
 use berth_core::model::NewMessage;
 use berth_core::{Engine, SystemClock};
 use berth_store::SqliteStore;
+use support::cpu_secs;
 use tokio_util::sync::CancellationToken;
+
+mod support;
 
 // The server's allocator, so that the figures match what the server spends.
 #[global_allocator]
@@ -28,17 +31,6 @@ const MAX_BACKLOG: u64 = 20_000;
 fn batch() -> Vec<NewMessage> {
     let message = NewMessage { content: "x".repeat(1024), channel: String::new(), properties: None, delay_secs: None };
     vec![message; BATCH]
-}
-
-/// User + system CPU seconds of this process so far.
-fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name, which is in parentheses: utime and stime are 14 and 15.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
-    // Linux reports these in clock ticks of 1/100 s (USER_HZ).
-    ticks / 100.0
 }
 
 #[tokio::main]

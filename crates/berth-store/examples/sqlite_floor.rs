@@ -14,17 +14,13 @@
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
+use support::cpu_secs;
+
+mod support;
 
 const BATCH: i64 = 20;
-const STATE_BYTES: usize = 22;
-
-fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
-    ticks / 100.0
-}
+/// A put's state row: a version byte and 21 bytes per message (`schema::encode_states`).
+const STATE_BYTES: usize = 1 + 21 * BATCH as usize;
 
 #[derive(Clone, Copy, PartialEq)]
 /// Which rows keep the lease state, and whether each request has its own savepoint.
@@ -96,7 +92,7 @@ fn run(conn: &Connection, layout: Layout, seconds: f64, next: &mut i64) -> f64 {
                     }
                 } else {
                     conn.prepare_cached("INSERT OR REPLACE INTO put_states (id, states) VALUES (?1, ?2)")
-                        .and_then(|mut s| s.execute(params![last, vec![1u8; STATE_BYTES * BATCH as usize]]))
+                        .and_then(|mut s| s.execute(params![last, vec![1u8; STATE_BYTES]]))
                         .expect("lease");
                 }
             });

@@ -3,7 +3,7 @@
 //! converts them.
 
 use berth_core::model::QueueRow;
-use rusqlite::Connection;
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use super::index::{Index, Persist, Phase, Slot};
 use super::messages::persist;
@@ -82,27 +82,20 @@ pub(crate) fn convert(conn: &Connection, index: &Index) -> rusqlite::Result<()> 
     if !has_message_states(conn)? {
         return Ok(());
     }
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let converted = (|| {
-        // The batch of a message is the one with the smallest id (its last message) >= its id.
-        let changed: Vec<(QueueRow, i64)> = conn
-            .prepare(
-                "SELECT DISTINCT b.queue, b.id FROM message_states s
-                 JOIN message_batches b ON b.id = (SELECT MIN(id) FROM message_batches WHERE id >= s.id)",
-            )?
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        let writes: Vec<Persist> = changed.into_iter().map(|(queue, last)| Persist::States { queue, last }).collect();
-        persist(conn, index, &writes)?;
-        conn.execute_batch("DROP TABLE message_states")
-    })();
-    match converted {
-        Ok(()) => conn.execute_batch("COMMIT"),
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e)
-        }
-    }
+    // Rolled back when dropped before the commit.
+    let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    // The batch of a message is the one with the smallest id (its last message) >= its id.
+    let changed: Vec<(QueueRow, i64)> = tx
+        .prepare(
+            "SELECT DISTINCT b.queue, b.id FROM message_states s
+             JOIN message_batches b ON b.id = (SELECT MIN(id) FROM message_batches WHERE id >= s.id)",
+        )?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let writes: Vec<Persist> = changed.into_iter().map(|(queue, last)| Persist::States { queue, last }).collect();
+    persist(&tx, index, &writes)?;
+    tx.execute_batch("DROP TABLE message_states")?;
+    tx.commit()
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use super::index::{Phase, Slot};
@@ -230,57 +230,53 @@ pub(crate) fn migrate(conn: &Connection, messages_owned: bool) -> rusqlite::Resu
 /// Layouts 1 to 3 kept a row (and index entries) per message: each becomes a batch of one,
 /// with a (layout 4) state row if it ever changed, keeping its id and the id sequence.
 fn batch_message_rows(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let moved = (|| {
-        // Into layout 4's state rows, which the store converts when it loads them.
-        conn.execute_batch(MESSAGE_STATES)?;
-        let mut rows = conn.prepare(
-            "SELECT id, queue, dlq, channel, leased, visible_at, delivery_count, lease_token, created_at,
-                    expire_at, size, properties, content FROM messages ORDER BY id",
-        )?;
-        let mut batch = conn.prepare(
-            "INSERT INTO message_batches (id, queue, created_at, expire_at, meta, bodies) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        let mut state = conn.prepare(
-            "INSERT INTO message_states (id, dlq, leased, visible_at, delivery_count, lease_token, deleted)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
-        )?;
-        let mut rows = rows.query([])?;
-        while let Some(row) = rows.next()? {
-            let id: i64 = row.get(0)?;
-            let (dlq, leased, delivery_count): (bool, bool, u32) = (row.get(2)?, row.get(4)?, row.get(6)?);
-            let properties: Option<String> = row.get(11)?;
-            let content: String = row.get(12)?;
-            let meta = MessageMeta {
-                channel: row.get(3)?,
-                size: u32::try_from(content.len()).unwrap_or(u32::MAX),
-                properties: properties.and_then(|p| serde_json::from_str(&p).ok()),
-                delayed_until: None,
-            };
-            let meta =
-                serde_json::to_string(&[meta]).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-            let (queue, created_at, expire_at): (i64, i64, i64) = (row.get(1)?, row.get(8)?, row.get(9)?);
-            batch.execute(params![id, queue, created_at, expire_at, meta, content.as_bytes()])?;
-            if dlq || leased || delivery_count > 0 {
-                let (visible_at, token): (i64, i64) = (row.get(5)?, row.get(7)?);
-                state.execute(params![id, dlq, leased, visible_at, delivery_count, token])?;
-            }
-        }
-        // Ids deleted before the move stay used.
-        conn.execute_batch(
-            "DELETE FROM sqlite_sequence WHERE name = 'message_batches';
-             INSERT INTO sqlite_sequence (name, seq) SELECT 'message_batches', seq FROM sqlite_sequence
-                 WHERE name = 'messages';
-             DROP TABLE messages;",
-        )
-    })();
-    match moved {
-        Ok(()) => conn.execute_batch("COMMIT"),
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e)
+    // Rolled back when dropped before the commit.
+    let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    move_message_rows(&tx)?;
+    tx.commit()
+}
+
+fn move_message_rows(conn: &Connection) -> rusqlite::Result<()> {
+    // Into layout 4's state rows, which the store converts when it loads them.
+    conn.execute_batch(MESSAGE_STATES)?;
+    let mut rows = conn.prepare(
+        "SELECT id, queue, dlq, channel, leased, visible_at, delivery_count, lease_token, created_at,
+                expire_at, size, properties, content FROM messages ORDER BY id",
+    )?;
+    let mut batch = conn.prepare(
+        "INSERT INTO message_batches (id, queue, created_at, expire_at, meta, bodies) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let mut state = conn.prepare(
+        "INSERT INTO message_states (id, dlq, leased, visible_at, delivery_count, lease_token, deleted)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
+    )?;
+    let mut rows = rows.query([])?;
+    while let Some(row) = rows.next()? {
+        let id: i64 = row.get(0)?;
+        let (dlq, leased, delivery_count): (bool, bool, u32) = (row.get(2)?, row.get(4)?, row.get(6)?);
+        let properties: Option<String> = row.get(11)?;
+        let content: String = row.get(12)?;
+        let meta = MessageMeta {
+            channel: row.get(3)?,
+            size: u32::try_from(content.len()).unwrap_or(u32::MAX),
+            properties: properties.and_then(|p| serde_json::from_str(&p).ok()),
+            delayed_until: None,
+        };
+        let meta = serde_json::to_string(&[meta]).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let (queue, created_at, expire_at): (i64, i64, i64) = (row.get(1)?, row.get(8)?, row.get(9)?);
+        batch.execute(params![id, queue, created_at, expire_at, meta, content.as_bytes()])?;
+        if dlq || leased || delivery_count > 0 {
+            let (visible_at, token): (i64, i64) = (row.get(5)?, row.get(7)?);
+            state.execute(params![id, dlq, leased, visible_at, delivery_count, token])?;
         }
     }
+    // Ids deleted before the move stay used.
+    conn.execute_batch(
+        "DELETE FROM sqlite_sequence WHERE name = 'message_batches';
+         INSERT INTO sqlite_sequence (name, seq) SELECT 'message_batches', seq FROM sqlite_sequence
+             WHERE name = 'messages';
+         DROP TABLE messages;",
+    )
 }
 
 #[cfg(test)]
