@@ -5,7 +5,7 @@
 //! Run: `cargo run --release -p berth-store --example sqlite_floor -- [SECONDS]` (default 5).
 //! Each round is what W1 commits at once (40 messages, one commit): two puts of 20 1 KiB
 //! messages as one row each, a read of each put's bodies, the lease's durable state, and
-//! the deletion of both puts, each request in its own savepoint as the store runs them.
+//! the deletion of both puts, each request in its own savepoint unless the layout says not.
 //! Three layouts, alternated: a state row per leased message with a savepoint per request
 //! (the store until 2026-12-01), one state row per put, and one per put without savepoints
 //! (the store since).
@@ -91,7 +91,7 @@ fn run(conn: &Connection, layout: Layout, seconds: f64, next: &mut i64) -> f64 {
                         state.execute(params![id]).expect("lease");
                     }
                 } else {
-                    conn.prepare_cached("INSERT OR REPLACE INTO put_states (id, states) VALUES (?1, ?2)")
+                    conn.prepare_cached("INSERT INTO put_states (id, states) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET states = excluded.states")
                         .and_then(|mut s| s.execute(params![last, vec![1u8; STATE_BYTES]]))
                         .expect("lease");
                 }

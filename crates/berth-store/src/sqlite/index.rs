@@ -421,8 +421,8 @@ impl Index {
     }
 
     /// Appends one put's messages (check [`Index::channels_fit`] first); returns the first
-    /// id, the rest follow in order. The caller stores the batch row; a message needs no
-    /// state row until it changes.
+    /// id, the rest follow in order. The caller stores the batch row; a batch needs no
+    /// state row until one of its messages changes.
     pub(crate) fn put(&mut self, queue: QueueRow, messages: &[NewSlot<'_>], created_at: i64, expire_at: i64) -> Id {
         let first = self.next_id;
         let q = self.queues.entry(queue).or_insert_with(|| QueueIndex::new(queue));

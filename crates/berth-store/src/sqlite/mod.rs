@@ -47,8 +47,8 @@ pub struct SqliteStore {
 /// The index and whether it may disagree with the database.
 struct Shared {
     index: index::Index,
-    /// Set when a job failed after changing the index, or a commit failed: the next job
-    /// reads the index back from the database first.
+    /// Set when a job failed after changing the index: the next job reads the index back
+    /// from the database first. After a rollback the writer reads it back at once.
     stale: bool,
 }
 
@@ -126,9 +126,19 @@ impl SqliteStore {
             None => index::Index::new(0),
         };
         let index = Arc::new(Mutex::new(Shared { index, stale: false }));
-        let on_rollback = {
-            let index = index.clone();
-            Box::new(move || Shared::lock(&index).stale = true)
+        let on_rollback: writer::OnRollback = {
+            let (index, serves_messages) = (index.clone(), owner.is_some());
+            // Read back at once, so that reads of the index (GetStats) never show what was
+            // rolled back.
+            Box::new(move |conn| {
+                if serves_messages {
+                    let mut shared = Shared::lock(&index);
+                    match messages::load(conn) {
+                        Ok(fresh) => (shared.index, shared.stale) = (fresh, false),
+                        Err(_) => shared.stale = true,
+                    }
+                }
+            })
         };
         let writer = Arc::new(Writer::spawn(conn, on_rollback)?);
         let readers = Arc::new(Readers { path: path.to_owned(), idle: Mutex::new(Vec::new()) });

@@ -92,7 +92,14 @@ pub(crate) fn convert(conn: &Connection, index: &Index) -> rusqlite::Result<()> 
         )?
         .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    let writes: Vec<Persist> = changed.into_iter().map(|(queue, last)| Persist::States { queue, last }).collect();
+    // A batch whose messages are all gone is not in the index: its rows go too.
+    let writes: Vec<Persist> = changed
+        .into_iter()
+        .map(|(queue, last)| match index.batch_slots(queue, last) {
+            Some(_) => Persist::States { queue, last },
+            None => Persist::DropBatch { last },
+        })
+        .collect();
     persist(&tx, index, &writes)?;
     tx.execute_batch("DROP TABLE message_states")?;
     tx.commit()
@@ -106,12 +113,15 @@ mod tests {
     use super::*;
 
     /// Layout 4's rows: a put of two messages (ids 1, 2) and a put of one (3); message 2 is
-    /// leased (delivery 2, token 42), message 3 is in the DLQ.
+    /// leased (delivery 2, token 42), message 3 is in the DLQ; the put of message 4 is left
+    /// over, though its only message was deleted.
     const LAYOUT_4: &str = "
         INSERT INTO message_batches VALUES (2, 1, 0, 99, '[{\"s\":1},{\"s\":1}]', X'6162');
         INSERT INTO message_batches VALUES (3, 1, 0, 99, '[{\"s\":1}]', X'63');
         INSERT INTO message_states VALUES (2, 0, 1, 500, 2, 42, 0);
         INSERT INTO message_states VALUES (3, 1, 0, 0, 5, 7, 0);
+        INSERT INTO message_batches VALUES (4, 1, 0, 99, '[{\"s\":1}]', X'64');
+        INSERT INTO message_states VALUES (4, 0, 0, 0, 1, 9, 1);
     ";
 
     #[test]
@@ -131,6 +141,8 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(rows, [2, 3]);
+        let puts: i64 = conn.query_row("SELECT COUNT(*) FROM message_batches", [], |r| r.get(0)).unwrap();
+        assert_eq!(puts, 2, "the put whose messages are all gone is dropped, not brought back");
         let reloaded = load(&conn).unwrap();
         let state = |index: &Index, last: i64| -> Vec<(bool, Phase, i64, u32, i64)> {
             index

@@ -18,11 +18,11 @@ const QUEUE_DEPTH: usize = 4096;
 /// outcome is known.
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-/// Called on the writer thread after a transaction was rolled back.
-pub(crate) type OnRollback = Box<dyn Fn() + Send>;
+/// Called on the writer thread, with its connection, after a transaction was rolled back.
+pub(crate) type OnRollback = Box<dyn Fn(&Connection) + Send>;
 
 pub(crate) struct Writer {
-    /// Transactions committed so far (each is one fsync of the WAL).
+    /// Transactions committed so far (each is one fsync of the WAL); rolled back ones do not count.
     commits: Arc<AtomicU64>,
     // std Mutexes: held only to clone or take, never across an await.
     jobs: Mutex<Option<SyncSender<Job>>>,
@@ -108,8 +108,7 @@ fn run_writer(conn: Connection, jobs: Receiver<Job>, commits: &AtomicU64, on_rol
                 Err(_) => break,
             }
         }
-        commit_batch(&conn, batch, on_rollback);
-        commits.fetch_add(1, Ordering::Relaxed);
+        commit_batch(&conn, batch, commits, on_rollback);
     }
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
 }
@@ -119,10 +118,10 @@ fn run_writer(conn: Connection, jobs: Receiver<Job>, commits: &AtomicU64, on_rol
 /// Jobs run without savepoints: a savepoint per job made SQLite copy every page a job
 /// touched into a sub-journal, a fifth of the bare SQLite cost of W1's cycle
 /// (`examples/sqlite_floor.rs`). A job that fails without having changed a row leaves
-/// nothing to undo. One that fails after changing rows is undone with the whole
-/// transaction: the jobs before it in the batch fail too (retryable), and the rest run in
-/// a new transaction.
-fn commit_batch(conn: &Connection, batch: Vec<Job>, on_rollback: &OnRollback) {
+/// nothing to undo. One that fails after changing rows, or with an error after which SQLite
+/// rolled back by itself (a full disk, an I/O error), is undone with the whole transaction:
+/// the jobs before it in the batch fail too (retryable), and the rest run in a new one.
+fn commit_batch(conn: &Connection, batch: Vec<Job>, commits: &AtomicU64, on_rollback: &OnRollback) {
     // Cached statements: parsing these on every commit showed up in profiles.
     let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut statement| statement.execute([])).map(|_| ());
     let begin = || {
@@ -138,7 +137,8 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>, on_rollback: &OnRollback) {
     for job in batch {
         let changes = conn.total_changes();
         let (ok, reply) = job(conn);
-        if ok || conn.total_changes() == changes {
+        // After some errors SQLite has already rolled the transaction back (autocommit again).
+        if ok || (conn.total_changes() == changes && !conn.is_autocommit()) {
             replies.push(reply);
             continue;
         }
@@ -155,6 +155,7 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>, on_rollback: &OnRollback) {
         abort(conn, &mut replies, &super::backend(e), on_rollback);
         return;
     }
+    commits.fetch_add(1, Ordering::Relaxed);
     for reply in replies {
         reply(Ok(()));
     }
@@ -163,8 +164,13 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>, on_rollback: &OnRollback) {
 /// Rolls back the open transaction: the jobs that ran in it fail with `error`.
 fn abort(conn: &Connection, replies: &mut Vec<Reply>, error: &StoreError, on_rollback: &OnRollback) {
     // SQLite may already have rolled back (after an I/O error): then this fails harmlessly.
-    let _ = conn.execute_batch("ROLLBACK");
-    on_rollback();
+    if let Err(e) = conn.execute_batch("ROLLBACK") {
+        if !conn.is_autocommit() {
+            // Still inside the transaction: every later BEGIN would fail. Nothing else to try.
+            tracing::error!(error = %e, "cannot roll back; the store cannot write until restarted");
+        }
+    }
+    on_rollback(conn);
     for reply in replies.drain(..) {
         reply(Err(error.clone()));
     }
@@ -185,7 +191,7 @@ mod tests {
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER PRIMARY KEY)").unwrap();
         let rollbacks = Arc::new(AtomicUsize::new(0));
         let seen = rollbacks.clone();
-        let on_rollback: OnRollback = Box::new(move || {
+        let on_rollback: OnRollback = Box::new(move |_| {
             seen.fetch_add(1, Ordering::Relaxed);
         });
         (Arc::new(Writer::spawn(conn, on_rollback).unwrap()), rollbacks)
@@ -201,21 +207,24 @@ mod tests {
         }
     }
 
-    /// Runs `jobs` in one batch: they queue while a first job holds the writer.
+    /// Runs `jobs` in one batch: they queue, in order, while a first job holds the writer.
+    /// Needs the single-threaded test runtime, which polls spawned tasks in order.
     async fn in_one_batch(writer: &Arc<Writer>, jobs: Vec<TestJob>) -> Vec<Result<(), StoreError>> {
         let (release, hold) = std::sync::mpsc::channel::<()>();
+        let (started, running) = tokio::sync::oneshot::channel::<()>();
         let first = {
             let writer = writer.clone();
             tokio::spawn(async move {
                 writer
                     .run(move |_| {
+                        let _ = started.send(());
                         let _ = hold.recv_timeout(Duration::from_secs(10));
                         Ok::<_, StoreError>(())
                     })
                     .await
             })
         };
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        running.await.unwrap();
         let queued: Vec<_> = jobs
             .into_iter()
             .map(|job| {
@@ -223,7 +232,11 @@ mod tests {
                 tokio::spawn(async move { writer.run(job).await })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // One runtime thread: yielding lets each spawned task run to its first await, by
+        // which its job is queued.
+        for _ in 0..queued.len() {
+            tokio::task::yield_now().await;
+        }
         release.send(()).unwrap();
         first.await.unwrap().unwrap();
         let mut results = Vec::new();
@@ -239,7 +252,6 @@ mod tests {
         select.query_map([], |row| row.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
     }
 
-    // One runtime thread: spawned jobs enqueue in the order they were spawned.
     #[tokio::test]
     async fn a_job_failing_halfway_is_undone_with_the_jobs_before_it_and_the_rest_commit() {
         let dir = tempfile::tempdir().unwrap();
@@ -256,7 +268,25 @@ mod tests {
         assert_eq!(rollbacks.load(Ordering::Relaxed), 1);
     }
 
-    // One runtime thread: spawned jobs enqueue in the order they were spawned.
+    #[tokio::test]
+    async fn a_job_after_which_sqlite_rolled_back_by_itself_is_treated_as_failing_halfway() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, rollbacks) = writer(&dir);
+        // As SQLite does after a full disk or an I/O error: the transaction is gone, and no
+        // row change is counted.
+        let rolled_back: TestJob = Box::new(|conn| {
+            conn.execute_batch("ROLLBACK").map_err(super::super::backend)?;
+            Err(StoreError::Backend("disk full".into()))
+        });
+        let results =
+            in_one_batch(&writer, vec![Box::new(insert(1, false)), rolled_back, Box::new(insert(2, false))]).await;
+        assert!(matches!(results[0], Err(StoreError::Unavailable(_))), "{:?}", results[0]);
+        assert!(results[1].is_err());
+        assert!(results[2].is_ok(), "{:?}", results[2]);
+        assert_eq!(rows(&dir), [2]);
+        assert_eq!(rollbacks.load(Ordering::Relaxed), 1);
+    }
+
     #[tokio::test]
     async fn a_job_failing_before_writing_fails_alone() {
         let dir = tempfile::tempdir().unwrap();
