@@ -332,6 +332,15 @@ impl QueueIndex {
     fn is_empty(&self) -> bool {
         self.batches.is_empty()
     }
+
+    /// Adds ready ids of one side (and of the channels) to `ids`, until it holds `limit`.
+    fn take_ready(&self, dlq: bool, channels: Option<&[String]>, limit: usize, ids: &mut Vec<Id>) {
+        for (name, ready) in &self.ready[side(dlq)] {
+            if in_channels(channels, name) {
+                ids.extend(ready.iter().take(limit.saturating_sub(ids.len())));
+            }
+        }
+    }
 }
 
 /// Adds (`up`) or takes away a message's share of `counts` as GetStats reports it: ready
@@ -627,13 +636,8 @@ impl Index {
         let limit = limit as usize;
         let mut ids = Vec::new();
         for &dlq in sides {
-            let s = side(dlq);
-            for (name, ready) in &q.ready[s] {
-                if in_channels(channels, name) {
-                    ids.extend(ready.iter().take(limit - ids.len()));
-                }
-            }
-            for (_, id) in &q.invisible[s] {
+            q.take_ready(dlq, channels, limit, &mut ids);
+            for (_, id) in &q.invisible[side(dlq)] {
                 if ids.len() == limit {
                     break;
                 }
@@ -660,11 +664,7 @@ impl Index {
     ) -> u64 {
         let Some(q) = self.queues.get_mut(&queue) else { return 0 };
         let mut ids: Vec<Id> = Vec::new();
-        for (name, ready) in &q.ready[1] {
-            if in_channels(channels, name) {
-                ids.extend(ready.iter().take(limit as usize - ids.len()));
-            }
-        }
+        q.take_ready(true, channels, limit as usize, &mut ids);
         for id in &ids {
             writes.extend(q.update(*id, |slot| {
                 slot.dlq = false;

@@ -56,6 +56,14 @@ impl Shared {
     fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
         shared.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Reads the index back from the database; it stays stale if that fails.
+    fn reload(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        self.stale = true;
+        self.index = messages::load(conn)?;
+        self.stale = false;
+        Ok(())
+    }
 }
 
 struct Readers {
@@ -132,11 +140,8 @@ impl SqliteStore {
             // rolled back.
             Box::new(move |conn| {
                 if serves_messages {
-                    let mut shared = Shared::lock(&index);
-                    match messages::load(conn) {
-                        Ok(fresh) => (shared.index, shared.stale) = (fresh, false),
-                        Err(_) => shared.stale = true,
-                    }
+                    // On failure the next message job tries again.
+                    let _ = Shared::lock(&index).reload(conn);
                 }
             })
         };
@@ -207,8 +212,8 @@ impl SqliteStore {
     }
 
     /// Runs a message job in the next group commit with the index; answers after the commit.
-    /// A job that fails with a storage error may have changed the index ahead of a rolled
-    /// back write, so the index is then read back from the database before the next job.
+    /// A job that fails with a storage error may have changed the index without writing its
+    /// rows, so the index is then read back from the database before the next job.
     async fn write_messages<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
@@ -224,8 +229,7 @@ impl SqliteStore {
             .run(move |conn| {
                 let mut shared = Shared::lock(&shared);
                 if shared.stale {
-                    shared.index = messages::load(conn).map_err(backend)?;
-                    shared.stale = false;
+                    shared.reload(conn).map_err(backend)?;
                 }
                 let result = f(conn, &mut shared.index);
                 shared.stale = result.is_storage_failure();

@@ -116,8 +116,8 @@ fn run_writer(conn: Connection, jobs: Receiver<Job>, commits: &AtomicU64, on_rol
 /// Runs a batch of jobs in one transaction and commits it.
 ///
 /// Jobs run without savepoints: a savepoint per job made SQLite copy every page a job
-/// touched into a sub-journal, a fifth of the bare SQLite cost of W1's cycle
-/// (`examples/sqlite_floor.rs`). A job that fails without having changed a row leaves
+/// touched into a sub-journal, up to a fifth of the bare SQLite cost of W1's cycle
+/// (`examples/sqlite_floor.rs`, docs/BENCHMARKS.md). A job that fails without having changed a row leaves
 /// nothing to undo. One that fails after changing rows, or with an error after which SQLite
 /// rolled back by itself (a full disk, an I/O error), is undone with the whole transaction:
 /// the jobs before it in the batch fail too (retryable), and the rest run in a new one.
@@ -145,7 +145,7 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>, commits: &AtomicU64, on_roll
         tracing::error!(undone = replies.len(), "a write failed halfway; rolling back its transaction");
         let undone = StoreError::Unavailable("rolled back with a failed write in the same transaction; retry".into());
         abort(conn, &mut replies, &undone, on_rollback);
-        reply(Ok(())); // its own error
+        reply(Ok(())); // sends the job's own error, not the rollback's
         if begin().is_err() {
             return;
         }
