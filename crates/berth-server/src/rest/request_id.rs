@@ -25,7 +25,6 @@ pub async fn assign(mut request: Request, next: Next) -> Response {
 }
 
 fn new_id() -> HeaderValue {
-    let bytes: [u8; 16] = rand::thread_rng().gen();
-    let hex: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
-    HeaderValue::from_str(&hex).expect("hex is a valid header value")
+    let id: u128 = rand::thread_rng().gen();
+    HeaderValue::from_str(&format!("{id:032X}")).expect("hex is a valid header value")
 }
