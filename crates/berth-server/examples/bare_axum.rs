@@ -1,5 +1,7 @@
 //! The ceiling of the HTTP edge: an axum server that answers berth-bench's REST calls
-//! from a queue in memory, with no storage, no signatures and no queue rules. Measured
+//! from a queue in memory, with no storage, no signatures and no queue rules, in the same
+//! bytes as Berth (receipts as long as Berth's, its timestamps, an entry per deleted
+//! message), so that the two carry the same JSON over the same TCP. Measured
 //! with the same load generator as Berth (see docs/BENCHMARKS.md), it shows how many
 //! messages per second HTTP, JSON and loopback TCP allow on a machine before Berth does
 //! any work of its own.
@@ -16,6 +18,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
+
+/// As long as Berth's receipts (58 bytes, base64url).
+const RECEIPT_LEN: usize = 78;
+/// A timestamp as Berth writes them.
+const TIME: &str = "2026-12-02T00:00:00.000Z";
 
 #[derive(Default)]
 struct Bare {
@@ -70,7 +77,7 @@ async fn put(State(bare): State<Arc<Bare>>, Path(_queue): Path<String>, Json(put
             queue.next_id += 1;
             let id = queue.next_id;
             queue.ready.push_back((id, message.content));
-            entries.push(json!({ "id": id, "expireAfter": "2030-01-01T00:00:00Z" }));
+            entries.push(json!({ "id": id, "expireAfter": TIME }));
         }
     }
     bare.arrived.notify_waiters();
@@ -92,8 +99,9 @@ async fn get_messages(
             batch
                 .into_iter()
                 .map(|(id, content)| {
-                    let receipt = format!("r{id}");
-                    let message = json!({ "id": id, "content": content, "receipt": receipt, "deliveryCount": 1 });
+                    let receipt = format!("{id:0RECEIPT_LEN$}");
+                    let message = json!({ "id": id, "content": content, "receipt": receipt, "deliveryCount": 1,
+                                          "visibleAfter": TIME, "expireAfter": TIME, "createdAt": TIME });
                     queue.leased.insert(receipt, id);
                     message
                 })
@@ -113,7 +121,8 @@ async fn delete_messages(
 ) -> Json<Value> {
     let mut queue = bare.queue.lock().unwrap_or_else(|e| e.into_inner());
     let failures = delete.entries.iter().filter(|e| queue.leased.remove(&e.receipt).is_none()).count();
-    Json(json!({ "clientFailures": failures, "serverFailures": 0, "entries": [] }))
+    let entries: Vec<Value> = delete.entries.iter().map(|_| json!({})).collect();
+    Json(json!({ "serverFailures": 0, "clientFailures": failures, "entries": entries }))
 }
 
 async fn stats(State(bare): State<Arc<Bare>>, Path(_queue): Path<String>) -> Json<Value> {
