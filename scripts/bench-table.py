@@ -47,19 +47,20 @@ for n in (1, 4, 16):
     if b and r:
         print(f"W4 N={n}: Berth/RabbitMQ throughput ratio {b['received_per_s'] / max(r['received_per_s'], 1):.2f}")
 rounds = sorted({int(l.rsplit("-", 1)[1]) for l in runs if l.startswith("W1ab-berth-")})
-pairs = [(runs[f"W1ab-berth-{i}"], runs[f"W1ab-bare-{i}"]) for i in rounds if f"W1ab-bare-{i}" in runs]
+measured = lambda run: run.get("received_per_s") and run.get("server_cpu_us_per_msg")
+pairs = [(runs[f"W1ab-berth-{i}"], runs.get(f"W1ab-bare-{i}", {})) for i in rounds]
+pairs = [(b, a) for b, a in pairs if measured(b) and measured(a)]
 if pairs:
-    med = lambda values: statistics.median(values)
-    rate = [b["received_per_s"] / max(a["received_per_s"], 1) for b, a in pairs]
-    cpu = [b["server_cpu_us_per_msg"] / max(a["server_cpu_us_per_msg"], 0.1) for b, a in pairs]
+    med = statistics.median
+    berth_rate, bare_rate = [b["received_per_s"] for b, _ in pairs], [a["received_per_s"] for _, a in pairs]
+    berth_cpu, bare_cpu = [b["server_cpu_us_per_msg"] for b, _ in pairs], [a["server_cpu_us_per_msg"] for _, a in pairs]
+    rate = [b / a for b, a in zip(berth_rate, bare_rate)]
+    cpu = [b / a for b, a in zip(berth_cpu, bare_cpu)]
     print(
-        f"W1 without auth, {len(pairs)} rounds alternated with bare axum: Berth median "
-        f"{med([b['received_per_s'] for b, _ in pairs]):,.0f} msg/s (range "
-        f"{min(b['received_per_s'] for b, _ in pairs):,.0f}-{max(b['received_per_s'] for b, _ in pairs):,.0f}), "
-        f"server CPU median {med([b['server_cpu_us_per_msg'] for b, _ in pairs]):.1f} µs/msg; bare axum median "
-        f"{med([a['received_per_s'] for _, a in pairs]):,.0f} msg/s, "
-        f"{med([a['server_cpu_us_per_msg'] for _, a in pairs]):.1f} µs/msg; Berth/bare per round: throughput "
-        f"{', '.join(f'{r:.2f}' for r in rate)} (median {med(rate):.2f}), server CPU "
-        f"{', '.join(f'{c:.2f}' for c in cpu)} (median {med(cpu):.2f})"
+        f"W1 without auth, {len(pairs)} rounds alternated with bare axum: Berth median {med(berth_rate):,.0f} msg/s "
+        f"(range {min(berth_rate):,.0f}-{max(berth_rate):,.0f}), server CPU median {med(berth_cpu):.1f} µs/msg; "
+        f"bare axum median {med(bare_rate):,.0f} msg/s, {med(bare_cpu):.1f} µs/msg; Berth/bare per round: "
+        f"throughput {', '.join(f'{r:.2f}' for r in rate)} (median {med(rate):.2f}), "
+        f"server CPU {', '.join(f'{c:.2f}' for c in cpu)} (median {med(cpu):.2f})"
     )
 print(f"W5: idle RSS {get('W5-idle', 'server_rss_mib')} MiB; under W1 {get('W1-auth', 'server_rss_mib')} MiB")

@@ -35,7 +35,7 @@ pub(crate) struct Recorder {
     pub(crate) duplicates: AtomicU64,
     /// Messages not sent by this run (e.g. left in the queue by an earlier one).
     pub(crate) foreign: AtomicU64,
-    /// Distinct messages received (a lock-free copy of the size of `seen`).
+    /// Distinct messages received (a lock-free count of the `seen` flags).
     received_unique: AtomicU64,
     pub(crate) errors_put: AtomicU64,
     pub(crate) errors_get: AtomicU64,

@@ -175,16 +175,20 @@ impl RestClient {
         Ok(serde_json::from_slice(if bytes.is_empty() { b"null" } else { &bytes })?)
     }
 
+    async fn get_json<R: DeserializeOwned>(&self, path: &str) -> anyhow::Result<R> {
+        self.call("GET", path, None::<&()>).await
+    }
+
     /// The id of the queue with this display name, created if absent.
     pub(crate) async fn ensure_queue(&self, compartment: &str, name: &str, visibility: u32) -> anyhow::Result<String> {
         let list = format!("/queues?displayName={name}&limit=1");
-        let found: Value = self.call("GET", &list, None::<&()>).await?;
+        let found: Value = self.get_json(&list).await?;
         if let Some(id) = found["items"][0]["id"].as_str() {
             return Ok(id.to_owned());
         }
         let create = json!({"displayName": name, "compartmentId": compartment, "visibilityInSeconds": visibility});
         let _: IgnoredAny = self.call("POST", "/queues", Some(&create)).await?;
-        let found: Value = self.call("GET", &list, None::<&()>).await?;
+        let found: Value = self.get_json(&list).await?;
         found["items"][0]["id"].as_str().map(str::to_owned).context("created queue not listed")
     }
 
@@ -198,13 +202,13 @@ impl RestClient {
         let path = format!(
             "/queues/{queue}/messages?limit={limit}&visibilityInSeconds={visibility}&timeoutInSeconds={timeout}"
         );
-        let body: GetBody = self.call("GET", &path, None::<&()>).await?;
+        let body: GetBody = self.get_json(&path).await?;
         Ok(body.messages)
     }
 
     /// Messages still in the queue (visible, in flight or delayed).
     pub(crate) async fn messages_left(&self, queue: &str) -> anyhow::Result<u64> {
-        let stats: Value = self.call("GET", &format!("/queues/{queue}/stats"), None::<&()>).await?;
+        let stats: Value = self.get_json(&format!("/queues/{queue}/stats")).await?;
         let q = &stats["queue"];
         Ok(["visibleMessages", "inFlightMessages", "delayedMessages"].iter().filter_map(|k| q[k].as_u64()).sum())
     }

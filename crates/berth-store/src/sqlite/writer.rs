@@ -121,7 +121,8 @@ fn commit_batch(conn: &Connection, first: Job, queued: &Receiver<Job>, commits: 
     let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut statement| statement.execute([])).map(|_| ());
     let begin = || {
         run("BEGIN IMMEDIATE").map_err(|e| {
-            // Dropping the jobs drops their reply channels: each caller gets Unavailable.
+            // A job not yet run is dropped with its reply channel (its caller gets
+            // Unavailable); the ones still queued wait for the next transaction.
             tracing::error!(error = %e, "cannot begin a transaction");
         })
     };
@@ -153,6 +154,11 @@ fn commit_batch(conn: &Connection, first: Job, queued: &Receiver<Job>, commits: 
             Ok(more) => job = more,
             Err(_) => break,
         }
+    }
+    if replies.is_empty() {
+        // Only a failed job since the last rollback: nothing to commit.
+        let _ = run("ROLLBACK");
+        return;
     }
     if let Err(e) = run("COMMIT") {
         tracing::error!(error = %e, "commit failed; rolling back the batch");
@@ -271,6 +277,7 @@ mod tests {
         assert!(results[3].is_ok(), "{:?}", results[3]);
         assert_eq!(rows(&dir), [3], "neither the failed job's row nor the undone one's is kept");
         assert_eq!(rollbacks.load(Ordering::Relaxed), 1);
+        assert_eq!(writer.commits(), 1, "the job after the failed one, in a new transaction");
     }
 
     #[tokio::test]
@@ -320,5 +327,29 @@ mod tests {
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         assert_eq!(rows(&dir), [1, 2, 3]);
         assert_eq!(writer.commits(), 1, "one fsync for the job that held the writer and the three queued behind it");
+    }
+
+    #[tokio::test]
+    async fn a_commit_takes_at_most_its_bound_of_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, _) = writer(&dir);
+        // With the job that holds the writer, one more than a commit takes.
+        let jobs: Vec<TestJob> =
+            (1..=MAX_JOBS_PER_COMMIT as i64).map(|x| Box::new(insert(x, false)) as TestJob).collect();
+        let results = in_one_batch(&writer, jobs).await;
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(rows(&dir).len(), MAX_JOBS_PER_COMMIT);
+        assert_eq!(writer.commits(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_transaction_left_empty_by_a_failed_job_is_not_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, rollbacks) = writer(&dir);
+        let results = in_one_batch(&writer, vec![Box::new(insert(1, true))]).await;
+        assert!(matches!(results[0], Err(StoreError::Unavailable(_))), "{:?}", results[0]);
+        assert!(matches!(results[1], Err(StoreError::Backend(_))), "{:?}", results[1]);
+        assert!(rows(&dir).is_empty());
+        assert_eq!((writer.commits(), rollbacks.load(Ordering::Relaxed)), (0, 1));
     }
 }
