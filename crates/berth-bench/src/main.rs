@@ -185,11 +185,10 @@ async fn consume_rest(s: Arc<Shared>) {
         if got.is_empty() {
             continue;
         }
-        let receipts: Vec<String> = got.iter().map(|g| g.receipt.clone()).collect();
         for g in &got {
             s.record.received(&g.content);
         }
-        match s.rest.delete(&s.queue_id, &receipts).await {
+        match s.rest.delete(&s.queue_id, &got).await {
             Ok(0) => {}
             Ok(failed) => {
                 s.record.errors_delete.fetch_add(failed, Ordering::Relaxed);

@@ -55,6 +55,17 @@ struct ProducerLog {
     seen: Vec<bool>,
 }
 
+/// What a received message was to this run.
+enum Arrival {
+    /// Not a message this run sent.
+    Foreign,
+    Duplicate,
+    First {
+        sent: Instant,
+        acked: Option<Instant>,
+    },
+}
+
 /// Sets `slots[at]`, growing the vector as a producer's sequence grows.
 fn set<T: Clone + Default>(slots: &mut Vec<T>, at: usize, value: T) {
     if slots.len() <= at {
@@ -98,25 +109,16 @@ impl Recorder {
     /// used) counts as foreign.
     pub(crate) fn received(&self, body: &str) {
         let now = Instant::now();
-        let (sent, acked) = {
-            let mut producers = self.producers.lock().expect("lock");
-            let log = key_of(body).map(split).and_then(|(producer, seq)| {
-                let log = producers.get_mut(producer)?;
-                let sent = *log.sent_at.get(seq)?;
-                Some((log, seq, sent?))
-            });
-            let Some((log, seq, sent)) = log else {
-                drop(producers);
+        let (sent, acked) = match self.arrival(body) {
+            Arrival::Foreign => {
                 self.foreign.fetch_add(1, Ordering::Relaxed);
                 return;
-            };
-            if log.seen.get(seq).copied().unwrap_or(false) {
-                drop(producers);
+            }
+            Arrival::Duplicate => {
                 self.duplicates.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            set(&mut log.seen, seq, true);
-            (sent, log.acked_at.get(seq).copied().flatten())
+            Arrival::First { sent, acked } => (sent, acked),
         };
         self.received_unique.fetch_add(1, Ordering::Relaxed);
         if self.measuring.load(Ordering::Relaxed) {
@@ -126,6 +128,19 @@ impl Recorder {
             self.latencies_us.lock().expect("lock").push(since(acked));
             self.latencies_from_send_us.lock().expect("lock").push(since(Some(sent)));
         }
+    }
+
+    /// Marks the message as seen, under the lock; the counters are updated outside it.
+    fn arrival(&self, body: &str) -> Arrival {
+        let mut producers = self.producers.lock().expect("lock");
+        let Some((producer, seq)) = key_of(body).map(split) else { return Arrival::Foreign };
+        let Some(log) = producers.get_mut(producer) else { return Arrival::Foreign };
+        let Some(Some(sent)) = log.sent_at.get(seq).copied() else { return Arrival::Foreign };
+        if log.seen.get(seq).copied().unwrap_or(false) {
+            return Arrival::Duplicate;
+        }
+        set(&mut log.seen, seq, true);
+        Arrival::First { sent, acked: log.acked_at.get(seq).copied().flatten() }
     }
 
     pub(crate) fn received_total(&self) -> u64 {

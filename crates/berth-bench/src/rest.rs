@@ -213,9 +213,9 @@ impl RestClient {
         Ok(["visibleMessages", "inFlightMessages", "delayedMessages"].iter().filter_map(|k| q[k].as_u64()).sum())
     }
 
-    /// DeleteMessages; returns how many entries failed.
-    pub(crate) async fn delete(&self, queue: &str, receipts: &[String]) -> anyhow::Result<u64> {
-        let body = DeleteBody { entries: receipts.iter().map(|r| Receipt { receipt: r }).collect() };
+    /// DeleteMessages of what a get returned; returns how many entries failed.
+    pub(crate) async fn delete(&self, queue: &str, got: &[Got]) -> anyhow::Result<u64> {
+        let body = DeleteBody { entries: got.iter().map(|g| Receipt { receipt: &g.receipt }).collect() };
         let path = format!("/queues/{queue}/messages/actions/deleteMessages");
         let result: DeleteResult = self.call("POST", &path, Some(&body)).await?;
         Ok(result.client_failures + result.server_failures)
