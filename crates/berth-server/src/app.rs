@@ -10,14 +10,13 @@ use berth_core::store::Store;
 use berth_core::{Clock, Engine, SystemClock};
 use berth_store::SqliteStore;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, Principal};
 use crate::config::Config;
 use crate::stomp::StompContext;
-use crate::{credentials, rest, stomp, tls, workers};
+use crate::{credentials, http, rest, stomp, tls, workers};
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -41,6 +40,8 @@ pub fn open_store(data_dir: &Path, serve_messages: bool) -> anyhow::Result<Arc<S
 
 /// Runs the server until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Both caps, plus the store's files and a margin for the rest.
+    http::raise_open_files_limit((config.http_limits.max_connections + config.stomp_max_connections + 64) as u64);
     let store = open_store(&config.data_dir, true)?;
     anyhow::ensure!(
         store.owns_messages(),
@@ -84,7 +85,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let state = AppState { engine, auth: Arc::new(auth), public_url: public_url.into() };
 
     let stomp_task = tokio::spawn(stomp::serve(stomp, stomp_ctx, shutdown.clone()));
-    let server = serve_http(http, rest::router(state), http_tls, &shutdown, config.shutdown_grace)?;
+    let server = tokio::spawn(http::serve(
+        http,
+        rest::router(state),
+        http_tls.map(TlsAcceptor::from),
+        config.http_limits.clone(),
+        shutdown.clone(),
+    ));
 
     println!("listening http={http_addr} stomp={stomp_addr}");
     println!("OCI config for the SDK and CLI: {}", config.data_dir.join("credentials").join("oci-config").display());
@@ -92,8 +99,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     shutdown.cancelled().await;
     tracing::info!("shutting down: no new connections; draining requests");
     match tokio::time::timeout(config.shutdown_grace, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server failed"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
         Err(_) => tracing::warn!(
             grace_ms = config.shutdown_grace.as_millis() as u64,
@@ -108,28 +114,4 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     store.close().await?;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Serves HTTP, or HTTPS when `tls` is given, until `shutdown`; in-flight requests then get `grace`.
-fn serve_http(
-    listener: TcpListener,
-    router: axum::Router,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    shutdown: &CancellationToken,
-    grace: Duration,
-) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
-    let Some(tls) = tls else {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        return Ok(tokio::spawn(async move { serve.await.map_err(anyhow::Error::from) }));
-    };
-    let handle = axum_server::Handle::new();
-    let (on_shutdown, token) = (handle.clone(), shutdown.clone());
-    tokio::spawn(async move {
-        token.cancelled().await;
-        on_shutdown.graceful_shutdown(Some(grace));
-    });
-    let listener = listener.into_std()?;
-    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
-    let server = axum_server::from_tcp_rustls(listener, config).handle(handle);
-    Ok(tokio::spawn(async move { server.serve(router.into_make_service()).await.map_err(anyhow::Error::from) }))
 }

@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage API credentials.
     #[command(subcommand)]
     Credentials(CredentialsCommand),
@@ -103,6 +103,15 @@ pub struct ServeArgs {
     /// How long in-flight requests get at shutdown, e.g. "10s" [default: 10s].
     #[arg(long, env = "BERTH_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
+    /// Most open HTTP connections; more wait to be accepted [default: 4096].
+    #[arg(long, env = "BERTH_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// Close HTTP connections that send no byte of a next request for this long [default: 60s].
+    #[arg(long, env = "BERTH_HTTP_IDLE_TIMEOUT")]
+    pub http_idle_timeout: Option<String>,
+    /// Close HTTP connections whose request head is not complete this long after its first byte [default: 10s].
+    #[arg(long, env = "BERTH_HTTP_HEADER_TIMEOUT")]
+    pub http_header_timeout: Option<String>,
 }
 
 /// Keys of the TOML file.
@@ -135,6 +144,12 @@ pub struct FileConfig {
     pub stomp_idle_timeout: Option<String>,
     /// Most open STOMP connections.
     pub stomp_max_connections: Option<usize>,
+    /// Most open HTTP connections.
+    pub http_max_connections: Option<usize>,
+    /// HTTP keep-alive idle timeout, human units.
+    pub http_idle_timeout: Option<String>,
+    /// HTTP request head timeout, human units.
+    pub http_header_timeout: Option<String>,
 }
 
 const DEFAULT_REGION: &str = "us-ashburn-1";
@@ -164,6 +179,8 @@ pub struct Config {
     pub stomp_idle_timeout: Duration,
     /// Most open STOMP connections.
     pub stomp_max_connections: usize,
+    /// HTTP connection cap and deadlines.
+    pub http_limits: crate::http::Limits,
 }
 
 /// Parses a human duration (`"10s"`, `"5m"`), noting a problem instead of failing.
@@ -218,6 +235,21 @@ impl Config {
             Duration::from_secs(300),
             p,
         );
+        let http_limits = crate::http::Limits {
+            max_connections: args.http_max_connections.or(file.http_max_connections).unwrap_or(4096),
+            idle_timeout: duration(
+                "http_idle_timeout",
+                args.http_idle_timeout.or(file.http_idle_timeout),
+                Duration::from_secs(60),
+                p,
+            ),
+            header_timeout: duration(
+                "http_header_timeout",
+                args.http_header_timeout.or(file.http_header_timeout),
+                Duration::from_secs(10),
+                p,
+            ),
+        };
         let http_tls =
             tls_pair("http_tls", args.http_tls_cert.or(file.http_tls_cert), args.http_tls_key.or(file.http_tls_key), p);
         let stomp_tls = tls_pair(
@@ -238,6 +270,7 @@ impl Config {
             stomp_tls,
             stomp_idle_timeout,
             stomp_max_connections: args.stomp_max_connections.or(file.stomp_max_connections).unwrap_or(1024),
+            http_limits,
         };
         problems.extend(config.problems());
         if !problems.is_empty() {
@@ -263,6 +296,17 @@ impl Config {
         }
         if self.stomp_max_connections == 0 {
             problems.push("stomp_max_connections must be at least 1".into());
+        }
+        if self.http_limits.max_connections == 0 {
+            problems.push("http_max_connections must be at least 1".into());
+        }
+        for (key, value) in [
+            ("http_idle_timeout", self.http_limits.idle_timeout),
+            ("http_header_timeout", self.http_limits.header_timeout),
+        ] {
+            if value.is_zero() {
+                problems.push(format!("{key} must be longer than 0"));
+            }
         }
         if self.region.is_empty() || !self.region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             problems.push(format!("region {:?} must be letters, digits and dashes", self.region));

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`config`]: command line, TOML file and `BERTH_*` environment, merged and validated.
 //! - [`app`]: wiring and the shutdown sequence.
+//! - [`http`]: the HTTP listener: connection cap, TLS, deadlines for request heads.
 //! - [`auth`]: OCI request signatures → [`auth::Principal`].
 //! - [`rest`]: routes, handlers (named after OCI operations), DTOs and the one error mapping.
 //! - [`credentials`]: API keys and STOMP passcodes, OCI config files.
@@ -14,6 +15,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod credentials;
+pub mod http;
 pub mod rest;
 pub mod stomp;
 pub mod tls;

@@ -20,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => {
-            let config = Config::load(args)?;
+            let config = Config::load(*args)?;
             tracing::info!(?config, "starting");
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));

@@ -7,6 +7,9 @@ use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+/// How long a client may take to complete a TLS handshake, HTTPS and STOMP alike.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A rustls server configuration (TLS 1.2 and 1.3, ring) from a certificate chain and key.
 ///
 /// # Errors

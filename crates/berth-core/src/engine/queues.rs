@@ -347,12 +347,20 @@ fn check_etag(queue: &Queue, if_match: Option<&str>) -> Result<(), QueueError> {
     }
 }
 
+/// Largest page offset accepted: more rows than any list holds, and far from overflowing
+/// the store's signed offsets or the next page's number.
+const MAX_PAGE_OFFSET: u64 = 1 << 40;
+
 /// Offset and limit from a page cursor (an offset) and a client limit (1..=1000, default 100).
 pub fn page_window(page: Option<&str>, limit: Option<i64>) -> Result<(u64, u32), QueueError> {
     let limit = limits::in_range("limit", limit.unwrap_or(100), 1, 1000)?;
     let offset = match page {
         None => 0,
-        Some(page) => page.parse().map_err(|_| QueueError::invalid("page is not a cursor this server issued"))?,
+        Some(page) => page
+            .parse()
+            .ok()
+            .filter(|offset| *offset <= MAX_PAGE_OFFSET)
+            .ok_or_else(|| QueueError::invalid("page is not a cursor this server issued"))?,
     };
     Ok((offset, limit))
 }

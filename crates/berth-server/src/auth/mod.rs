@@ -134,8 +134,9 @@ impl Authenticator {
 /// Middleware: reads the body (bounded), verifies the request, attaches the [`Principal`].
 pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
-        return ApiError::BodyTooLarge.into_response();
+    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(e) => return crate::rest::extract::body_error(&e).into_response(),
     };
     match state.auth.verify(&parts, &bytes).await {
         Ok(principal) => {

@@ -21,6 +21,12 @@ pub enum ApiError {
     MethodNotAllowed,
     /// The body is larger than any valid request.
     BodyTooLarge,
+    /// The body could not be read (a malformed chunked encoding, a connection cut midway).
+    BodyUnreadable,
+    /// The request target is longer than any valid request's.
+    UriTooLong,
+    /// The request has more header lines than any valid request.
+    TooManyHeaders,
     /// The request ran past the server's time limit.
     Timeout,
     /// A handler panicked.
@@ -64,6 +70,9 @@ impl ApiError {
             ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyUnreadable => StatusCode::BAD_REQUEST,
+            ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ApiError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Panic => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -89,6 +98,9 @@ impl ApiError {
             ApiError::NoRoute => "NotFound",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::BodyTooLarge => "RequestEntityTooLarge",
+            ApiError::BodyUnreadable => "CannotParseRequest",
+            ApiError::UriTooLong => "UriTooLong",
+            ApiError::TooManyHeaders => "RequestHeaderFieldsTooLarge",
             ApiError::Timeout => "ServiceUnavailable",
             ApiError::Panic => "InternalServerError",
         }
@@ -108,6 +120,11 @@ impl ApiError {
             ApiError::NoRoute => "There is no operation for this path.".into(),
             ApiError::MethodNotAllowed => "This path does not support the method.".into(),
             ApiError::BodyTooLarge => "The request body is larger than any valid request.".into(),
+            ApiError::BodyUnreadable => "The request body could not be read (malformed or cut short).".into(),
+            ApiError::UriTooLong => {
+                format!("The request target is longer than {} bytes.", super::MAX_URI_BYTES)
+            }
+            ApiError::TooManyHeaders => format!("The request has more than {} header lines.", super::MAX_HEADERS),
             ApiError::Timeout => "The request took longer than the server allows; retry it.".into(),
         }
     }

@@ -21,6 +21,18 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// Why a body could not be read: past the size limit, or malformed or cut short.
+pub fn body_error(error: &(dyn std::error::Error + 'static)) -> ApiError {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return ApiError::BodyTooLarge;
+        }
+        cause = e.source();
+    }
+    ApiError::BodyUnreadable
+}
+
 /// A JSON body in OCI's error shape.
 pub struct OciJson<T>(pub T);
 
@@ -28,7 +40,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OciJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let body = Bytes::from_request(req, state).await.map_err(|_| ApiError::BodyTooLarge)?;
+        let body = Bytes::from_request(req, state).await.map_err(|e| body_error(&e))?;
         parse_json(&body).map(OciJson)
     }
 }

@@ -20,6 +20,10 @@ use crate::auth::{authenticate, MAX_BODY_BYTES};
 
 /// Longest a request may take; above the 30 s long-poll maximum, so requests don't hang forever.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(45);
+/// Most header lines of a request; an SDK sends about a dozen.
+pub const MAX_HEADERS: usize = 100;
+/// Longest request target (path and query); a receipt in a path is under 300 bytes.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
 
 /// The HTTP application.
 pub fn router(state: AppState) -> Router {
@@ -48,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(from_fn(time_limit))
+        .layer(from_fn(head_limits))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(from_fn(request_id::assign))
         .with_state(state)
@@ -62,6 +67,17 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
         .unwrap_or("unknown panic");
     tracing::error!(panic = detail, "handler panicked");
     ApiError::Panic.into_response()
+}
+
+/// Refuses oversized request heads in OCI's shape (hyper's own limits are set above these).
+async fn head_limits(request: Request, next: Next) -> Response {
+    if request.uri().to_string().len() > MAX_URI_BYTES {
+        return ApiError::UriTooLong.into_response();
+    }
+    if request.headers().len() > MAX_HEADERS {
+        return ApiError::TooManyHeaders.into_response();
+    }
+    next.run(request).await
 }
 
 /// Ends a request that runs past [`REQUEST_TIMEOUT`] with OCI's error shape.

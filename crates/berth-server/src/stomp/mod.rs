@@ -22,8 +22,6 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connections get to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -71,7 +69,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<StompContext>, shutdown: Canc
             let _ = socket.set_nodelay(true);
             match &ctx.tls {
                 None => connection::serve(socket, &ctx, &shutdown).await,
-                Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(socket)).await {
+                Some(tls) => match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, tls.accept(socket)).await {
                     Ok(Ok(stream)) => connection::serve(stream, &ctx, &shutdown).await,
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "STOMP TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "STOMP TLS handshake timed out"),

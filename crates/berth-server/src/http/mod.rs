@@ -1,0 +1,125 @@
+//! The HTTP listener: accepts connections under a cap, optionally speaks TLS, serves the
+//! router over HTTP/1.1 with deadlines for request heads, and drains at shutdown.
+//!
+//! What a request does is the router's business ([`crate::rest`]); this module only
+//! decides which connections get served and for how long.
+
+mod head_deadline;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// Most header lines hyper parses; the router answers more than [`crate::rest::MAX_HEADERS`]
+/// in OCI's shape, so hyper's own bare 431 is only for requests far past that.
+const HYPER_MAX_HEADERS: usize = 4 * crate::rest::MAX_HEADERS;
+
+/// How the listener treats connections.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most open connections; further clients wait in the kernel's accept backlog.
+    pub max_connections: usize,
+    /// How long a connection may wait, without a byte, for its next request.
+    pub idle_timeout: Duration,
+    /// How long a request head may take from its first byte to its last.
+    pub header_timeout: Duration,
+}
+
+/// Serves `router` on `listener` until `shutdown`; then closes idle connections, lets open
+/// requests finish and returns once every connection has closed.
+pub async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<TlsAcceptor>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        // Take a slot before accepting: at the cap, clients queue in the kernel backlog
+        // instead of costing a file descriptor each.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+            _ = shutdown.cancelled() => break,
+        };
+        let (socket, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, mostly: wait for connections to close.
+                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "HTTP accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        backoff = Duration::from_millis(10);
+        let _ = socket.set_nodelay(true);
+        let (router, tls, limits, watcher) = (router.clone(), tls.clone(), limits.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tls {
+                None => serve_connection(socket, router, &limits, watcher).await,
+                Some(tls) => match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, tls.accept(socket)).await {
+                    Ok(Ok(stream)) => serve_connection(stream, router, &limits, watcher).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTPS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "HTTPS handshake timed out"),
+                },
+            }
+        });
+    }
+    let open = graceful.count();
+    if open > 0 {
+        tracing::info!(open, "waiting for HTTP connections to finish");
+    }
+    graceful.shutdown().await;
+}
+
+/// Serves one connection until the client closes it, a deadline passes, or shutdown.
+async fn serve_connection<S>(
+    stream: S,
+    router: axum::Router,
+    limits: &Limits,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (stream, timer) = head_deadline::watch(stream, limits.idle_timeout, limits.header_timeout);
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(timer)
+        // The timer decides the deadline; any value turns hyper's head timeout on.
+        .header_read_timeout(limits.idle_timeout)
+        .max_headers(HYPER_MAX_HEADERS)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+    if let Err(e) = watcher.watch(connection).await {
+        // Deadlines, resets and malformed requests: the client's doing, not a server fault.
+        tracing::debug!(error = %e, "HTTP connection ended");
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit, so that the connection caps and
+/// not the process's default 1,024 decide how many clients are served.
+pub fn raise_open_files_limit(needed: u64) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < needed => tracing::warn!(
+            limit,
+            needed,
+            "the open files limit is below the connection caps plus the store's files; \
+             raise it (ulimit -n) or lower http_max_connections / stomp_max_connections"
+        ),
+        Ok(limit) => tracing::info!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
+}
