@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from berthlib import (HEART_BEAT_RE, MAX_MESSAGE_BYTES, SERVER_HEADER_RE, STOMP_MAX_FRAME_BYTES, STOMP_MAX_HEADERS,
+from berthlib import (HEART_BEAT_RE, error_text, wait_for, MAX_MESSAGE_BYTES, SERVER_HEADER_RE, STOMP_MAX_FRAME_BYTES, STOMP_MAX_HEADERS,
                       assert_error_frame, collect, counts, epoch_ms_now, get, put, stats)
 
 EMPTY = ((0, 0), (0, 0))
@@ -232,3 +232,43 @@ def test_subscribe_accepts_the_largest_prefetch_and_visibility(conn, qc, queue_i
     m = conn.expect("MESSAGE")
     assert m.body == "long lease".encode()
     assert abs(int(m.headers["visible-after"]) - (epoch_ms_now() + 43_200_000)) < 5000, m.headers
+
+
+# --------------------------------------------------------------------------
+# Failed logins
+# --------------------------------------------------------------------------
+
+def test_repeated_failed_logins_are_logged_and_slowed_and_a_success_clears_them(fresh_server, raw_stomp):
+    srv = fresh_server()
+    t = srv.tenant()
+    took = []
+    for _ in range(7):
+        s = raw_stomp(srv)
+        started = time.monotonic()
+        f = s.connect(t.stomp_login, "wrong-passcode", timeout=30)
+        took.append(time.monotonic() - started)
+        assert f.command == "ERROR" and "login failed" in error_text(f)
+        s.close()
+    # Three free failures; from the 4th on, each attempt books the next one a doubling
+    # delay later (0.25 s, 0.5 s, ...).
+    assert max(took[:5]) < 0.25, took
+    assert took[5] >= 0.2 and took[6] >= 0.4, f"wrong passcodes in a row were not slowed: {took}"
+    # Parallel connections do not buy more guesses: their attempts take turns.
+    many = [raw_stomp(srv) for _ in range(3)]
+    started = time.monotonic()
+    for s in many:
+        s.send_frame("CONNECT", {"accept-version": "1.2", "host": "berth", "login": t.stomp_login,
+                                 "passcode": "wrong"})
+    for s in many:
+        assert s.read_frame(timeout=60).command == "ERROR"
+    assert time.monotonic() - started >= 4, "after 7 failures, three attempts take turns 2 s apart"
+    ok = raw_stomp(srv)
+    ok.login(t, timeout=30)
+    s = raw_stomp(srv)
+    started = time.monotonic()
+    assert s.connect(t.stomp_login, "wrong-again").command == "ERROR"
+    assert time.monotonic() - started < 0.25, "a success clears the address's failures"
+    wait_for(lambda: srv.stderr_log.read_text().count("STOMP login failed") == 11, timeout=10,
+             desc="a warning per failed login")
+    log = srv.stderr_log.read_text()
+    assert "peer=127.0.0.1:" in log and f'login="{t.stomp_login}"' in log

@@ -80,6 +80,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         idle_timeout: config.stomp_idle_timeout,
         max_connections: config.stomp_max_connections,
         tls: stomp_tls.map(TlsAcceptor::from),
+        logins: Default::default(),
     });
     let sweeper = tokio::spawn(workers::sweep(engine.clone(), shutdown.clone()));
     let state = AppState { engine, auth: Arc::new(auth), public_url: public_url.into() };

@@ -45,6 +45,7 @@ async fn rig_with(idle_timeout: Duration, max_connections: usize) -> Rig {
         idle_timeout,
         max_connections,
         tls: None,
+        logins: Default::default(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -28,7 +28,7 @@ enum Step {
 }
 
 /// Serves one connection until it ends.
-pub async fn serve<S>(stream: S, ctx: &StompContext, shutdown: &CancellationToken)
+pub async fn serve<S>(stream: S, peer: std::net::SocketAddr, ctx: &StompContext, shutdown: &CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -48,7 +48,7 @@ where
         Ok(Some(Ok(Inbound::Heartbeat)) | None) => return,
         Err(_) => return refuse(&mut framed, "no CONNECT frame in time").await,
     };
-    let Connected { mut session, frame, heartbeats, mut events } = match Session::connect(ctx, frame).await {
+    let Connected { mut session, frame, heartbeats, mut events } = match Session::connect(ctx, frame, peer).await {
         Ok(connected) => connected,
         Err(error) => {
             let _ = framed.send(Outbound::Frame(error)).await;

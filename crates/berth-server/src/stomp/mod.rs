@@ -9,6 +9,7 @@
 pub mod command;
 pub mod connection;
 pub mod frame;
+pub mod login_throttle;
 pub mod session;
 pub mod subscription;
 
@@ -37,6 +38,8 @@ pub struct StompContext {
     pub max_connections: usize,
     /// TLS, when configured.
     pub tls: Option<TlsAcceptor>,
+    /// Failed logins per peer address.
+    pub logins: login_throttle::LoginThrottle,
 }
 
 /// Accepts connections until `shutdown`, then waits (bounded) for them to close.
@@ -68,9 +71,9 @@ pub async fn serve(listener: TcpListener, ctx: Arc<StompContext>, shutdown: Canc
             let _slot = slot;
             let _ = socket.set_nodelay(true);
             match &ctx.tls {
-                None => connection::serve(socket, &ctx, &shutdown).await,
+                None => connection::serve(socket, peer, &ctx, &shutdown).await,
                 Some(tls) => match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, tls.accept(socket)).await {
-                    Ok(Ok(stream)) => connection::serve(stream, &ctx, &shutdown).await,
+                    Ok(Ok(stream)) => connection::serve(stream, peer, &ctx, &shutdown).await,
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "STOMP TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "STOMP TLS handshake timed out"),
                 },

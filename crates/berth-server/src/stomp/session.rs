@@ -120,7 +120,8 @@ impl Session {
     ///
     /// # Errors
     /// The ERROR frame to send before closing.
-    pub async fn connect(ctx: &StompContext, frame: Frame) -> Result<Connected, Frame> {
+    /// A failed login is logged with `peer`, whose later attempts then slow down.
+    pub async fn connect(ctx: &StompContext, frame: Frame, peer: std::net::SocketAddr) -> Result<Connected, Frame> {
         let refuse = |message: &str| error_frame(message, frame.get("receipt"));
         if frame.command != "CONNECT" && frame.command != "STOMP" {
             return Err(refuse("the first frame must be CONNECT or STOMP"));
@@ -135,8 +136,13 @@ impl Session {
         };
         let heartbeats = if version == Version::V1_0 { negotiate(None) } else { negotiate(frame.get("heart-beat")) }
             .map_err(|e| refuse(&e))?;
-        let bad_login = || refuse("login failed: check login (<tenancy>/<user>) and passcode");
-        let login = frame.get("login").ok_or_else(bad_login)?;
+        ctx.logins.wait_turn(peer.ip()).await;
+        let login = frame.get("login").unwrap_or_default();
+        let bad_login = || {
+            let failures = ctx.logins.failed(peer.ip());
+            tracing::warn!(%peer, login, failures, "STOMP login failed");
+            refuse("login failed: check login (<tenancy>/<user>) and passcode")
+        };
         let passcode = frame.get("passcode").ok_or_else(bad_login)?;
         let (tenancy, user) = login.split_once('/').ok_or_else(bad_login)?;
         let user = match ctx.engine.store().user_by_name(tenancy, user).await {
@@ -150,6 +156,7 @@ impl Session {
         if crate::credentials::passcode_sha256(passcode) != user.stomp_passcode_sha256 {
             return Err(bad_login());
         }
+        ctx.logins.succeeded(peer.ip());
         let (events_tx, events) = mpsc::channel(64);
         let ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis() as u64);
         let mut connected = Frame::new("CONNECTED")
