@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, Principal};
 use crate::config::Config;
+use crate::data_dir::DataDir;
 use crate::stomp::StompContext;
 use crate::{credentials, http, rest, stomp, tls, workers};
 
@@ -29,20 +30,27 @@ pub struct AppState {
     pub public_url: Arc<str>,
 }
 
-/// Opens the embedded store of a data directory; `serve_messages` for the server, which
-/// then owns the messages (tools that only manage users leave them to it).
-pub fn open_store(data_dir: &Path, serve_messages: bool) -> anyhow::Result<Arc<SqliteStore>> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-    let path = data_dir.join("berth.sqlite3");
+/// Opens the embedded store of a data directory, paired with it (see [`DataDir`]);
+/// `serve_messages` for the server, which then owns the messages (tools that only manage
+/// users leave them to it).
+///
+/// # Errors
+/// A database that is missing, empty or another data dir's (unless `start_fresh` for the
+/// first two), or one that cannot be opened.
+pub fn open_store(data_dir: &Path, serve_messages: bool, start_fresh: bool) -> anyhow::Result<Arc<SqliteStore>> {
+    let dir = DataDir::check(data_dir, start_fresh)?;
+    let path = dir.database();
     let store = if serve_messages { SqliteStore::open(&path) } else { SqliteStore::open_without_messages(&path) };
-    Ok(Arc::new(store.with_context(|| format!("cannot open {}", path.display()))?))
+    let store = store.with_context(|| format!("cannot open {}", path.display()))?;
+    dir.pair(store.store_id())?;
+    Ok(Arc::new(store))
 }
 
 /// Runs the server until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Both caps, plus the store's files and a margin for the rest.
     http::raise_open_files_limit((config.http_limits.max_connections + config.stomp_max_connections + 64) as u64);
-    let store = open_store(&config.data_dir, true)?;
+    let store = open_store(&config.data_dir, true, config.start_fresh)?;
     anyhow::ensure!(
         store.owns_messages(),
         "another berth server is using the data dir {} (one server per data dir)",

@@ -103,6 +103,10 @@ pub struct ServeArgs {
     /// How long in-flight requests get at shutdown, e.g. "10s" [default: 10s].
     #[arg(long, env = "BERTH_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
+    /// Begin a new, empty store when the data dir's database is missing or empty (the old
+    /// credentials are moved aside). Without it, start-up refuses such a data dir.
+    #[arg(long, env = "BERTH_START_FRESH")]
+    pub start_fresh: bool,
     /// Most open HTTP connections; more wait to be accepted [default: 4096].
     #[arg(long, env = "BERTH_HTTP_MAX_CONNECTIONS")]
     pub http_max_connections: Option<usize>,
@@ -181,6 +185,8 @@ pub struct Config {
     pub stomp_max_connections: usize,
     /// HTTP connection cap and deadlines.
     pub http_limits: crate::http::Limits,
+    /// Begin a new store if the database is missing or empty.
+    pub start_fresh: bool,
 }
 
 /// Parses a human duration (`"10s"`, `"5m"`), noting a problem instead of failing.
@@ -271,6 +277,7 @@ impl Config {
             stomp_idle_timeout,
             stomp_max_connections: args.stomp_max_connections.or(file.stomp_max_connections).unwrap_or(1024),
             http_limits,
+            start_fresh: args.start_fresh,
         };
         problems.extend(config.problems());
         if !problems.is_empty() {

@@ -6,6 +6,7 @@
 //! - [`http`]: the HTTP listener: connection cap, TLS, deadlines for request heads.
 //! - [`auth`]: OCI request signatures → [`auth::Principal`].
 //! - [`rest`]: routes, handlers (named after OCI operations), DTOs and the one error mapping.
+//! - [`data_dir`]: the data dir and its database, paired by the store's id.
 //! - [`credentials`]: API keys and STOMP passcodes, OCI config files.
 //! - [`workers`]: bounded background sweeps.
 //! - [`stomp`]: STOMP 1.0–1.2 over the same engine.
@@ -15,6 +16,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod credentials;
+pub mod data_dir;
 pub mod http;
 pub mod rest;
 pub mod stomp;

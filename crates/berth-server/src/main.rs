@@ -27,7 +27,7 @@ async fn main() -> anyhow::Result<()> {
             app::run(config, shutdown).await
         }
         Command::Credentials(CredentialsCommand::Create(args)) => {
-            let store = app::open_store(&args.data_dir, false)?;
+            let store = app::open_store(&args.data_dir, false, false)?;
             let tenancy = credentials::tenancy(store.as_ref(), &args.tenancy).await?;
             let issued =
                 credentials::issue(store.as_ref(), &tenancy, &args.user, &args.out, &args.endpoint, &args.region)

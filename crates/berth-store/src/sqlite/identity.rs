@@ -1,4 +1,4 @@
-//! Tenancies, users and the receipt secret.
+//! Tenancies, users, the receipt secret and the store's id.
 
 use berth_core::model::{Tenancy, User};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -10,6 +10,14 @@ pub(crate) fn ensure_receipt_secret(conn: &Connection) -> rusqlite::Result<()> {
     rand::Rng::fill(&mut rand::rngs::OsRng, &mut secret[..]);
     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('receipt_secret', ?1)", params![&secret[..]])?;
     Ok(())
+}
+
+/// Creates the store's id on first open and returns it: a random name for this database,
+/// which the data dir records so that neither is paired with another by mistake.
+pub(crate) fn ensure_store_id(conn: &Connection) -> rusqlite::Result<String> {
+    let id = format!("{:032x}", rand::Rng::gen::<u128>(&mut rand::rngs::OsRng));
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?1)", params![id])?;
+    conn.query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |row| row.get(0))
 }
 
 pub(crate) fn receipt_secret(conn: &Connection) -> rusqlite::Result<Vec<u8>> {

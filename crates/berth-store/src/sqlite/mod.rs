@@ -42,6 +42,8 @@ pub struct SqliteStore {
     index: Arc<Mutex<Shared>>,
     /// Held while this store serves the database's messages; `None` in a store that does not.
     owner: Option<std::fs::File>,
+    /// Made when the database was created; the data dir records it.
+    store_id: String,
 }
 
 /// The index and whether it may disagree with the database.
@@ -112,6 +114,13 @@ impl SqliteStore {
         let owner = if serve_messages { lock_messages(path)? } else { None };
         let conn = Connection::open(path).map_err(backend)?;
         configure(&conn)?;
+        // Before the writer's settings, which would turn another program's database to WAL.
+        if schema::is_foreign(&conn).map_err(backend)? {
+            return Err(StoreError::Backend(format!(
+                "{} is not a Berth database: it holds tables, but not Berth's",
+                path.display()
+            )));
+        }
         conn.execute_batch(schema::WRITER_PRAGMAS).map_err(backend)?;
         let layout = schema::layout(&conn).map_err(backend)?;
         if layout > schema::LAYOUT {
@@ -124,6 +133,7 @@ impl SqliteStore {
         // Only the process that serves the messages may convert their tables.
         schema::migrate(&conn, owner.is_some()).map_err(backend)?;
         identity::ensure_receipt_secret(&conn).map_err(backend)?;
+        let store_id = identity::ensure_store_id(&conn).map_err(backend)?;
         let index = match owner {
             Some(_) => {
                 let index = messages::load(&conn).map_err(backend)?;
@@ -149,7 +159,19 @@ impl SqliteStore {
         let readers = Arc::new(Readers { path: path.to_owned(), idle: Mutex::new(Vec::new()) });
         let checkpointer = Connection::open(path).map_err(backend)?;
         configure(&checkpointer)?;
-        Ok(SqliteStore { writer, readers, checkpointer: Arc::new(Mutex::new(checkpointer)), index, owner })
+        Ok(SqliteStore {
+            writer,
+            readers,
+            checkpointer: Arc::new(Mutex::new(checkpointer)),
+            index,
+            owner,
+            store_id,
+        })
+    }
+
+    /// The random id made when this database was created.
+    pub fn store_id(&self) -> &str {
+        &self.store_id
     }
 
     /// Whether this store serves messages. Only one process at a time does; a store opened

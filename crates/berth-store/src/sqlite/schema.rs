@@ -185,6 +185,17 @@ pub(crate) fn decode_states(bytes: &[u8], slots: &mut [Slot]) -> Result<(), Stri
 pub(crate) const LAYOUT: i64 = 5;
 
 /// The message layout recorded in the database.
+/// Whether the database holds another program's tables: some, but not Berth's `meta`.
+pub(crate) fn is_foreign(conn: &Connection) -> rusqlite::Result<bool> {
+    let (tables, meta): (i64, i64) = conn.query_row(
+        "SELECT count(*), count(*) FILTER (WHERE name = 'meta') FROM sqlite_schema
+         WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    Ok(tables > 0 && meta == 0)
+}
+
 pub(crate) fn layout(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("PRAGMA user_version", [], |row| row.get(0))
 }
