@@ -46,6 +46,10 @@ pub enum StoreError {
     /// The backend cannot be reached right now (retryable: 503).
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The backend is out of space: writes that add data are refused until room is made
+    /// (retryable: 503); reads, gets and deletes go on.
+    #[error("storage full: {0}")]
+    Full(String),
     /// The backend failed in a way retrying will not fix (500).
     #[error("storage failure: {0}")]
     Backend(String),

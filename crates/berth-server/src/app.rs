@@ -37,20 +37,21 @@ pub struct AppState {
 /// # Errors
 /// A database that is missing, empty or another data dir's (unless `start_fresh` for the
 /// first two), or one that cannot be opened.
-pub fn open_store(data_dir: &Path, serve_messages: bool, start_fresh: bool) -> anyhow::Result<Arc<SqliteStore>> {
+pub fn open_store(data_dir: &Path, serve_messages: bool, start_fresh: bool) -> anyhow::Result<SqliteStore> {
     let dir = DataDir::check(data_dir, start_fresh)?;
     let path = dir.database();
     let store = if serve_messages { SqliteStore::open(&path) } else { SqliteStore::open_without_messages(&path) };
     let store = store.with_context(|| format!("cannot open {}", path.display()))?;
     dir.pair(store.store_id())?;
-    Ok(Arc::new(store))
+    Ok(store)
 }
 
 /// Runs the server until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Both caps, plus the store's files and a margin for the rest.
     http::raise_open_files_limit((config.http_limits.max_connections + config.stomp_max_connections + 64) as u64);
-    let store = open_store(&config.data_dir, true, config.start_fresh)?;
+    let store =
+        Arc::new(open_store(&config.data_dir, true, config.start_fresh)?.with_min_free_space(config.min_free_space));
     anyhow::ensure!(
         store.owns_messages(),
         "another berth server is using the data dir {} (one server per data dir)",

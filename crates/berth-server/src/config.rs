@@ -107,6 +107,10 @@ pub struct ServeArgs {
     /// credentials are moved aside). Without it, start-up refuses such a data dir.
     #[arg(long, env = "BERTH_START_FRESH")]
     pub start_fresh: bool,
+    /// Refuse puts while less than this is free on the database's disk (and in its free
+    /// pages), so that gets and deletes keep working; 0 turns it off [default: 64MiB].
+    #[arg(long, env = "BERTH_MIN_FREE_SPACE")]
+    pub min_free_space: Option<String>,
     /// Most open HTTP connections; more wait to be accepted [default: 4096].
     #[arg(long, env = "BERTH_HTTP_MAX_CONNECTIONS")]
     pub http_max_connections: Option<usize>,
@@ -148,6 +152,8 @@ pub struct FileConfig {
     pub stomp_idle_timeout: Option<String>,
     /// Most open STOMP connections.
     pub stomp_max_connections: Option<usize>,
+    /// Free space below which puts are refused, e.g. "64MiB".
+    pub min_free_space: Option<String>,
     /// Most open HTTP connections.
     pub http_max_connections: Option<usize>,
     /// HTTP keep-alive idle timeout, human units.
@@ -187,6 +193,8 @@ pub struct Config {
     pub http_limits: crate::http::Limits,
     /// Begin a new store if the database is missing or empty.
     pub start_fresh: bool,
+    /// Bytes puts leave free on the database's disk.
+    pub min_free_space: u64,
 }
 
 /// Parses a human duration (`"10s"`, `"5m"`), noting a problem instead of failing.
@@ -198,6 +206,21 @@ fn duration(key: &str, value: Option<String>, default: Duration, problems: &mut 
             default
         }),
     }
+}
+
+/// Parses a size in bytes: a whole number with an optional `KiB`, `MiB` or `GiB`.
+fn bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(scale)
 }
 
 /// A certificate and key given together, or neither.
@@ -241,6 +264,13 @@ impl Config {
             Duration::from_secs(300),
             p,
         );
+        let min_free_space = match args.min_free_space.or(file.min_free_space) {
+            None => berth_store::sqlite::DEFAULT_MIN_FREE_SPACE,
+            Some(text) => bytes(&text).unwrap_or_else(|| {
+                p.push(format!("min_free_space {text:?}: not a size such as 0, 512KiB, 64MiB or 2GiB"));
+                0
+            }),
+        };
         let http_limits = crate::http::Limits {
             max_connections: args.http_max_connections.or(file.http_max_connections).unwrap_or(4096),
             idle_timeout: duration(
@@ -278,6 +308,7 @@ impl Config {
             stomp_max_connections: args.stomp_max_connections.or(file.stomp_max_connections).unwrap_or(1024),
             http_limits,
             start_fresh: args.start_fresh,
+            min_free_space,
         };
         problems.extend(config.problems());
         if !problems.is_empty() {
@@ -368,6 +399,17 @@ mod tests {
     fn tls_certificate_without_key_is_a_problem() {
         let args = ServeArgs { stomp_tls_cert: Some("c.pem".into()), ..ServeArgs::default() };
         assert!(Config::load(args).unwrap_err().to_string().contains("stomp_tls_cert and stomp_tls_key"));
+    }
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(bytes("0"), Some(0));
+        assert_eq!(bytes("512KiB"), Some(512 << 10));
+        assert_eq!(bytes("64 MiB"), Some(64 << 20));
+        assert_eq!(bytes("2GiB"), Some(2 << 30));
+        for bad in ["", "MiB", "1.5GiB", "10MB", "-1"] {
+            assert_eq!(bytes(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl ApiError {
                 }
                 QueueError::EtagMismatch => StatusCode::PRECONDITION_FAILED,
                 QueueError::RetryTokenReused => StatusCode::CONFLICT,
-                QueueError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+                QueueError::Store(StoreError::Unavailable(_) | StoreError::Full(_)) => StatusCode::SERVICE_UNAVAILABLE,
                 QueueError::Store(StoreError::Backend(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::CannotParse(_) => StatusCode::BAD_REQUEST,
@@ -90,7 +90,7 @@ impl ApiError {
                 QueueError::LimitExceeded(_) => "LimitExceeded",
                 QueueError::EtagMismatch => "NoEtagMatch",
                 QueueError::RetryTokenReused => "InvalidatedRetryToken",
-                QueueError::Store(StoreError::Unavailable(_)) => "ServiceUnavailable",
+                QueueError::Store(StoreError::Unavailable(_) | StoreError::Full(_)) => "ServiceUnavailable",
                 QueueError::Store(StoreError::Backend(_)) => "InternalServerError",
             },
             ApiError::CannotParse(_) => "CannotParseRequest",
@@ -109,6 +109,11 @@ impl ApiError {
     /// The text the client sees; server faults say nothing about internals.
     pub fn message(&self) -> String {
         match self {
+            ApiError::Queue(QueueError::Store(StoreError::Full(_))) => {
+                "The server is out of storage space: new messages are refused until space is freed; \
+                 getting and deleting messages still work. Retry later."
+                    .into()
+            }
             ApiError::Queue(QueueError::Store(_)) | ApiError::Panic => {
                 "The service could not complete the request; it has been logged.".into()
             }

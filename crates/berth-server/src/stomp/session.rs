@@ -68,6 +68,9 @@ fn describe(error: &QueueError) -> String {
     match error {
         QueueError::QueueNotFound => "destination not found or not authorized".into(),
         QueueError::ReceiptInvalid => "the message's lease has ended (or it was never delivered here)".into(),
+        QueueError::Store(berth_core::error::StoreError::Full(_)) => {
+            "the server is out of storage space; new messages are refused until space is freed, retry later".into()
+        }
         QueueError::Store(_) => "the service could not complete the request; it has been logged".into(),
         QueueError::WorkRequestNotFound
         | QueueError::InvalidParameter(_)

@@ -15,6 +15,7 @@ mod index;
 mod messages;
 mod per_message_states;
 mod queues;
+mod room;
 mod schema;
 mod writer;
 
@@ -28,6 +29,8 @@ use writer::Writer;
 
 /// Prepared statements kept per connection (more than the store uses, so none is re-parsed).
 const STATEMENT_CACHE: usize = 64;
+/// Room (bytes) puts leave on the disk unless told otherwise.
+pub const DEFAULT_MIN_FREE_SPACE: u64 = 64 << 20;
 /// Most idle read connections kept open.
 const MAX_IDLE_READERS: usize = 8;
 
@@ -44,6 +47,8 @@ pub struct SqliteStore {
     owner: Option<std::fs::File>,
     /// Made when the database was created; the data dir records it.
     store_id: String,
+    /// The disk space puts must leave for everything else.
+    room: Arc<room::Room>,
 }
 
 /// The index and whether it may disagree with the database.
@@ -166,7 +171,15 @@ impl SqliteStore {
             index,
             owner,
             store_id,
+            room: Arc::new(room::Room::new(path, DEFAULT_MIN_FREE_SPACE)),
         })
+    }
+
+    /// Refuses puts (`StoreError::Full`) while less than `bytes` are free on the
+    /// database's disk and in its free pages together; 0 never refuses.
+    pub fn with_min_free_space(mut self, bytes: u64) -> Self {
+        self.room = Arc::new(room::Room::new(&self.readers.path, bytes));
+        self
     }
 
     /// The random id made when this database was created.
@@ -188,12 +201,14 @@ impl SqliteStore {
     }
 
     /// Copies committed WAL frames into the database from a connection other than the
-    /// writer's, so that the writer's commits do not pay for it.
+    /// writer's, so that the writer's commits do not pay for it. When disk space is short, it
+    /// also truncates the WAL, giving its space back (this one waits for readers and writers).
     async fn checkpoint_wal(&self) -> Result<(), StoreError> {
-        let checkpointer = self.checkpointer.clone();
+        let (checkpointer, room) = (self.checkpointer.clone(), self.room.clone());
         tokio::task::spawn_blocking(move || {
             let conn = checkpointer.lock().unwrap_or_else(|e| e.into_inner());
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).map_err(backend)
+            let mode = if room.is_tight() { "TRUNCATE" } else { "PASSIVE" };
+            conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())).map_err(backend)
         })
         .await
         .map_err(|e| StoreError::Backend(format!("checkpoint task failed: {e}")))?
@@ -286,7 +301,9 @@ impl<T> Failure for Result<T, StoreError> {
 
 impl<T> Failure for Result<T, QueueError> {
     fn is_storage_failure(&self) -> bool {
-        matches!(self, Err(QueueError::Store(_)))
+        // A put refused for want of room changed nothing; one that hit SQLite's own full
+        // disk had its transaction rolled back, after which the writer reads the index back.
+        matches!(self, Err(QueueError::Store(e)) if !matches!(e, StoreError::Full(_)))
     }
 }
 
@@ -315,11 +332,12 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Maps SQLite errors: a busy or locked database is retryable, the rest is not.
+/// Maps SQLite errors: a busy or locked database and a full disk are retryable, the rest is not.
 pub(crate) fn backend(error: rusqlite::Error) -> StoreError {
-    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked, DiskFull};
     match error.sqlite_error_code() {
         Some(DatabaseBusy | DatabaseLocked) => StoreError::Unavailable(error.to_string()),
+        Some(DiskFull) => StoreError::Full(error.to_string()),
         _ => StoreError::Backend(error.to_string()),
     }
 }

@@ -40,11 +40,14 @@ pub(crate) const PRAGMAS: &str = "
 /// keeps the size of its largest backlog (`VACUUM` while Berth is stopped shrinks it).
 /// The writer checkpoints only as a safety net (the WAL past ~64 MiB): checkpoints normally
 /// run on another connection (`SqliteStore::checkpoint`), off the writer's commit path.
+/// A WAL that grew past 64 MiB (a burst faster than checkpoints) is cut back to that once
+/// it restarts, instead of keeping disk space a full disk needs.
 pub(crate) const WRITER_PRAGMAS: &str = "
     PRAGMA auto_vacuum = NONE;
     PRAGMA journal_mode = WAL;
     PRAGMA synchronous = FULL;
     PRAGMA wal_autocheckpoint = 16000;
+    PRAGMA journal_size_limit = 67108864;
 ";
 
 /// Creates what is missing.

@@ -102,7 +102,12 @@ impl Store for SqliteStore {
         messages: Vec<MessageToStore>,
         max_channels: u32,
     ) -> Result<Vec<i64>, QueueError> {
-        self.write_messages(move |c, index| messages::put(c, index, queue, messages, max_channels)).await
+        let room = self.room.clone();
+        self.write_messages(move |c, index| {
+            room.check(c)?;
+            messages::put(c, index, queue, messages, max_channels)
+        })
+        .await
     }
 
     async fn lease(&self, request: LeaseRequest) -> StoreResult<Leased> {
