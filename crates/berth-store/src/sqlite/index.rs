@@ -517,6 +517,23 @@ impl Index {
         picked
     }
 
+    /// Takes a message whose body cannot be read out of the way: from the queue to its
+    /// DLQ (ready there, delivery count kept), and from the DLQ away. Returns whether it
+    /// went to the DLQ, or `None` if no such live message.
+    pub(crate) fn quarantine(&mut self, queue: QueueRow, id: Id, writes: &mut Vec<Persist>) -> Option<bool> {
+        let q = self.queues.get_mut(&queue)?;
+        let (_, batch, at) = q.slot(id)?;
+        if batch.slots[at].dlq {
+            writes.push(q.remove(id)?);
+            return Some(false);
+        }
+        writes.push(q.update(id, |slot| {
+            slot.phase = Phase::Ready;
+            slot.dlq = true;
+        })?);
+        Some(true)
+    }
+
     /// The queue of a receipt's lease if that lease is the message's current one at `now`.
     fn leased_in(&mut self, lease: &LeaseRef, now: i64) -> Option<&mut QueueIndex> {
         let q = self.queues.get_mut(&lease.queue)?;

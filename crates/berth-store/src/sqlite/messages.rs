@@ -117,6 +117,7 @@ pub(crate) fn put(
     if !index.channels_fit(queue, &channels, max_channels) {
         return Err(QueueError::LimitExceeded(format!("a queue holds at most {max_channels} non-empty channels")));
     }
+    let sums = schema::encode_sums(messages.iter().map(|m| m.message.content.as_bytes()));
     let mut bodies = Vec::with_capacity(messages.iter().map(|m| m.message.content.len()).sum());
     let meta: Vec<MessageMeta> = messages
         .iter()
@@ -135,9 +136,10 @@ pub(crate) fn put(
     let first = index.next_id();
     let last = first + messages.len() as i64 - 1;
     conn.prepare_cached(
-        "INSERT INTO message_batches (id, queue, created_at, expire_at, meta, bodies) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO message_batches (id, queue, created_at, expire_at, meta, bodies, sums)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
-    .and_then(|mut s| s.execute(params![last, queue, created_at, expire_at, meta_json, bodies]))
+    .and_then(|mut s| s.execute(params![last, queue, created_at, expire_at, meta_json, bodies, sums]))
     .map_err(sql)?;
     let slots: Vec<NewSlot<'_>> =
         meta.iter().map(|m| NewSlot { channel: &m.channel, size: m.size, delayed_until: m.delayed_until }).collect();
@@ -159,28 +161,67 @@ pub(crate) fn lease(conn: &Connection, index: &mut Index, req: &LeaseRequest) ->
         index.settle(req.queue, req.now.0, req.dead_letter_after, RELEASE_PER_LEASE, &mut report, writes);
         index.lease(req.queue, &pick, writes)
     })?;
+    let (messages, unreadable) = read_bodies(conn, &picked, req.visible_after)?;
+    if !unreadable.is_empty() {
+        durably(conn, index, |index, writes| {
+            for (p, reason) in &unreadable {
+                let to_dlq = index.quarantine(req.queue, p.id, writes);
+                tracing::error!(
+                    queue = req.queue,
+                    message_id = p.id,
+                    reason = %reason,
+                    moved = if to_dlq == Some(true) { "to the DLQ" } else { "away (it was in the DLQ)" },
+                    "a stored message cannot be read; taken out of the queue"
+                );
+            }
+        })?;
+    }
     let next_visible_at =
-        if picked.is_empty() { index.next_visible_at(req.queue, req.dead_letter).map(Timestamp) } else { None };
-    let messages = read_bodies(conn, &picked, req.visible_after)?;
+        if messages.is_empty() { index.next_visible_at(req.queue, req.dead_letter).map(Timestamp) } else { None };
     Ok(Leased { messages, settled: report.released + report.dead_lettered, next_visible_at })
 }
 
-/// The leased messages with their bodies and properties, one read per batch row.
-fn read_bodies(conn: &Connection, picked: &[Picked], visible_after: Timestamp) -> rusqlite::Result<Vec<LeasedMessage>> {
-    let mut read = conn.prepare_cached("SELECT meta, bodies FROM message_batches WHERE id = ?1")?;
+/// A leased message whose body could not be read, and why.
+type Unreadable<'a> = (&'a Picked, String);
+
+/// The leased messages with their bodies and properties, one read per batch row; those
+/// whose row is gone or damaged, whose checksum does not match, or whose content is not
+/// UTF-8 come back apart, so that one bad row does not stop the queue.
+fn read_bodies<'a>(
+    conn: &Connection,
+    picked: &'a [Picked],
+    visible_after: Timestamp,
+) -> rusqlite::Result<(Vec<LeasedMessage>, Vec<Unreadable<'a>>)> {
+    let mut read = conn.prepare_cached("SELECT meta, bodies, sums FROM message_batches WHERE id = ?1")?;
     let mut messages = Vec::with_capacity(picked.len());
+    let mut unreadable = Vec::new();
     for group in picked.chunk_by(|a, b| a.batch == b.batch) {
-        read.query_row(params![group[0].batch], |row| {
+        let mut served = Vec::with_capacity(group.len());
+        let mut bad = Vec::new();
+        let read_group = read.query_row(params![group[0].batch], |row| {
             let bodies = row.get_ref(1)?.as_blob()?;
+            let sums = row.get_ref(2)?.as_blob_or_null()?;
             // Most messages have no properties: parse the meta only for a batch that has some.
             let meta: Option<Vec<MessageMeta>> =
                 if row.get_ref(0)?.as_str()?.contains("\"p\"") { Some(parse_meta(row, 0)?) } else { None };
             for p in group {
-                let bytes = bodies.get(p.offset..p.offset + p.size as usize).unwrap_or_default();
-                let content = String::from_utf8(bytes.to_vec())
-                    .map_err(|e| rusqlite::Error::FromSqlConversionFailure(1, Type::Blob, Box::new(e)))?;
+                let Some(bytes) = bodies.get(p.offset..p.offset + p.size as usize) else {
+                    bad.push((p, "the batch row is shorter than its messages".to_owned()));
+                    continue;
+                };
+                if schema::sum_at(sums, p.position).is_some_and(|sum| crc32fast::hash(bytes) != sum) {
+                    bad.push((p, "its checksum does not match".to_owned()));
+                    continue;
+                }
+                let content = match String::from_utf8(bytes.to_vec()) {
+                    Ok(content) => content,
+                    Err(e) => {
+                        bad.push((p, format!("its content is not UTF-8: {e}")));
+                        continue;
+                    }
+                };
                 let properties = meta.as_ref().and_then(|m| m.get(p.position)).and_then(|m| m.properties.clone());
-                messages.push(LeasedMessage {
+                served.push(LeasedMessage {
                     id: p.id,
                     content,
                     channel: p.channel.to_string(),
@@ -193,9 +234,17 @@ fn read_bodies(conn: &Connection, picked: &[Picked], visible_after: Timestamp) -
                 });
             }
             Ok(())
-        })?;
+        });
+        match read_group {
+            Ok(()) => {
+                messages.extend(served);
+                unreadable.extend(bad);
+            }
+            // A missing row, a damaged page, meta that does not parse: the whole batch.
+            Err(e) => unreadable.extend(group.iter().map(|p| (p, format!("its batch row cannot be read: {e}")))),
+        }
     }
-    Ok(messages)
+    Ok((messages, unreadable))
 }
 
 pub(crate) fn extend(

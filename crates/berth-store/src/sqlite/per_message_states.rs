@@ -116,11 +116,11 @@ mod tests {
     /// leased (delivery 2, token 42), message 3 is in the DLQ; the put of message 4 is left
     /// over, though its only message was deleted.
     const LAYOUT_4: &str = "
-        INSERT INTO message_batches VALUES (2, 1, 0, 99, '[{\"s\":1},{\"s\":1}]', X'6162');
-        INSERT INTO message_batches VALUES (3, 1, 0, 99, '[{\"s\":1}]', X'63');
+        INSERT INTO message_batches (id, queue, created_at, expire_at, meta, bodies) VALUES (2, 1, 0, 99, '[{\"s\":1},{\"s\":1}]', X'6162');
+        INSERT INTO message_batches (id, queue, created_at, expire_at, meta, bodies) VALUES (3, 1, 0, 99, '[{\"s\":1}]', X'63');
         INSERT INTO message_states VALUES (2, 0, 1, 500, 2, 42, 0);
         INSERT INTO message_states VALUES (3, 1, 0, 0, 5, 7, 0);
-        INSERT INTO message_batches VALUES (4, 1, 0, 99, '[{\"s\":1}]', X'64');
+        INSERT INTO message_batches (id, queue, created_at, expire_at, meta, bodies) VALUES (4, 1, 0, 99, '[{\"s\":1}]', X'64');
         INSERT INTO message_states VALUES (4, 0, 0, 0, 1, 9, 1);
     ";
 

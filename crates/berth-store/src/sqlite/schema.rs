@@ -101,14 +101,16 @@ CREATE TABLE IF NOT EXISTS retry_tokens (
 );
 -- One row per put. Its messages have the ids `id - n + 1 ..= id`, n = the length of `meta`
 -- (AUTOINCREMENT: ids are never reused, so clients can deduplicate by id). `meta` is a JSON
--- array of `MessageMeta`, one per message; `bodies` their contents, concatenated.
+-- array of `MessageMeta`, one per message; `bodies` their contents, concatenated; `sums`
+-- the CRC-32 of each content, 4 bytes little-endian each (NULL in rows from before them).
 CREATE TABLE IF NOT EXISTS message_batches (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     queue      INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
     expire_at  INTEGER NOT NULL,
     meta       TEXT NOT NULL,
-    bodies     BLOB NOT NULL
+    bodies     BLOB NOT NULL,
+    sums       BLOB
 );
 -- The state of every message of a batch (same id) once one of them changed since the put:
 -- one row per batch, not per message, so that a lease or delete of a put's messages writes
@@ -238,7 +240,27 @@ pub(crate) fn migrate(conn: &Connection, messages_owned: bool) -> rusqlite::Resu
     if rows_per_message && messages_owned {
         batch_message_rows(conn)?;
     }
+    let has_sums: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('message_batches') WHERE name = 'sums')",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_sums && messages_owned {
+        // Older rows keep NULL: their bodies are served unchecked.
+        conn.execute_batch("ALTER TABLE message_batches ADD COLUMN sums BLOB")?;
+    }
     Ok(())
+}
+
+/// The checksums of a put's contents, as `sums` keeps them.
+pub(crate) fn encode_sums<'a>(contents: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    contents.flat_map(|content| crc32fast::hash(content).to_le_bytes()).collect()
+}
+
+/// The checksum of message `position` in `sums`, if the row has them.
+pub(crate) fn sum_at(sums: Option<&[u8]>, position: usize) -> Option<u32> {
+    let bytes = sums?.get(position * 4..position * 4 + 4)?;
+    Some(u32::from_le_bytes(bytes.try_into().ok()?))
 }
 
 /// Layouts 1 to 3 kept a row (and index entries) per message: each becomes a batch of one,
