@@ -16,7 +16,8 @@ fuzz_target!(|data: &[u8]| {
     }
     if data.len() >= 25 {
         let int = |at: usize| i64::from_be_bytes(data[at..at + 8].try_into().unwrap());
-        let lease = LeaseRef { queue: int(0), message_id: int(8), lease_token: int(16), dead_letter: data[24] & 1 == 1 };
+        let lease =
+            LeaseRef { queue: int(0), message_id: int(8), lease_token: int(16), dead_letter: data[24] & 1 == 1 };
         assert_eq!(key.open(&key.issue(&lease)).ok(), Some(lease));
         assert!(ReceiptKey::new(b"another secret").open(&key.issue(&lease)).is_err());
     }

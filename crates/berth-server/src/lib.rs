@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`config`]: command line, TOML file and `BERTH_*` environment, merged and validated.
 //! - [`app`]: wiring and the shutdown sequence.
+//! - [`accept`]: accepting connections under a cap, for HTTP and STOMP.
 //! - [`http`]: the HTTP listener: connection cap, TLS, deadlines for request heads.
 //! - [`auth`]: OCI request signatures → [`auth::Principal`].
 //! - [`rest`]: routes, handlers (named after OCI operations), DTOs and the one error mapping.
@@ -12,6 +13,7 @@
 //! - [`stomp`]: STOMP 1.0–1.2 over the same engine.
 //! - [`tls`]: rustls server configuration for HTTPS and STOMP over TLS.
 
+pub mod accept;
 pub mod app;
 pub mod auth;
 pub mod config;

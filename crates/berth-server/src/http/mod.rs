@@ -6,17 +6,16 @@
 
 mod head_deadline;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+
+use crate::accept::{Acceptor, Stream};
 
 /// Most header lines hyper parses; the router answers more than [`crate::rest::MAX_HEADERS`]
 /// in OCI's shape, so hyper's own bare 431 is only for requests far past that.
@@ -42,41 +41,13 @@ pub async fn serve(
     limits: Limits,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut acceptor = Acceptor::new(listener, limits.max_connections, "HTTP");
     let graceful = GracefulShutdown::new();
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        // Take a slot before accepting: at the cap, clients queue in the kernel backlog
-        // instead of costing a file descriptor each.
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
-            _ = shutdown.cancelled() => break,
-        };
-        let (socket, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors, mostly: wait for connections to close.
-                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "HTTP accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        backoff = Duration::from_millis(10);
-        let _ = socket.set_nodelay(true);
+    while let Some(accepted) = acceptor.next(&shutdown).await {
         let (router, tls, limits, watcher) = (router.clone(), tls.clone(), limits.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let _slot = slot;
-            match tls {
-                None => serve_connection(socket, router, &limits, watcher).await,
-                Some(tls) => match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, tls.accept(socket)).await {
-                    Ok(Ok(stream)) => serve_connection(stream, router, &limits, watcher).await,
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTPS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "HTTPS handshake timed out"),
-                },
+            if let Some((stream, _slot)) = accepted.stream(tls.as_ref(), "HTTP").await {
+                serve_connection(stream, router, &limits, watcher).await;
             }
         });
     }
@@ -88,14 +59,12 @@ pub async fn serve(
 }
 
 /// Serves one connection until the client closes it, a deadline passes, or shutdown.
-async fn serve_connection<S>(
-    stream: S,
+async fn serve_connection(
+    stream: Stream,
     router: axum::Router,
     limits: &Limits,
     watcher: hyper_util::server::graceful::Watcher,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let (stream, timer) = head_deadline::watch(stream, limits.idle_timeout, limits.header_timeout);
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(timer)

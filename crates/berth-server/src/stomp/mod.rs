@@ -18,10 +18,11 @@ use std::time::Duration;
 
 use berth_core::Engine;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::accept::Acceptor;
 
 /// How long connections get to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,39 +45,14 @@ pub struct StompContext {
 
 /// Accepts connections until `shutdown`, then waits (bounded) for them to close.
 pub async fn serve(listener: TcpListener, ctx: Arc<StompContext>, shutdown: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(ctx.max_connections));
+    let mut acceptor = Acceptor::new(listener, ctx.max_connections, "STOMP");
     let tracker = TaskTracker::new();
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        // Take a slot before accepting: at the cap, clients queue in the kernel backlog.
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
-            _ = shutdown.cancelled() => break,
-        };
-        let (socket, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "STOMP accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        backoff = Duration::from_millis(10);
+    while let Some(accepted) = acceptor.next(&shutdown).await {
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
         tracker.spawn(async move {
-            let _slot = slot;
-            let _ = socket.set_nodelay(true);
-            match &ctx.tls {
-                None => connection::serve(socket, peer, &ctx, &shutdown).await,
-                Some(tls) => match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, tls.accept(socket)).await {
-                    Ok(Ok(stream)) => connection::serve(stream, peer, &ctx, &shutdown).await,
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "STOMP TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "STOMP TLS handshake timed out"),
-                },
+            let peer = accepted.peer;
+            if let Some((stream, _slot)) = accepted.stream(ctx.tls.as_ref(), "STOMP").await {
+                connection::serve(stream, peer, &ctx, &shutdown).await;
             }
         });
     }
