@@ -195,3 +195,33 @@ def test_a_malformed_chunked_body_is_400_not_413(server):
            "Transfer-Encoding: chunked\r\n\r\nZZ\r\n{}\r\n0\r\n\r\n").encode()
     status, h, body = exchange(server.http_addr, raw)
     assert_oci_error(status, h, body, 400, "CannotParseRequest")
+
+
+@pytest.mark.parametrize("raw, status, code", [
+    (b"GET /health HTTP/1.1 extra\r\nHost: b\r\n\r\n", 400, "CannotParseRequest"),  # bad request line
+    (b"GET /health HTTP/1.1\r\nHost: b\r\nX-Nul: a\x00b\r\n\r\n", 400, "CannotParseRequest"),
+    (b"POST /health HTTP/1.1\r\nHost: b\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nab", 400,
+     "CannotParseRequest"),
+    (b"GET /health HTTP/1.1\r\nHost: b\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(500)) + b"\r\n", 431,
+     "RequestHeaderFieldsTooLarge"),  # past hyper's own header limit
+], ids=["request-line", "nul-in-header", "conflicting-content-length", "500-headers"])
+def test_requests_hyper_cannot_parse_get_oci_error_shape(server, raw, status, code):
+    got_status, headers, body = exchange(server.http_addr, raw)
+    assert_oci_error(got_status, headers, body, status, code)
+    assert headers.get("connection") == "close"
+
+
+def test_a_kept_alive_connection_still_answers_after_a_good_request(server):
+    """After a request's own answer, the next unparsable head on the same connection is shaped too."""
+    with connect(server.http_addr) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: b\r\n\r\n")
+        first = s.recv(4096)
+        assert first.startswith(b"HTTP/1.1 200") and b"opc-request-id" in first
+        s.sendall(b"BAD REQUEST LINE\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400") and b"CannotParseRequest" in data, data

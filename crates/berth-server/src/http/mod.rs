@@ -4,13 +4,12 @@
 //! What a request does is the router's business ([`crate::rest`]); this module only
 //! decides which connections get served and for how long.
 
-mod head_deadline;
+mod request_head;
 
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -65,13 +64,18 @@ async fn serve_connection(
     limits: &Limits,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
-    let (stream, timer) = head_deadline::watch(stream, limits.idle_timeout, limits.header_timeout);
+    let (stream, timer, arrivals) = request_head::watch(stream, limits.idle_timeout, limits.header_timeout);
+    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        arrivals.request_arrived();
+        // The router is always ready (axum), so it is called without poll_ready.
+        tower::Service::call(&mut router.clone(), request)
+    });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(timer)
         // The timer decides the deadline; any value turns hyper's head timeout on.
         .header_read_timeout(limits.idle_timeout)
         .max_headers(HYPER_MAX_HEADERS)
-        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+        .serve_connection(TokioIo::new(stream), service);
     if let Err(e) = watcher.watch(connection).await {
         // Deadlines, resets and malformed requests: the client's doing, not a server fault.
         tracing::debug!(error = %e, "HTTP connection ended");

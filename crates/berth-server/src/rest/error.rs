@@ -25,8 +25,10 @@ pub enum ApiError {
     BodyUnreadable,
     /// The request target is longer than any valid request's.
     UriTooLong,
-    /// The request has more header lines than any valid request.
+    /// The request's headers are too many or too large.
     TooManyHeaders,
+    /// The request is not HTTP/1.1 that parses (answered for hyper).
+    MalformedHttp,
     /// The request ran past the server's time limit.
     Timeout,
     /// A handler panicked.
@@ -73,6 +75,7 @@ impl ApiError {
             ApiError::BodyUnreadable => StatusCode::BAD_REQUEST,
             ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
             ApiError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::MalformedHttp => StatusCode::BAD_REQUEST,
             ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Panic => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -101,6 +104,7 @@ impl ApiError {
             ApiError::BodyUnreadable => "CannotParseRequest",
             ApiError::UriTooLong => "UriTooLong",
             ApiError::TooManyHeaders => "RequestHeaderFieldsTooLarge",
+            ApiError::MalformedHttp => "CannotParseRequest",
             ApiError::Timeout => "ServiceUnavailable",
             ApiError::Panic => "InternalServerError",
         }
@@ -129,7 +133,10 @@ impl ApiError {
             ApiError::UriTooLong => {
                 format!("The request target is longer than {} bytes.", super::MAX_URI_BYTES)
             }
-            ApiError::TooManyHeaders => format!("The request has more than {} header lines.", super::MAX_HEADERS),
+            ApiError::TooManyHeaders => "The request's headers are too many or too large.".into(),
+            ApiError::MalformedHttp => {
+                "The request is not valid HTTP/1.1: its request line, a header or its framing does not parse.".into()
+            }
             ApiError::Timeout => "The request took longer than the server allows; retry it.".into(),
         }
     }

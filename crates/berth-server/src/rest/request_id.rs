@@ -24,7 +24,8 @@ pub async fn assign(mut request: Request, next: Next) -> Response {
     response
 }
 
-fn new_id() -> HeaderValue {
+/// A new request id: 32 hex digits.
+pub fn new_id() -> HeaderValue {
     let id: u128 = rand::thread_rng().gen();
     HeaderValue::from_str(&format!("{id:032X}")).expect("hex is a valid header value")
 }

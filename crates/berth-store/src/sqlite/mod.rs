@@ -301,8 +301,9 @@ impl<T> Failure for Result<T, StoreError> {
 
 impl<T> Failure for Result<T, QueueError> {
     fn is_storage_failure(&self) -> bool {
-        // A put refused for want of room changed nothing; one that hit SQLite's own full
-        // disk had its transaction rolled back, after which the writer reads the index back.
+        // A put changes the index only after its row is written: one that failed for want of
+        // room (the room check's or SQLite's own full disk) left the index as it was, and
+        // reading a million messages back for each refused put would stall the writer.
         matches!(self, Err(QueueError::Store(e)) if !matches!(e, StoreError::Full(_)))
     }
 }
