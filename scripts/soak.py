@@ -112,6 +112,7 @@ def main() -> int:
     sdk.start()
     benches = [bench(args.bench, creds, http, stomp, proc.pid, p, args.seconds) for p in ("rest", "stomp")]
     deadline = time.monotonic() + args.seconds
+    results = []
     try:
         while time.monotonic() < deadline:
             samples.append(sample(proc.pid, data))
@@ -119,7 +120,6 @@ def main() -> int:
             time.sleep(SAMPLE_EVERY)
         stop.set()
         sdk.join(30)
-        results = []
         for b in benches:
             out, _ = b.communicate(timeout=180)
             line = next((l for l in out.splitlines() if l.startswith("BENCH ")), None)

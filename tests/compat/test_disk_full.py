@@ -101,7 +101,14 @@ def test_a_full_disk_refuses_puts_keeps_gets_and_deletes_and_recovers_by_itself(
 
     # Space comes back: the server recovers without a restart.
     filler.unlink()
-    wait_for(lambda: bool(put_batch(qc, queue_id, 1)), timeout=10, desc="puts accepted again")
+    def accepted():
+        try:
+            return bool(put_batch(qc, queue_id, 1))
+        except oci.exceptions.ServiceError as e:
+            assert e.status == 503, e
+            return False
+
+    wait_for(accepted, timeout=10, desc="puts accepted again")
     acked_after = set(m.id for m in put_batch(qc, queue_id, 1))
     acked |= acked_after
     assert srv.health().status_code == 200

@@ -35,6 +35,9 @@ pub const MAX_PROPERTY_KEY_BYTES: usize = 128;
 pub const MAX_PROPERTY_VALUE_BYTES: usize = 1024;
 /// Longest display name, in bytes.
 pub const MAX_DISPLAY_NAME_BYTES: usize = 255;
+/// How long work requests stay listed after they were accepted (7 days): long enough for
+/// any waiter, short enough that queues made and deleted all day do not grow the store.
+pub const WORK_REQUEST_RETENTION_MS: i64 = 7 * 86_400_000;
 
 /// Checks that `value` of `field` lies in `min..=max`.
 pub fn in_range(field: &str, value: i64, min: i64, max: i64) -> Result<u32, QueueError> {

@@ -86,7 +86,7 @@ pub struct SweepReport {
     pub released: u64,
     /// Messages moved to a dead letter queue.
     pub dead_lettered: u64,
-    /// Rows removed from deleted queues.
+    /// Rows removed from deleted queues, and work requests past their retention.
     pub reclaimed: u64,
     /// Queues with leases released or dead-lettered, whose waiting pollers should look again.
     pub settled_queues: Vec<QueueRow>,

@@ -52,7 +52,7 @@ impl DataDir {
                 }
             );
         }
-        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
         if credentials.exists() {
             let aside = dir.join(format!("credentials.before-{stamp}"));
             std::fs::rename(&credentials, &aside)

@@ -820,3 +820,21 @@ async fn a_refused_put_does_not_undo_puts_committed_with_it() {
     assert_eq!(refused, 1);
     assert_eq!(r.engine.stats(T, &q, None).await.unwrap().queue.visible, before + 31);
 }
+
+async fn listed(r: &Rig) -> usize {
+    r.engine.list_work_requests(T, None, None, None, None).await.unwrap().items.len()
+}
+
+#[tokio::test]
+async fn work_requests_are_kept_for_their_retention_then_swept() {
+    let r = rig().await;
+    let queue = r.queue(PolicyValues::default()).await;
+    assert_eq!(listed(&r).await, 1, "CreateQueue's");
+    r.clock.advance(Duration::from_millis(berth_core::limits::WORK_REQUEST_RETENTION_MS as u64 - 1));
+    r.store.sweep(r.clock_now(), 100).await.unwrap();
+    assert_eq!(listed(&r).await, 1, "still within its retention");
+    r.clock.advance(Duration::from_millis(1));
+    let report = r.store.sweep(r.clock_now(), 100).await.unwrap();
+    assert_eq!((listed(&r).await, report.reclaimed), (0, 1));
+    r.put(&queue, &["the queue itself stays"]).await;
+}

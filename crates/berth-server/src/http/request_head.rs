@@ -48,7 +48,7 @@ pub(super) struct HeadTimer {
 /// tells it a request has arrived.
 pub(super) fn watch<S>(stream: S, idle: Duration, header: Duration) -> (Watched<S>, HeadTimer, Arrivals) {
     let wait = SharedWait::default();
-    let watched = Watched { stream, wait: wait.clone(), replacing: None };
+    let watched = Watched { stream, wait: wait.clone(), replacing: None, unflushed: false };
     (watched, HeadTimer { wait: wait.clone(), idle, header }, Arrivals(wait))
 }
 
@@ -113,6 +113,9 @@ pub(super) struct Watched<S> {
     wait: SharedWait,
     /// Our answer in place of hyper's, and how much of it is written.
     replacing: Option<(Vec<u8>, usize)>,
+    /// Bytes of a request's own answer written and not yet flushed: hyper may already wait
+    /// for the next head while those go out, and they are never replaced.
+    unflushed: bool,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
@@ -130,9 +133,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
 }
 
 impl<S: AsyncWrite + Unpin> Watched<S> {
-    /// Whether hyper writes its own answer: it writes while waiting for a head only then.
+    /// Whether hyper writes its own answer: a 4xx head, written while it waits for a request
+    /// head with everything before flushed (it writes then only for that).
     fn hyper_answers(&mut self, head: &[u8]) -> bool {
-        if self.replacing.is_none() && lock(&self.wait).since.is_some() {
+        if self.replacing.is_none()
+            && !self.unflushed
+            && head.starts_with(b"HTTP/1.1 4")
+            && lock(&self.wait).since.is_some()
+        {
             self.replacing = Some((oci_answer(head), 0));
         }
         self.replacing.is_some()
@@ -161,12 +169,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
             // hyper's bytes are dropped: ours stand for them.
             return self.poll_replacement(cx).map_ok(|()| buf.len());
         }
+        self.unflushed = true;
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         std::task::ready!(self.poll_replacement(cx))?;
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let flushed = std::task::ready!(Pin::new(&mut self.stream).poll_flush(cx));
+        self.unflushed = flushed.is_err();
+        Poll::Ready(flushed)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -184,6 +195,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
             let total = bufs.iter().map(|b| b.len()).sum();
             return self.poll_replacement(cx).map_ok(|()| total);
         }
+        self.unflushed = true;
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
@@ -283,5 +295,17 @@ mod tests {
         let mut answer = String::new();
         client.read_to_string(&mut answer).await.unwrap();
         assert_eq!(answer, "HTTP/1.1 200 OK\r\n\r\n", "a request's own answer is not touched");
+
+        // An answer still being flushed when hyper begins the next wait is not replaced.
+        let (mut client, server) = tokio::io::duplex(4096);
+        let (mut watched, timer, arrivals) = watch(server, Duration::from_secs(60), Duration::from_secs(5));
+        arrivals.request_arrived();
+        watched.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 3\r\n\r\n").await.unwrap();
+        let _next = timer.sleep_until(std::time::Instant::now());
+        watched.write_all(b"abc").await.unwrap();
+        drop(watched);
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert_eq!(answer, "HTTP/1.1 404 Not Found\r\ncontent-length: 3\r\n\r\nabc");
     }
 }

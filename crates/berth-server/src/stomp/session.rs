@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::command::{Command, Destination};
 use super::frame::{Frame, Version};
+use super::login_throttle::Attempter;
 use super::subscription::{Consumer, Event};
 use super::StompContext;
 
@@ -139,10 +140,15 @@ impl Session {
         };
         let heartbeats = if version == Version::V1_0 { negotiate(None) } else { negotiate(frame.get("heart-beat")) }
             .map_err(|e| refuse(&e))?;
-        ctx.logins.wait_turn(peer.ip()).await;
         let login = frame.get("login").unwrap_or_default();
+        let attempter = Attempter::new(peer.ip(), login);
+        if let Err(wait) = ctx.logins.wait_turn(&attempter).await {
+            tracing::warn!(%peer, login, "STOMP login refused: too many failed logins");
+            let retry = wait.as_secs() + 1;
+            return Err(refuse(&format!("too many failed logins from this address; retry in {retry} s")));
+        }
         let bad_login = || {
-            let failures = ctx.logins.failed(peer.ip());
+            let failures = ctx.logins.failed(&attempter);
             tracing::warn!(%peer, login, failures, "STOMP login failed");
             refuse("login failed: check login (<tenancy>/<user>) and passcode")
         };
@@ -159,7 +165,7 @@ impl Session {
         if crate::credentials::passcode_sha256(passcode) != user.stomp_passcode_sha256 {
             return Err(bad_login());
         }
-        ctx.logins.succeeded(peer.ip());
+        ctx.logins.succeeded(&attempter);
         let (events_tx, events) = mpsc::channel(64);
         let ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis() as u64);
         let mut connected = Frame::new("CONNECTED")

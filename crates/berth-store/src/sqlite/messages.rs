@@ -181,6 +181,18 @@ pub(crate) fn lease(conn: &Connection, index: &mut Index, req: &LeaseRequest) ->
     Ok(Leased { messages, settled: report.released + report.dead_lettered, next_visible_at })
 }
 
+/// Whether a read failed for the row itself, which no retry mends.
+fn is_damage(error: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    match error {
+        rusqlite::Error::QueryReturnedNoRows
+        | rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::Utf8Error(..) => true,
+        _ => matches!(error.sqlite_error_code(), Some(DatabaseCorrupt | NotADatabase)),
+    }
+}
+
 /// A leased message whose body could not be read, and why.
 type Unreadable<'a> = (&'a Picked, String);
 
@@ -241,7 +253,11 @@ fn read_bodies<'a>(
                 unreadable.extend(bad);
             }
             // A missing row, a damaged page, meta that does not parse: the whole batch.
-            Err(e) => unreadable.extend(group.iter().map(|p| (p, format!("its batch row cannot be read: {e}")))),
+            Err(e) if is_damage(&e) => {
+                unreadable.extend(group.iter().map(|p| (p, format!("its batch row cannot be read: {e}"))))
+            }
+            // I/O, memory, a full disk: the job fails and the lease is undone; retrying may work.
+            Err(e) => return Err(e),
         }
     }
     Ok((messages, unreadable))
@@ -329,5 +345,10 @@ pub(crate) fn sweep(conn: &Connection, index: &mut Index, now: Timestamp, batch:
     }
     persist(conn, index, &writes)?;
     conn.execute("DELETE FROM retry_tokens WHERE expires_at <= ?1", params![now.0])?;
+    report.reclaimed += conn.execute(
+        "DELETE FROM work_requests WHERE rowid IN
+             (SELECT rowid FROM work_requests WHERE accepted_at <= ?1 ORDER BY accepted_at LIMIT ?2)",
+        params![now.0 - berth_core::limits::WORK_REQUEST_RETENTION_MS, batch],
+    )? as u64;
     Ok(report)
 }

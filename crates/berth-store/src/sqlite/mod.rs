@@ -349,3 +349,19 @@ pub(crate) fn sql(error: rusqlite::Error) -> QueueError {
 }
 
 mod store_impl;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite_error(code: std::ffi::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn a_full_disk_is_retryable_and_named_so() {
+        assert!(matches!(backend(sqlite_error(rusqlite::ffi::SQLITE_FULL)), StoreError::Full(_)));
+        assert!(matches!(backend(sqlite_error(rusqlite::ffi::SQLITE_BUSY)), StoreError::Unavailable(_)));
+        assert!(matches!(backend(sqlite_error(rusqlite::ffi::SQLITE_CORRUPT)), StoreError::Backend(_)));
+    }
+}

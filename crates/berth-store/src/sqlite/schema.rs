@@ -91,6 +91,7 @@ CREATE TABLE IF NOT EXISTS work_requests (
     body           TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS work_requests_by_tenancy ON work_requests (tenancy_id, accepted_at);
+CREATE INDEX IF NOT EXISTS work_requests_by_age ON work_requests (accepted_at);
 CREATE TABLE IF NOT EXISTS retry_tokens (
     tenancy_id      TEXT NOT NULL,
     token           TEXT NOT NULL,
@@ -189,7 +190,6 @@ pub(crate) fn decode_states(bytes: &[u8], slots: &mut [Slot]) -> Result<(), Stri
 /// layouts 1 to 4, which predate it). A newer layout is refused: this build would misread it.
 pub(crate) const LAYOUT: i64 = 5;
 
-/// The message layout recorded in the database.
 /// Whether the database holds another program's tables: some, but not Berth's `meta`.
 pub(crate) fn is_foreign(conn: &Connection) -> rusqlite::Result<bool> {
     let (tables, meta): (i64, i64) = conn.query_row(
@@ -201,6 +201,7 @@ pub(crate) fn is_foreign(conn: &Connection) -> rusqlite::Result<bool> {
     Ok(tables > 0 && meta == 0)
 }
 
+/// The message layout recorded in the database.
 pub(crate) fn layout(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("PRAGMA user_version", [], |row| row.get(0))
 }
