@@ -225,3 +225,32 @@ def test_a_kept_alive_connection_still_answers_after_a_good_request(server):
                 break
             data += chunk
     assert data.startswith(b"HTTP/1.1 400") and b"CannotParseRequest" in data, data
+
+
+def test_a_client_that_stops_reading_its_answers_is_cut_at_the_idle_timeout(fresh_server):
+    srv = fresh_server(["--http-idle-timeout", "2s"])
+    t = srv.tenant()
+    queue_id = t.create_queue(unique_name("slow-reader"))
+    big = "x" * (128 * 1024)
+    for _ in range(16):  # 64 messages of 128 KiB: four GetMessages answers of 2 MiB each
+        put(t.qc, queue_id, [big] * 4)
+    prepared = t.raw.prepare("GET", f"{API}/queues/{queue_id}/messages",
+                             params={"limit": 16, "timeoutInSeconds": 0, "visibilityInSeconds": 600})
+    head = f"GET {prepared.path_url} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in prepared.headers.items())
+    request = (head + "\r\n").encode()
+
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect, so the window stays small
+    s.connect(split_addr(srv.http_addr))
+    s.sendall(request * 4)  # pipelined: more answer than the kernel's buffers hold
+    time.sleep(6)  # reads nothing for three idle timeouts
+    s.settimeout(10)
+    received = 0
+    try:
+        while chunk := s.recv(1 << 20):
+            received += len(chunk)
+    except ConnectionResetError:
+        pass
+    s.close()
+    assert received < 4 * 16 * len(big), f"the connection was not cut: {received} bytes arrived"
+    assert srv.health().status_code == 200

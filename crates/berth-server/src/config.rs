@@ -114,7 +114,8 @@ pub struct ServeArgs {
     /// Most open HTTP connections; more wait to be accepted [default: 4096].
     #[arg(long, env = "BERTH_HTTP_MAX_CONNECTIONS")]
     pub http_max_connections: Option<usize>,
-    /// Close HTTP connections that send no byte of a next request for this long [default: 60s].
+    /// Close HTTP connections that send no byte of a next request, or read nothing of an
+    /// answer, for this long [default: 60s].
     #[arg(long, env = "BERTH_HTTP_IDLE_TIMEOUT")]
     pub http_idle_timeout: Option<String>,
     /// Close HTTP connections whose request head is not complete this long after its first byte [default: 10s].

@@ -1,10 +1,12 @@
 //! The HTTP listener: accepts connections under a cap, optionally speaks TLS, serves the
-//! router over HTTP/1.1 with deadlines for request heads, and drains at shutdown.
+//! router over HTTP/1.1 with deadlines for request heads and for stalled writes, and
+//! drains at shutdown.
 //!
 //! What a request does is the router's business ([`crate::rest`]); this module only
 //! decides which connections get served and for how long.
 
 mod request_head;
+mod write_deadline;
 
 use std::time::Duration;
 
@@ -64,6 +66,8 @@ async fn serve_connection(
     limits: &Limits,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
+    // A client that stops reading gets as long as an idle one.
+    let stream = write_deadline::WriteDeadline::new(stream, limits.idle_timeout);
     let (stream, timer, arrivals) = request_head::watch(stream, limits.idle_timeout, limits.header_timeout);
     let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         arrivals.request_arrived();
