@@ -49,7 +49,9 @@ pub fn open_store(data_dir: &Path, serve_messages: bool, start_fresh: bool) -> a
 /// Runs the server until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Both caps, plus the store's files and a margin for the rest.
-    http::raise_open_files_limit((config.http_limits.max_connections + config.stomp_max_connections + 64) as u64);
+    crate::accept::raise_open_files_limit(
+        (config.http_limits.max_connections + config.stomp_max_connections + 64) as u64,
+    );
     let store =
         Arc::new(open_store(&config.data_dir, true, config.start_fresh)?.with_min_free_space(config.min_free_space));
     anyhow::ensure!(

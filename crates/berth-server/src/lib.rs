@@ -3,7 +3,7 @@
 //! # Layout
 //! - [`config`]: command line, TOML file and `BERTH_*` environment, merged and validated.
 //! - [`app`]: wiring and the shutdown sequence.
-//! - [`accept`]: accepting connections under a cap, for HTTP and STOMP.
+//! - [`accept`]: accepting connections under a cap, for HTTP and STOMP; the open-files limit.
 //! - [`http`]: the HTTP listener: connection cap, TLS, deadlines for request heads.
 //! - [`auth`]: OCI request signatures → [`auth::Principal`].
 //! - [`rest`]: routes, handlers (named after OCI operations), DTOs and the one error mapping.

@@ -85,18 +85,3 @@ async fn serve_connection(
         tracing::debug!(error = %e, "HTTP connection ended");
     }
 }
-
-/// Raises the soft limit of open files to the hard limit, so that the connection caps and
-/// not the process's default 1,024 decide how many clients are served.
-pub fn raise_open_files_limit(needed: u64) {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) if limit < needed => tracing::warn!(
-            limit,
-            needed,
-            "the open files limit is below the connection caps plus the store's files; \
-             raise it (ulimit -n) or lower http_max_connections / stomp_max_connections"
-        ),
-        Ok(limit) => tracing::info!(limit, "open files limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
-    }
-}
