@@ -54,7 +54,8 @@ def test_cli_queue_admin_lifecycle(cli):
 
     dele = cli.run("queue", "queue-admin", "queue", "delete", "--queue-id", qid, "--force", *WAIT).data
     assert dele["status"] == "SUCCEEDED" and dele["operation-type"] == "DELETE_QUEUE"
-    r = cli.run("queue", "queue-admin", "queue", "get", "--queue-id", qid, check=False)
+    assert cli.run("queue", "queue-admin", "queue", "get", "--queue-id", qid).data["lifecycle-state"] == "DELETED"
+    r = cli.run("queue", "messages", "get-stats", "--queue-id", qid, check=False)
     assert r.rc != 0
     assert "NotAuthorizedOrNotFound" in r.stderr
 

@@ -158,6 +158,18 @@ def test_update_queue_honours_if_match_and_changes_etag(admin, queue_id):
     assert after.headers.get("etag") and after.headers["etag"] != etag
 
 
+def test_update_queue_without_a_body_is_an_empty_update(admin, raw, queue_id):
+    """The OCI TypeScript SDK sends no body when the details serialise to {}."""
+    before = admin.get_queue(queue_id).data
+    resp = raw.request("PUT", f"{API}/queues/{queue_id}", body=b"", headers={"content-type": "application/json"})
+    assert resp.status_code == 202, resp.text
+    assert raw.wait_work_request(resp.headers["opc-work-request-id"])["operationType"] == "UPDATE_QUEUE"
+    after = admin.get_queue(queue_id).data
+    assert (after.display_name, after.visibility_in_seconds) == (before.display_name, before.visibility_in_seconds)
+    # A body that is there must still be JSON.
+    assert raw.request("PUT", f"{API}/queues/{queue_id}", body=b"{").status_code == 400
+
+
 def test_update_queue_changes_mutable_fields(admin, queue_id):
     new_name = unique_name("renamed")
     update_queue(admin, queue_id, display_name=new_name, visibility_in_seconds=7, timeout_in_seconds=3,
@@ -279,12 +291,19 @@ def test_list_queues_paginates_with_opc_next_page(admin, raw, three_queues):
 # Delete / change compartment
 # --------------------------------------------------------------------------
 
-def test_deleted_queue_is_404_and_no_longer_listed(admin, qc, three_queues):
+def test_deleted_queue_reads_as_deleted_is_no_longer_listed_and_has_no_data_plane(admin, qc, three_queues):
     comp, _, ids = three_queues
     wr = delete_queue(admin, ids["a"])
     assert wr.operation_type == "DELETE_QUEUE"
+    # As OCI resources do, so that SDK waiters for DELETED succeed (the TypeScript SDK's
+    # fails on an immediate 404).
+    assert admin.get_queue(ids["a"]).data.lifecycle_state == "DELETED"
+    waited = oci.wait_until(admin, admin.get_queue(ids["a"]), "lifecycle_state", "DELETED", max_wait_seconds=10)
+    assert waited.data.id == ids["a"]
+    deleted = admin.list_queues(compartment_id=comp, lifecycle_state="DELETED").data.items
+    assert [q.id for q in deleted] == [ids["a"]]
     with raises_service_error(404, NOT_FOUND):
-        admin.get_queue(ids["a"])
+        admin.update_queue(ids["a"], UpdateQueueDetails(visibility_in_seconds=5))
     listed = {q.id for q in admin.list_queues(compartment_id=comp).data.items}
     assert listed == {ids["b"], ids["c"]}
     assert ids["a"] not in {q.id for q in list_all_queues(admin)}

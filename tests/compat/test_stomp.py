@@ -270,6 +270,16 @@ def test_prefetch_caps_the_unacknowledged_messages_of_a_subscription(stomp_clien
     assert counts(stats(qc, qid))[0] == (6, 3)
 
 
+def test_rabbitmq_s_prefetch_count_header_caps_the_window_too(stomp_client, qc, make_queue):
+    qid = make_queue()
+    put(qc, qid, [f"m{i}" for i in range(6)])
+    s = stomp_client()
+    s.subscribe(destination(qid), **{"prefetch-count": 2})
+    s.wait_messages(2)
+    assert [m.body for m in s.messages_after(1.5)] == ["m0", "m1"]
+    assert counts(stats(qc, qid))[0] == (4, 2)
+
+
 def test_default_prefetch_is_20(stomp_client, qc, make_queue):
     qid = make_queue()
     put(qc, qid, [f"m{i}" for i in range(STOMP_DEFAULT_PREFETCH + 5)])

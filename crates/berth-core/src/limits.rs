@@ -35,6 +35,9 @@ pub const MAX_PROPERTY_KEY_BYTES: usize = 128;
 pub const MAX_PROPERTY_VALUE_BYTES: usize = 1024;
 /// Longest display name, in bytes.
 pub const MAX_DISPLAY_NAME_BYTES: usize = 255;
+/// How long GetQueue still answers a deleted queue, as `DELETED`, before `404`: SDK waiters
+/// for `DELETED` poll every few seconds and must see it.
+pub const DELETED_QUEUE_VISIBLE_MS: i64 = 10 * 60_000;
 /// How long work requests stay listed after they were accepted (7 days): long enough for
 /// any waiter, short enough that queues made and deleted all day do not grow the store.
 pub const WORK_REQUEST_RETENTION_MS: i64 = 7 * 86_400_000;

@@ -476,14 +476,21 @@ async fn retry_token_replays_the_same_request_and_refuses_a_different_one() {
 }
 
 #[tokio::test]
-async fn deleted_queue_disappears_and_its_messages_are_reclaimed() {
+async fn deleted_queue_reads_as_deleted_for_a_while_then_disappears_and_its_messages_are_reclaimed() {
     let r = rig().await;
     let q = r.queue(PolicyValues::default()).await;
     r.put(&q, &["a", "b"]).await;
     r.engine.delete_queue(T, &q, None).await.unwrap();
-    assert!(matches!(r.engine.get_queue(T, &q).await, Err(QueueError::QueueNotFound)));
+    let deleted = r.engine.get_queue(T, &q).await.unwrap();
+    assert_eq!(deleted.state, berth_core::model::LifecycleState::Deleted);
+    assert!(matches!(r.engine.stats(T, &q, None).await, Err(QueueError::QueueNotFound)), "no data plane");
     let report = r.store.sweep(r.clock_now(), 100).await.unwrap();
     assert_eq!(report.reclaimed, 2);
+    assert!(r.engine.get_queue(T, &q).await.is_ok(), "reclaimed, still readable as DELETED");
+
+    r.clock.advance(Duration::from_millis(berth_core::limits::DELETED_QUEUE_VISIBLE_MS as u64));
+    r.store.sweep(r.clock_now(), 100).await.unwrap();
+    assert!(matches!(r.engine.get_queue(T, &q).await, Err(QueueError::QueueNotFound)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

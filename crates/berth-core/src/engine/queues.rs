@@ -7,8 +7,8 @@ use crate::clock::Timestamp;
 use crate::error::QueueError;
 use crate::limits;
 use crate::model::{
-    ActionType, LifecycleState, OperationType, Page, PurgeTarget, Queue, QueueFilter, QueuePolicy, QueueSpec,
-    WorkEntry, WorkRequest, WorkResource, WorkStatus,
+    ActionType, LifecycleState, OperationType, Page, PurgeTarget, Queue, QueueFilter, QueuePolicy, QueueSort,
+    QueueSpec, WorkEntry, WorkRequest, WorkResource, WorkStatus,
 };
 use crate::ocid;
 use crate::store::{Created, NewQueue, RetryToken, Settle};
@@ -165,7 +165,25 @@ impl Engine {
     /// # Errors
     /// `QueueNotFound`.
     pub async fn get_queue(&self, tenancy_id: &str, queue_id: &str) -> Result<Queue, QueueError> {
-        self.active_queue(tenancy_id, queue_id).await
+        match self.active_queue(tenancy_id, queue_id).await {
+            Err(QueueError::QueueNotFound) => self.recently_deleted(tenancy_id, queue_id).await,
+            other => other,
+        }
+    }
+
+    /// A queue deleted less than [`limits::DELETED_QUEUE_VISIBLE_MS`] ago, in state `DELETED`.
+    async fn recently_deleted(&self, tenancy_id: &str, queue_id: &str) -> Result<Queue, QueueError> {
+        let filter = QueueFilter {
+            compartment_id: None,
+            state: Some(LifecycleState::Deleted),
+            display_name: None,
+            id: Some(queue_id.to_owned()),
+            sort: QueueSort::TimeCreated,
+            descending: false,
+        };
+        let since = self.clock.now().0 - limits::DELETED_QUEUE_VISIBLE_MS;
+        let found = self.store.list_queues(tenancy_id, &filter, 0, 1).await?;
+        found.into_iter().find(|queue| queue.updated_at.0 > since).ok_or(QueueError::QueueNotFound)
     }
 
     /// ListQueues: `page` is the opaque cursor of the previous page.

@@ -16,7 +16,7 @@ use super::dto::{
     UpdateQueueDetails, WorkErrorBody, WorkLogBody, WorkRequestBody,
 };
 use super::error::ApiError;
-use super::extract::{parse_json, OciJson, OciPath, OciQuery};
+use super::extract::{parse_json, OciJson, OciJsonOrEmpty, OciPath, OciQuery};
 use crate::app::AppState;
 use crate::auth::Principal;
 
@@ -134,7 +134,7 @@ pub async fn update_queue(
     Extension(who): Extension<Principal>,
     OciPath(queue_id): OciPath<String>,
     headers: HeaderMap,
-    OciJson(details): OciJson<UpdateQueueDetails>,
+    OciJsonOrEmpty(details): OciJsonOrEmpty<UpdateQueueDetails>,
 ) -> ApiResult<impl IntoResponse> {
     if details.retention_in_seconds.is_some() {
         return Err(ApiError::invalid("retentionInSeconds cannot be changed after a queue is created"));

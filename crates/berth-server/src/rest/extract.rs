@@ -45,6 +45,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OciJson<T> {
     }
 }
 
+/// A JSON body that may be absent, read as `{}`: the OCI TypeScript SDK sends no body for
+/// a request whose details serialise to `{}` (UpdateQueue with nothing to change).
+pub struct OciJsonOrEmpty<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OciJsonOrEmpty<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let body = Bytes::from_request(req, state).await.map_err(|e| body_error(&e))?;
+        let body: &[u8] = if body.trim_ascii().is_empty() { b"{}" } else { &body };
+        parse_json(body).map(OciJsonOrEmpty)
+    }
+}
+
 /// Query parameters in OCI's error shape.
 pub struct OciQuery<T>(pub T);
 

@@ -107,7 +107,11 @@ impl Command {
                 }
                 // At least 1 s: a zero lease would end before the client could ACK.
                 let visibility = number(&frame, "visibility", 1, limits::MAX_VISIBILITY_SECS)?;
-                let prefetch = number(&frame, "prefetch", 1, PREFETCH.1)?.unwrap_or(PREFETCH.0);
+                // `prefetch-count` is what RabbitMQ and many clients send; `prefetch` wins if both are.
+                let prefetch = match number(&frame, "prefetch", 1, PREFETCH.1)? {
+                    Some(prefetch) => prefetch,
+                    None => number(&frame, "prefetch-count", 1, PREFETCH.1)?.unwrap_or(PREFETCH.0),
+                };
                 Ok(Command::Subscribe { id, destination, visibility, prefetch, receipt })
             }
             "UNSUBSCRIBE" => Ok(Command::Unsubscribe { id: required(&frame, "id")?.to_owned(), receipt }),
@@ -156,6 +160,20 @@ mod tests {
         assert!(Command::from_frame(ok.clone().header("prefetch", "0"), Version::V1_2).is_err());
         assert!(Command::from_frame(ok.header("visibility", "0"), Version::V1_2).is_err());
         assert!(Command::from_frame(base.header("ack", "auto"), Version::V1_2).is_err());
+    }
+
+    #[test]
+    fn prefetch_count_is_read_as_prefetch_and_prefetch_wins() {
+        let ok =
+            Frame::new("SUBSCRIBE").header("id", "1").header("destination", "q").header("ack", "client-individual");
+        let prefetch = |frame: Frame| match Command::from_frame(frame, Version::V1_2) {
+            Ok(Command::Subscribe { prefetch, .. }) => Ok(prefetch),
+            Ok(_) => unreachable!("a SUBSCRIBE"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(prefetch(ok.clone().header("prefetch-count", "5")), Ok(5));
+        assert_eq!(prefetch(ok.clone().header("prefetch-count", "5").header("prefetch", "7")), Ok(7));
+        assert!(prefetch(ok.header("prefetch-count", "0")).is_err());
     }
 
     #[test]

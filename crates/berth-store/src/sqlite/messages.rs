@@ -316,20 +316,21 @@ fn settle(index: &mut Index, queue: QueueRow, to_settle: Settle, writes: &mut Ve
 
 pub(crate) fn sweep(conn: &Connection, index: &mut Index, now: Timestamp, batch: u32) -> rusqlite::Result<SweepReport> {
     let mut report = SweepReport::default();
-    let queues: Vec<(QueueRow, u32, String)> = conn
-        .prepare_cached("SELECT row, dead_letter_after, state FROM queues")?
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+    let queues: Vec<(QueueRow, u32, String, i64)> = conn
+        .prepare_cached("SELECT row, dead_letter_after, state, updated_at FROM queues")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    let live: std::collections::HashSet<QueueRow> = queues.iter().map(|(row, _, _)| *row).collect();
+    let live: std::collections::HashSet<QueueRow> = queues.iter().map(|(row, ..)| *row).collect();
     let mut writes = Vec::new();
     for orphan in index.orphans(|queue| live.contains(&queue)) {
         report.reclaimed += index.reclaim(orphan, batch, &mut writes).0;
     }
-    for (queue, dead_letter_after, state) in queues {
+    for (queue, dead_letter_after, state, updated_at) in queues {
         if state == "DELETED" {
             let (reclaimed, empty) = index.reclaim(queue, batch, &mut writes);
             report.reclaimed += reclaimed;
-            if empty {
+            // GetQueue still answers it as DELETED for a while.
+            if empty && updated_at <= now.0 - berth_core::limits::DELETED_QUEUE_VISIBLE_MS {
                 conn.execute("DELETE FROM queues WHERE row = ?1", params![queue])?;
             }
             continue;
