@@ -214,7 +214,7 @@ fn oci_answer(hyper_head: &[u8]) -> Vec<u8> {
         "414" => ApiError::UriTooLong,
         _ => ApiError::MalformedHttp,
     };
-    let body = serde_json::json!({ "code": error.code(), "message": error.message() }).to_string();
+    let body = error.body().to_string();
     let status = error.status();
     format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nopc-request-id: {}\r\n\

@@ -110,6 +110,11 @@ impl ApiError {
         }
     }
 
+    /// OCI's error body, `{"code", "message"}`.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({ "code": self.code(), "message": self.message() })
+    }
+
     /// The text the client sees; server faults say nothing about internals.
     pub fn message(&self) -> String {
         match self {
@@ -150,7 +155,6 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(status = status.as_u16(), code = self.code(), message = %self.message(), "request refused");
         }
-        let body = serde_json::json!({ "code": self.code(), "message": self.message() });
-        (status, Json(body)).into_response()
+        (status, Json(self.body())).into_response()
     }
 }

@@ -71,7 +71,8 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
 
 /// Refuses oversized request heads in OCI's shape (hyper's own limits are set above these).
 async fn head_limits(request: Request, next: Next) -> Response {
-    if request.uri().to_string().len() > MAX_URI_BYTES {
+    // Origin-form targets, the only ones routed: the path and query are the target.
+    if request.uri().path_and_query().map_or(0, |target| target.as_str().len()) > MAX_URI_BYTES {
         return ApiError::UriTooLong.into_response();
     }
     if request.headers().len() > MAX_HEADERS {

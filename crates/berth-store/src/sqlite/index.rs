@@ -238,6 +238,14 @@ impl QueueIndex {
         Some(Persist::States { queue: self.row, last })
     }
 
+    /// Moves one live message to the DLQ, ready there; returns what makes that durable.
+    fn dead_letter(&mut self, id: Id) -> Option<Persist> {
+        self.update(id, |slot| {
+            slot.phase = Phase::Ready;
+            slot.dlq = true;
+        })
+    }
+
     /// Removes one live message; returns what makes that durable.
     fn remove(&mut self, id: Id) -> Option<Persist> {
         let (last, batch, at) = self.slot_mut(id)?;
@@ -297,10 +305,7 @@ impl QueueIndex {
                         report.released += 1;
                     }
                     AfterLease::DeadLetter => {
-                        writes.extend(self.update(id, |slot| {
-                            slot.phase = Phase::Ready;
-                            slot.dlq = true;
-                        }));
+                        writes.extend(self.dead_letter(id));
                         report.dead_lettered += 1;
                     }
                 }
@@ -527,10 +532,7 @@ impl Index {
             writes.push(q.remove(id)?);
             return Some(false);
         }
-        writes.push(q.update(id, |slot| {
-            slot.phase = Phase::Ready;
-            slot.dlq = true;
-        })?);
+        writes.push(q.dead_letter(id)?);
         Some(true)
     }
 
