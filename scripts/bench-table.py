@@ -42,10 +42,16 @@ if len(w3) == 2:
     small, large = sorted(w3, key=lambda l: int(l.split("-")[1]))
     rate = lambda l: runs[l].get("received_per_s") or 0
     print(f"W3 ratio (drain rate {large} / {small}): {rate(large) / max(rate(small), 1):.2f}")
-for n in (1, 4, 16):
-    b, r = runs.get(f"W4-berth-{n}", {}), runs.get(f"W4-rabbitmq-{n}", {})
-    if b and r:
-        print(f"W4 N={n}: Berth/RabbitMQ throughput ratio {b['received_per_s'] / max(r['received_per_s'], 1):.2f}")
+for variant in ("wait", "pipe"):
+    for n in (1, 4, 16):
+        prefix = f"W4-berth-{variant}-{n}-"
+        rounds = sorted(int(l[len(prefix):]) for l in runs if l.startswith(prefix))
+        pairs = [(runs[f"{prefix}{i}"], runs.get(f"W4-rabbitmq-{variant}-{n}-{i}", {})) for i in rounds]
+        ratios = [b["received_per_s"] / max(r["received_per_s"], 1) for b, r in pairs
+                  if b.get("received_per_s") and r.get("received_per_s")]
+        if ratios:
+            print(f"W4 {variant} N={n}: Berth/RabbitMQ throughput ratio, median of {len(ratios)} alternated rounds "
+                  f"{statistics.median(ratios):.2f} (each: {', '.join(f'{x:.2f}' for x in ratios)})")
 rounds = sorted({int(l.rsplit("-", 1)[1]) for l in runs if l.startswith("W1ab-berth-")})
 measured = lambda run: run.get("received_per_s") and run.get("server_cpu_us_per_msg")
 pairs = [(runs[f"W1ab-berth-{i}"], runs.get(f"W1ab-bare-{i}", {})) for i in rounds]

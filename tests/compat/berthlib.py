@@ -927,6 +927,15 @@ class StompSession:
             self.wait_receipt(rid, timeout)
         return rid
 
+    def wait_receipts(self, rids: list[str], timeout: float = 30) -> list[str]:
+        """Wait for all the receipts; returns every receipt id received so far, in arrival order."""
+        l = self.listener
+        l.wait(lambda: all(r in l.receipts for r in rids) or l.errors or l.disconnected, timeout,
+               f"{len(rids)} RECEIPTs")
+        missing = [r for r in rids if r not in l.receipts]
+        assert not missing, f"{len(missing)} of {len(rids)} RECEIPTs missing; {l.summary()}"
+        return list(l.receipts)
+
     def subscribe(self, dest: str, sub_id: Optional[str] = None, ack: str = STOMP_ACK_MODE, **headers) -> str:
         """SUBSCRIBE (no receipt: Berth's contract promises RECEIPTs for SEND,
         ACK, NACK and DISCONNECT). Extra headers, e.g. visibility=2, prefetch=3."""

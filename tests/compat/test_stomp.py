@@ -372,6 +372,42 @@ def test_second_tenancy_uses_stomp_on_its_own_queue(stomp_client, tenant_b):
     assert counts(stats(tenant_b.qc, qid)) == EMPTY
 
 
+
+# --------------------------------------------------------------------------
+# Pipelining: frames written back to back, answered in order
+# --------------------------------------------------------------------------
+
+def test_pipelined_sends_are_receipted_in_order_and_survive_kill_9(fresh_server, stomp_client):
+    srv = fresh_server()
+    t = srv.tenant()
+    qid = t.create_queue("pipelined")
+    s = stomp_client(who=t, srv=srv)
+    bodies = [f"p-{i}" for i in range(500)]
+    rids = [s._receipt(True) for _ in bodies]
+    for rid, body in zip(rids, bodies):
+        s.conn.send(destination(qid), body, headers={"receipt": rid})
+    assert s.wait_receipts(rids) == rids, "RECEIPTs out of SEND order"
+
+    srv.kill()
+    srv.start()
+    t = srv.tenant()
+    got = collect(t.qc, qid, len(bodies), timeout=30)
+    assert [m.content for m in got] == bodies, "receipted SENDs lost or out of order after kill -9"
+
+
+def test_pipelined_acks_are_receipted_in_order_and_delete_every_message(stomp_client, qc, make_queue):
+    qid = make_queue()
+    put(qc, qid, [f"a-{i}" for i in range(20)])
+    put(qc, qid, [f"a-{i}" for i in range(20, 40)])
+    s = stomp_client()
+    s.subscribe(destination(qid), prefetch=40)
+    msgs = s.wait_messages(40)
+    rids = [s._receipt(True) for _ in msgs]
+    for rid, msg in zip(rids, msgs):
+        s.conn.send_frame("ACK", {"id": msg.headers["ack"], "receipt": rid})
+    assert s.wait_receipts(rids) == rids, "RECEIPTs out of ACK order"
+    assert counts(stats(qc, qid)) == EMPTY
+
 # --------------------------------------------------------------------------
 # Shutdown
 # --------------------------------------------------------------------------

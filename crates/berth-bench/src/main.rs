@@ -69,6 +69,9 @@ struct Args {
     /// Messages per PutMessages (REST).
     #[arg(long, default_value_t = 20)]
     batch: usize,
+    /// SENDs a STOMP producer keeps unreceipted (1 = wait for each RECEIPT).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    stomp_window: u32,
     /// GetMessages limit (REST) or prefetch (STOMP).
     #[arg(long, default_value_t = 20)]
     get_limit: u32,
@@ -212,27 +215,39 @@ fn stomp_target(s: &Shared) -> anyhow::Result<(String, String, String, String)> 
 async fn produce_stomp(s: Arc<Shared>, producer: u64) -> anyhow::Result<()> {
     let (addr, destination, login, passcode) = stomp_target(&s)?;
     let mut client = StompClient::connect(&addr, &login, &passcode, &s.args.stomp_vhost).await?;
+    let window = s.args.stomp_window as usize;
+    // Sent and not yet receipted, oldest first: (receipt id, key).
+    let mut unreceipted = std::collections::VecDeque::with_capacity(window);
     let mut seq = 0;
+    let mut producing = true;
     loop {
-        s.pace().await;
-        if s.stop_producing.is_cancelled() || s.claim(1) == 0 {
-            break;
-        }
-        let k = key(producer, seq);
-        seq += 1;
-        s.record.sending(&[k]);
-        match client.send_with_receipt(&destination, &body(k, s.args.size), seq).await {
-            Ok(()) => s.record.acked(&[k]),
-            Err(e) => {
-                s.record.errors_put.fetch_add(1, Ordering::Relaxed);
-                return Err(e);
+        while producing && unreceipted.len() < window {
+            s.pace().await;
+            if s.stop_producing.is_cancelled() || s.claim(1) == 0 {
+                producing = false;
+                break;
+            }
+            let k = key(producer, seq);
+            seq += 1;
+            s.record.sending(&[k]);
+            client.send(&destination, &body(k, s.args.size), seq).await?;
+            unreceipted.push_back((seq, k));
+            if let Some(pause) = s.args.interval {
+                tokio::time::sleep(pause.into()).await;
             }
         }
-        if let Some(pause) = s.args.interval {
-            tokio::time::sleep(pause.into()).await;
+        let Some((receipt, k)) = unreceipted.pop_front() else { return Ok(()) };
+        match client.receipt().await {
+            Ok(id) if id == receipt => s.record.acked(&[k]),
+            outcome => {
+                s.record.errors_put.fetch_add(1, Ordering::Relaxed);
+                return match outcome {
+                    Ok(id) => Err(anyhow::anyhow!("RECEIPT {id} arrived while {receipt} was expected")),
+                    Err(e) => Err(e),
+                };
+            }
         }
     }
-    Ok(())
 }
 
 async fn consume_stomp(s: Arc<Shared>) -> anyhow::Result<()> {

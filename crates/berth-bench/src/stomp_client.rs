@@ -33,24 +33,23 @@ impl StompClient {
         Ok(StompClient { framed })
     }
 
-    /// SEND, persistent, and wait for its RECEIPT.
-    pub(crate) async fn send_with_receipt(
-        &mut self,
-        destination: &str,
-        body: &str,
-        receipt: u64,
-    ) -> anyhow::Result<()> {
+    /// SEND, persistent, asking for RECEIPT `receipt`; does not wait for it.
+    pub(crate) async fn send(&mut self, destination: &str, body: &str, receipt: u64) -> anyhow::Result<()> {
         let frame = Frame::new("SEND")
             .header("destination", destination)
             .header("persistent", "true")
             .header("receipt", receipt.to_string())
             .body(body.as_bytes().to_vec());
-        self.framed.send(Outbound::Frame(frame)).await?;
+        Ok(self.framed.send(Outbound::Frame(frame)).await?)
+    }
+
+    /// The next RECEIPT's id.
+    pub(crate) async fn receipt(&mut self) -> anyhow::Result<u64> {
         let reply = self.next().await?;
         if reply.command != "RECEIPT" {
-            bail!("SEND failed: {:?}", reply.get("message"));
+            bail!("expected a RECEIPT, got {}", reply.command);
         }
-        Ok(())
+        reply.get("receipt-id").and_then(|id| id.parse().ok()).context("RECEIPT without a numeric receipt-id")
     }
 
     pub(crate) async fn subscribe(&mut self, destination: &str, prefetch: u32, visibility: u32) -> anyhow::Result<()> {

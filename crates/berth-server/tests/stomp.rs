@@ -19,6 +19,7 @@ const PASSCODE: &str = "s3cret";
 struct Rig {
     addr: std::net::SocketAddr,
     engine: Arc<Engine>,
+    sqlite: Arc<SqliteStore>,
     tenancy_id: String,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
@@ -26,7 +27,8 @@ struct Rig {
 
 async fn rig_with(idle_timeout: Duration, max_connections: usize) -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
+    let sqlite = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
+    let store: Arc<dyn Store> = sqlite.clone();
     let tenancy = store.ensure_tenancy("acme", "ocid1.tenancy.oc1..acme").await.unwrap();
     let user = User {
         id: "ocid1.user.oc1..bob".into(),
@@ -50,7 +52,7 @@ async fn rig_with(idle_timeout: Duration, max_connections: usize) -> Rig {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve(listener, ctx, shutdown.clone()));
-    Rig { addr, engine, tenancy_id: tenancy.id, shutdown, _dir: dir }
+    Rig { addr, engine, sqlite, tenancy_id: tenancy.id, shutdown, _dir: dir }
 }
 
 async fn rig() -> Rig {
@@ -66,6 +68,19 @@ impl Rig {
     /// A connection that has sent nothing yet.
     async fn raw(&self) -> Client {
         Client(TcpStream::connect(self.addr).await.unwrap())
+    }
+
+    /// Every message of the queue, oldest first, leased for a minute.
+    async fn drain(&self, queue_id: &str) -> Vec<String> {
+        let mut contents = Vec::new();
+        loop {
+            let params = GetMessages::new(Some(60), Some(0), Some(20), None, false).unwrap();
+            let got = self.engine.get_messages(&self.tenancy_id, queue_id, params).await.unwrap();
+            if got.is_empty() {
+                return contents;
+            }
+            contents.extend(got.into_iter().map(|d| d.message.content));
+        }
     }
 
     async fn connect(&self, extra: &str) -> Client {
@@ -295,4 +310,108 @@ async fn shutdown_sends_an_error_and_keeps_leases() {
     expect_error_and_close(&mut c, "shutting down").await;
     let stats = r.engine.stats(&r.tenancy_id, &q, None).await.unwrap();
     assert_eq!((stats.queue.in_flight, stats.queue.visible), (1, 0), "the lease was kept");
+}
+
+#[tokio::test]
+async fn pipelined_sends_are_receipted_in_order_stored_in_order_and_share_commits() {
+    let r = rig().await;
+    let q = r.queue().await;
+    let mut c = r.connect("").await;
+    let sends = 300;
+    // Written before any RECEIPT is read, as an asynchronous producer does; more than the
+    // server reads ahead, so reading pauses and resumes.
+    let frames: String = (0..sends).map(|i| format!("SEND\ndestination:{q}\nreceipt:r{i}\n\nm{i}\0")).collect();
+    let commits_before = r.sqlite.commits();
+    c.send(&frames).await;
+    for i in 0..sends {
+        let receipt = c.frame().await;
+        assert_eq!(header(&receipt, "receipt-id"), Some(format!("r{i}").as_str()), "{receipt}");
+    }
+    let commits = r.sqlite.commits() - commits_before;
+    assert!(commits < sends / 2, "{sends} pipelined SENDs took {commits} commits");
+    let expected: Vec<String> = (0..sends).map(|i| format!("m{i}")).collect();
+    assert_eq!(r.drain(&q).await, expected);
+}
+
+#[tokio::test]
+async fn a_failed_send_in_a_pipeline_gets_the_error_after_the_receipts_before_it() {
+    let r = rig().await;
+    let q = r.queue().await;
+    let mut c = r.connect("").await;
+    c.send(&format!(
+        "SEND\ndestination:{q}\nreceipt:a\n\n1\0SEND\ndestination:{q}\nreceipt:b\n\n2\0\
+         SEND\ndestination:ocid1.queue.oc1.iad.missing\nreceipt:c\n\n3\0SEND\ndestination:{q}\nreceipt:d\n\n4\0"
+    ))
+    .await;
+    assert_eq!(header(&c.frame().await, "receipt-id"), Some("a"));
+    assert_eq!(header(&c.frame().await, "receipt-id"), Some("b"));
+    let error = c.frame().await;
+    assert!(error.starts_with("ERROR\n"), "{error}");
+    assert_eq!(header(&error, "receipt-id"), Some("c"), "{error}");
+    c.closed().await;
+    let stored = r.drain(&q).await;
+    assert_eq!(stored[..2], ["1", "2"], "receipted SENDs are stored");
+}
+
+#[tokio::test]
+async fn frames_after_a_refused_frame_do_not_run_and_frames_before_it_do() {
+    let r = rig().await;
+    let q = r.queue().await;
+    let mut c = r.connect("").await;
+    c.send(&format!("SEND\ndestination:{q}\nreceipt:a\n\n1\0FLY\n\n\0SEND\ndestination:{q}\nreceipt:b\n\n2\0")).await;
+    assert_eq!(header(&c.frame().await, "receipt-id"), Some("a"));
+    expect_error_and_close(&mut c, "unknown command").await;
+    assert_eq!(r.drain(&q).await, ["1"]);
+}
+
+#[tokio::test]
+async fn pipelined_acks_are_receipted_in_order_and_delete_every_message() {
+    let r = rig().await;
+    let q = r.queue().await;
+    let count = 50;
+    for i in 0..count {
+        let message = berth_core::model::NewMessage {
+            content: format!("m{i}"),
+            channel: String::new(),
+            properties: None,
+            delay_secs: None,
+        };
+        r.engine.put_messages(&r.tenancy_id, &q, vec![message]).await.unwrap();
+    }
+    let mut c = r.connect("").await;
+    c.send(&format!("SUBSCRIBE\nid:s\ndestination:{q}\nack:client-individual\nprefetch:{count}\n\n\0")).await;
+    let mut acks = String::new();
+    for _ in 0..count {
+        let message = c.frame().await;
+        let (ack, id) = (header(&message, "ack").unwrap(), header(&message, "message-id").unwrap());
+        acks.push_str(&format!("ACK\nid:{ack}\nreceipt:{id}\n\n\0"));
+    }
+    c.send(&acks).await;
+    let mut receipted = Vec::new();
+    for _ in 0..count {
+        receipted.push(header(&c.frame().await, "receipt-id").unwrap().to_owned());
+    }
+    let expected: Vec<String> = acks.lines().filter_map(|l| l.strip_prefix("receipt:")).map(str::to_owned).collect();
+    assert_eq!(receipted, expected, "RECEIPTs in ACK order");
+    let stats = r.engine.stats(&r.tenancy_id, &q, None).await.unwrap();
+    assert_eq!((stats.queue.visible, stats.queue.in_flight), (0, 0));
+}
+
+#[tokio::test]
+async fn sends_written_just_before_the_client_closes_are_stored() {
+    let r = rig().await;
+    let q = r.queue().await;
+    let mut c = r.connect("").await;
+    let frames: String = (0..200).map(|i| format!("SEND\ndestination:{q}\n\nm{i}\0")).collect();
+    c.send(&frames).await;
+    drop(c);
+    let mut visible = 0;
+    for _ in 0..100 {
+        visible = r.engine.stats(&r.tenancy_id, &q, None).await.unwrap().queue.visible;
+        if visible == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(visible, 200, "every SEND read before the close is stored");
 }

@@ -87,11 +87,36 @@ impl Engine {
         queue_id: &str,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<PutResult>, QueueError> {
+        self.append(tenancy_id, queue_id, messages, true).await
+    }
+
+    /// Like [`Engine::put_messages`] without OCI's per-request count and byte limits, for
+    /// an edge that gathers one client's messages itself (STOMP SENDs written back to back
+    /// go to the store together). Each message is still checked.
+    ///
+    /// # Errors
+    /// As [`Engine::put_messages`].
+    pub async fn put_gathered(
+        &self,
+        tenancy_id: &str,
+        queue_id: &str,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<PutResult>, QueueError> {
+        self.append(tenancy_id, queue_id, messages, false).await
+    }
+
+    async fn append(
+        &self,
+        tenancy_id: &str,
+        queue_id: &str,
+        messages: Vec<NewMessage>,
+        request_limits: bool,
+    ) -> Result<Vec<PutResult>, QueueError> {
         let queue = self.active_queue(tenancy_id, queue_id).await?;
         if messages.is_empty() {
             return Err(QueueError::invalid("messages must contain at least one message"));
         }
-        if messages.len() > limits::MAX_PUT_MESSAGES {
+        if request_limits && messages.len() > limits::MAX_PUT_MESSAGES {
             return Err(QueueError::invalid(format!(
                 "at most {} messages per request, got {}",
                 limits::MAX_PUT_MESSAGES,
@@ -113,7 +138,7 @@ impl Engine {
                 limits::in_range("delayInSeconds", delay.into(), 0, policy.retention_secs.into())?;
             }
         }
-        if total > limits::MAX_PUT_BYTES {
+        if request_limits && total > limits::MAX_PUT_BYTES {
             return Err(QueueError::invalid(format!(
                 "messages total {total} bytes; the limit per request is {} bytes",
                 limits::MAX_PUT_BYTES

@@ -44,18 +44,23 @@ impl Destination {
 /// A validated client command (CONNECT is handled by the session's handshake).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Publish one message.
-    Send { destination: Destination, content: String, receipt: Option<String> },
+    /// A write, which may run together with the writes next to it.
+    Write(Write),
     /// Start consuming.
     Subscribe { id: String, destination: Destination, visibility: Option<u32>, prefetch: u32, receipt: Option<String> },
     /// Stop consuming.
     Unsubscribe { id: String, receipt: Option<String> },
-    /// Delete a delivered message.
-    Ack { ack_id: String, receipt: Option<String> },
-    /// Release a delivered message at once.
-    Nack { ack_id: String, receipt: Option<String> },
     /// Leave.
     Disconnect { receipt: Option<String> },
+}
+
+/// A command that changes stored messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Publish one message.
+    Send { destination: Destination, content: String, receipt: Option<String> },
+    /// Delete a delivered message (`ack`) or release it at once (NACK).
+    Settle { ack_id: String, ack: bool, receipt: Option<String> },
 }
 
 /// Default and largest unacknowledged messages per subscription.
@@ -91,7 +96,7 @@ impl Command {
                 let content = String::from_utf8(frame.body.to_vec())
                     .map_err(|_| "message content must be UTF-8 text".to_string())?;
                 limits::content(&content).map_err(|e| e.to_string())?;
-                Ok(Command::Send { destination, content, receipt })
+                Ok(Command::Write(Write::Send { destination, content, receipt }))
             }
             "SUBSCRIBE" => {
                 let id = required(&frame, "id")?.to_owned();
@@ -125,11 +130,7 @@ impl Command {
                     format!("{} frame requires the id header (1.2) or message-id (1.0, 1.1)", frame.command)
                 })?
                 .to_owned();
-                Ok(if frame.command == "ACK" {
-                    Command::Ack { ack_id, receipt }
-                } else {
-                    Command::Nack { ack_id, receipt }
-                })
+                Ok(Command::Write(Write::Settle { ack_id, ack: frame.command == "ACK", receipt }))
             }
             "DISCONNECT" => Ok(Command::Disconnect { receipt }),
             "BEGIN" | "COMMIT" | "ABORT" => Err(format!("transactions are not supported ({})", frame.command)),
@@ -180,7 +181,7 @@ mod tests {
     fn ack_id_comes_from_the_version_s_header() {
         let frame = Frame::new("ACK").header("id", "receipt-12").header("message-id", "receipt-10");
         let ack = |v| match Command::from_frame(frame.clone(), v).unwrap() {
-            Command::Ack { ack_id, .. } => ack_id,
+            Command::Write(Write::Settle { ack_id, ack: true, .. }) => ack_id,
             other => panic!("{other:?}"),
         };
         assert_eq!(ack(Version::V1_2), "receipt-12");

@@ -1,9 +1,11 @@
-//! One client connection: handshake, then a loop over inbound frames, subscription
-//! events, heart-beats, the idle deadline and shutdown. Every protocol error is answered
-//! with an ERROR frame before the connection closes.
+//! One client connection: handshake, then a loop over inbound frames, finished writes,
+//! subscription events, heart-beats, the idle deadline and shutdown. Frames are carried
+//! out in the order read (see [`super::pipeline`]); every protocol error is answered with
+//! an ERROR frame, after the frames before it, and the connection closes.
 
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant};
@@ -11,7 +13,8 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use super::command::Command;
-use super::frame::{Frame, FrameCodec, FrameError, Inbound, Outbound};
+use super::frame::{FrameCodec, FrameError, Inbound, Outbound};
+use super::pipeline::{Backlog, Item, Next};
 use super::session::{error_frame, Connected, Reply, Session};
 use super::subscription::Event;
 use super::StompContext;
@@ -21,6 +24,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 enum Step {
     Inbound(Option<Result<Inbound, FrameError>>),
+    Written(Reply),
     Event(Option<Event>),
     Beat,
     Idle,
@@ -63,30 +67,76 @@ where
     let read_window = heartbeats.expect_every.map_or(ctx.idle_timeout, |every| every * 2);
     let mut read_deadline = Instant::now() + read_window;
     let mut beat = heartbeats.send_every.map(tokio::time::interval);
+    // Frames read ahead, and the writes on their way to disk (one run at a time, in order).
+    let mut backlog = Backlog::default();
+    let mut writing: Option<BoxFuture<'static, Reply>> = None;
+    // Cleared at the client's end or at a frame that ends the connection: nothing more is read.
+    let mut reading = true;
+    // Cleared when a send fails: what was read still runs, its answers are dropped.
+    let mut answering = true;
     let release = loop {
+        if !answering && reading {
+            reading = false;
+            backlog.push(Item::End);
+        }
+        if writing.is_none() {
+            let reply = match backlog.take_next() {
+                Some(Next::Writes(writes)) => {
+                    writing = Some(session.start_writes(writes));
+                    None
+                }
+                Some(Next::Item(Item::Command(command))) => Some(session.handle(command).await),
+                Some(Next::Item(Item::Refuse { message, receipt })) => {
+                    Some(Reply::Close(vec![error_frame(&message, receipt.as_deref())]))
+                }
+                Some(Next::Item(Item::End)) => break true,
+                None => None,
+            };
+            if let Some(reply) = reply {
+                match answer(&mut framed, reply, &mut answering).await {
+                    Flow::Go => continue,
+                    Flow::Close => break true,
+                }
+            }
+        }
+        let idle = writing.is_none() && backlog.is_empty();
         let step = tokio::select! {
-            inbound = framed.next() => Step::Inbound(inbound),
+            inbound = framed.next(), if reading && backlog.has_room() => Step::Inbound(inbound),
+            reply = async { writing.as_mut().expect("checked").await }, if writing.is_some() => Step::Written(reply),
             event = events.recv() => Step::Event(event),
-            _ = async { beat.as_mut().expect("checked").tick().await }, if beat.is_some() => Step::Beat,
-            _ = sleep_until(read_deadline) => Step::Idle,
+            _ = async { beat.as_mut().expect("checked").tick().await }, if beat.is_some() && answering => Step::Beat,
+            _ = sleep_until(read_deadline), if idle && reading => Step::Idle,
             _ = shutdown.cancelled() => Step::Shutdown,
         };
         let reply = match step {
-            Step::Inbound(None) => break true,
-            Step::Inbound(Some(Err(e))) => Reply::Close(vec![error_frame(&e.to_string(), None)]),
-            Step::Inbound(Some(Ok(inbound))) => {
+            Step::Inbound(inbound) => {
                 read_deadline = Instant::now() + read_window;
-                match inbound {
-                    Inbound::Heartbeat => continue,
-                    Inbound::Frame(frame) => handle(&mut session, frame).await,
-                }
+                let item = match inbound {
+                    None => Item::End,
+                    Some(Err(e)) => Item::Refuse { message: e.to_string(), receipt: None },
+                    Some(Ok(Inbound::Heartbeat)) => continue,
+                    Some(Ok(Inbound::Frame(frame))) => {
+                        let receipt = frame.get("receipt").map(str::to_owned);
+                        match Command::from_frame(frame, session.version()) {
+                            Ok(command) => Item::Command(command),
+                            Err(message) => Item::Refuse { message, receipt },
+                        }
+                    }
+                };
+                reading = matches!(item, Item::Command(_));
+                backlog.push(item);
+                continue;
+            }
+            Step::Written(reply) => {
+                writing = None;
+                // The client was waiting on us, not idle.
+                read_deadline = Instant::now() + read_window;
+                reply
             }
             Step::Event(Some(event)) => session.on_event(event).await,
             Step::Event(None) => continue,
             Step::Beat => {
-                if framed.send(Outbound::Heartbeat).await.is_err() {
-                    break true;
-                }
+                answering = framed.send(Outbound::Heartbeat).await.is_ok();
                 continue;
             }
             Step::Idle => Reply::Close(vec![error_frame("no frame or heart-beat received in time; closing", None)]),
@@ -96,32 +146,45 @@ where
                 break false;
             }
         };
-        let (frames, close) = match reply {
-            Reply::Continue(frames) => (frames, false),
-            Reply::Close(frames) => (frames, true),
-        };
-        let mut failed = false;
-        for frame in frames {
-            if framed.feed(Outbound::Frame(frame)).await.is_err() {
-                failed = true;
-                break;
-            }
-        }
-        if failed || framed.flush().await.is_err() || close {
+        if let Flow::Close = answer(&mut framed, reply, &mut answering).await {
             break true;
         }
     };
+    // Writes already started finish, so that the store and the session agree on what ran.
+    if let Some(writes) = writing {
+        writes.await;
+    }
     // A clean end: TLS sends close_notify, TCP a FIN, after the last frame.
     let _ = framed.into_inner().shutdown().await;
     session.close(events, release).await;
 }
 
-async fn handle(session: &mut Session, frame: Frame) -> Reply {
-    let receipt = frame.get("receipt").map(str::to_owned);
-    match Command::from_frame(frame, session.version()) {
-        Ok(command) => session.handle(command).await,
-        Err(message) => Reply::Close(vec![error_frame(&message, receipt.as_deref())]),
+enum Flow {
+    Go,
+    Close,
+}
+
+/// Sends a reply's frames, unless an earlier send failed; whether the connection goes on.
+async fn answer<S>(framed: &mut Framed<S, FrameCodec>, reply: Reply, answering: &mut bool) -> Flow
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (frames, flow) = match reply {
+        Reply::Continue(frames) => (frames, Flow::Go),
+        Reply::Close(frames) => (frames, Flow::Close),
+    };
+    if *answering {
+        for frame in frames {
+            if framed.feed(Outbound::Frame(frame)).await.is_err() {
+                *answering = false;
+                break;
+            }
+        }
+        if *answering && framed.flush().await.is_err() {
+            *answering = false;
+        }
     }
+    flow
 }
 
 async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(framed: &mut Framed<S, FrameCodec>, message: &str) {

@@ -4,12 +4,14 @@
 //! - [`command`]: frames checked and typed before anything runs.
 //! - [`session`]: per-connection state; returns frames, never writes to the socket.
 //! - [`subscription`]: a subscription as a long-polling consumer with a prefetch window.
+//! - [`pipeline`]: frames read ahead and carried out in order, writes together.
 //! - [`connection`]: the socket loop. This module: the listener, its connection cap and TLS.
 
 pub mod command;
 pub mod connection;
 pub mod frame;
 pub mod login_throttle;
+pub mod pipeline;
 pub mod session;
 pub mod subscription;
 

@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use berth_core::model::NewMessage;
 use berth_core::{Engine, QueueError};
+use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::command::{Command, Destination};
+use super::command::{Command, Destination, Write};
 use super::frame::{Frame, Version};
 use super::login_throttle::Attempter;
+use super::pipeline::{self, Op};
 use super::subscription::{Consumer, Event};
 use super::StompContext;
 
@@ -60,12 +62,13 @@ pub fn error_frame(message: &str, receipt: Option<&str>) -> Frame {
     frame.body(message.to_owned())
 }
 
-fn receipt_frame(receipt: Option<&str>) -> Vec<Frame> {
+/// The RECEIPT a frame asked for, if it did.
+pub(super) fn receipt_frame(receipt: Option<&str>) -> Vec<Frame> {
     receipt.map(|r| Frame::new("RECEIPT").header("receipt-id", r)).into_iter().collect()
 }
 
 /// What the client may be told about a failure: never whether another tenancy's queue exists.
-fn describe(error: &QueueError) -> String {
+pub(super) fn describe(error: &QueueError) -> String {
     match error {
         QueueError::QueueNotFound => "destination not found or not authorized".into(),
         QueueError::ReceiptInvalid => "the message's lease has ended (or it was never delivered here)".into(),
@@ -195,18 +198,7 @@ impl Session {
     /// Runs one command.
     pub async fn handle(&mut self, command: Command) -> Reply {
         match command {
-            Command::Send { destination, content, receipt } => {
-                let message = NewMessage {
-                    content,
-                    channel: destination.channel.unwrap_or_default(),
-                    properties: None,
-                    delay_secs: None,
-                };
-                match self.engine.put_messages(&self.tenancy_id, &destination.queue_id, vec![message]).await {
-                    Ok(_) => Reply::Continue(receipt_frame(receipt.as_deref())),
-                    Err(e) => Reply::Close(vec![error_frame(&describe(&e), receipt.as_deref())]),
-                }
-            }
+            Command::Write(write) => self.start_writes(vec![write]).await,
             Command::Subscribe { id, destination, visibility, prefetch, receipt } => {
                 if self.subscriptions.contains_key(&id) {
                     return Reply::Close(vec![error_frame(
@@ -241,33 +233,43 @@ impl Session {
                 release(&self.engine, &self.tenancy_id, released).await;
                 Reply::Continue(receipt_frame(receipt.as_deref()))
             }
-            Command::Ack { ack_id, receipt } => self.settle(ack_id, receipt, true).await,
-            Command::Nack { ack_id, receipt } => self.settle(ack_id, receipt, false).await,
             Command::Disconnect { receipt } => Reply::Close(receipt_frame(receipt.as_deref())),
         }
     }
 
-    /// ACK deletes, NACK releases; either frees the message's prefetch slot.
-    async fn settle(&mut self, ack_id: String, receipt: Option<String>, ack: bool) -> Reply {
-        let Some(pending) = self.pending.remove(&ack_id) else {
-            let text = "no message with this ack id is awaiting acknowledgement on this connection";
-            return Reply::Close(vec![error_frame(text, receipt.as_deref())]);
-        };
-        let outcome = if ack {
-            self.engine
-                .delete_messages(&self.tenancy_id, &pending.queue_id, vec![pending.receipt.clone()])
-                .await
-                .map(|mut r| r.pop().unwrap_or(Err(QueueError::ReceiptInvalid)).map(|_| ()))
-        } else {
-            self.engine
-                .update_messages(&self.tenancy_id, &pending.queue_id, vec![(pending.receipt.clone(), 0)])
-                .await
-                .map(|mut r| r.pop().unwrap_or(Err(QueueError::ReceiptInvalid)).map(|_| ()))
-        };
-        match outcome.and_then(|inner| inner) {
-            Ok(()) => Reply::Continue(receipt_frame(receipt.as_deref())),
-            Err(e) => Reply::Close(vec![error_frame(&describe(&e), receipt.as_deref())]),
+    /// Starts a run of SEND/ACK/NACK commands (see [`pipeline`]); the future answers them.
+    /// An ACK or NACK takes its message off this connection now: its prefetch slot frees
+    /// and a connection that ends meanwhile does not release it. A run stops before an
+    /// ACK of nothing awaiting acknowledgement, which is refused.
+    ///
+    /// [`pipeline`]: super::pipeline
+    pub fn start_writes(&mut self, writes: Vec<Write>) -> BoxFuture<'static, Reply> {
+        let mut ops = Vec::with_capacity(writes.len());
+        for write in writes {
+            let op = match write {
+                Write::Send { destination, content, receipt } => {
+                    let message = NewMessage {
+                        content,
+                        channel: destination.channel.unwrap_or_default(),
+                        properties: None,
+                        delay_secs: None,
+                    };
+                    (Op::Put { queue_id: destination.queue_id, message }, receipt)
+                }
+                Write::Settle { ack_id, ack, receipt } => match self.pending.remove(&ack_id) {
+                    Some(pending) => {
+                        (Op::Settle { queue_id: pending.queue_id, lease: pending.receipt, delete: ack }, receipt)
+                    }
+                    None => {
+                        let text = "no message with this ack id is awaiting acknowledgement on this connection";
+                        ops.push((Op::Refused(text.into()), receipt));
+                        break;
+                    }
+                },
+            };
+            ops.push(op);
         }
+        Box::pin(pipeline::run(self.engine.clone(), self.tenancy_id.clone(), ops))
     }
 
     /// Turns a subscription event into the frame to send.

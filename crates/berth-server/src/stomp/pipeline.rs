@@ -1,0 +1,181 @@
+//! A connection's frames in order: read ahead while writes are on their way to disk.
+//!
+//! Frames wait in a bounded [`Backlog`] in the order they were read. Consecutive SEND, ACK
+//! and NACK frames leave it together as one [`Write`] run: the SENDs of one queue become one
+//! store append (so they share a commit and keep their order), the ACKs and NACKs batched
+//! per queue, and the run's RECEIPTs and ERROR go out in frame order once all of it is on
+//! disk. Any other frame waits until the writes before it have finished.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use berth_core::model::NewMessage;
+use berth_core::{limits, Engine, QueueError};
+use futures_util::future::join_all;
+
+use super::command::{self, Command};
+use super::session::{describe, error_frame, receipt_frame, Reply};
+
+/// Frames read ahead at most, and SEND bytes they may hold; past either the connection
+/// stops reading, so a fast client waits in its socket rather than in server memory.
+const MAX_FRAMES: usize = 64;
+const MAX_BYTES: usize = 1 << 20;
+
+/// A frame read and not yet carried out.
+#[derive(Debug)]
+pub enum Item {
+    /// A valid command.
+    Command(Command),
+    /// A frame that ends the connection with this ERROR message (echoing the receipt).
+    Refuse { message: String, receipt: Option<String> },
+    /// The client closed its side.
+    End,
+}
+
+/// What to do next, in frame order.
+#[derive(Debug)]
+pub enum Next {
+    /// Consecutive SEND/ACK/NACK commands, to run together.
+    Writes(Vec<command::Write>),
+    /// Anything else, alone.
+    Item(Item),
+}
+
+/// Frames read ahead, oldest first.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    items: VecDeque<Item>,
+    bytes: usize,
+}
+
+fn send_bytes(item: &Item) -> usize {
+    match item {
+        Item::Command(Command::Write(command::Write::Send { content, .. })) => content.len(),
+        _ => 0,
+    }
+}
+
+fn is_write(item: &Item) -> bool {
+    matches!(item, Item::Command(Command::Write(_)))
+}
+
+impl Backlog {
+    /// Whether another frame may be read.
+    pub fn has_room(&self) -> bool {
+        self.items.len() < MAX_FRAMES && self.bytes < MAX_BYTES
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Queues a frame.
+    pub fn push(&mut self, item: Item) {
+        self.bytes += send_bytes(&item);
+        self.items.push_back(item);
+    }
+
+    /// Takes the next piece of work: all leading writes, or the single item at the front.
+    pub fn take_next(&mut self) -> Option<Next> {
+        if !self.items.front().is_some_and(is_write) {
+            return self.items.pop_front().map(Next::Item);
+        }
+        let mut writes = Vec::new();
+        while self.items.front().is_some_and(is_write) {
+            let item = self.items.pop_front().expect("checked");
+            self.bytes -= send_bytes(&item);
+            if let Item::Command(Command::Write(write)) = item {
+                writes.push(write);
+            }
+        }
+        Some(Next::Writes(writes))
+    }
+}
+
+/// One write of a run, resolved against the session (ACK ids are already leases).
+#[derive(Debug)]
+pub enum Op {
+    /// Append to a queue.
+    Put { queue_id: String, message: NewMessage },
+    /// Delete a leased message (ACK) or make it visible at once (NACK).
+    Settle { queue_id: String, lease: String, delete: bool },
+    /// A frame refused before it ran (an ACK of nothing awaiting acknowledgement).
+    Refused(String),
+}
+
+/// Carries out a run of writes, each with the receipt its frame asked for, and answers them in
+/// order: a RECEIPT per success up to the first failure, which gets the ERROR that closes
+/// the connection.
+pub async fn run(engine: Arc<Engine>, tenancy_id: String, ops: Vec<(Op, Option<String>)>) -> Reply {
+    let mut receipts = Vec::with_capacity(ops.len());
+    let mut outcomes: Vec<Result<(), String>> = Vec::with_capacity(ops.len());
+    let mut puts: HashMap<String, (Vec<usize>, Vec<NewMessage>)> = HashMap::new();
+    let mut settles: HashMap<(String, bool), Vec<(usize, String)>> = HashMap::new();
+    for (at, (op, receipt)) in ops.into_iter().enumerate() {
+        receipts.push(receipt);
+        outcomes.push(Ok(()));
+        match op {
+            Op::Put { queue_id, message } => {
+                let (positions, messages) = puts.entry(queue_id).or_default();
+                positions.push(at);
+                messages.push(message);
+            }
+            Op::Settle { queue_id, lease, delete } => settles.entry((queue_id, delete)).or_default().push((at, lease)),
+            Op::Refused(message) => outcomes[at] = Err(message),
+        }
+    }
+    let engine = &engine;
+    let tenancy_id = tenancy_id.as_str();
+    let appends = puts.into_iter().map(|(queue_id, (positions, messages))| async move {
+        let outcome = engine.put_gathered(tenancy_id, &queue_id, messages).await.map(|_| ()).map_err(|e| describe(&e));
+        positions.into_iter().map(|at| (at, outcome.clone())).collect::<Vec<_>>()
+    });
+    let settlements = settles.into_iter().flat_map(|((queue_id, delete), leases)| {
+        let chunks: Vec<Vec<(usize, String)>> =
+            leases.chunks(limits::MAX_BATCH_ENTRIES).map(<[(usize, String)]>::to_vec).collect();
+        chunks.into_iter().map(move |chunk| settle(engine, tenancy_id, queue_id.clone(), delete, chunk))
+    });
+    let (appended, settled) = futures_util::join!(join_all(appends), join_all(settlements));
+    for (at, outcome) in appended.into_iter().chain(settled).flatten() {
+        outcomes[at] = outcome;
+    }
+    let mut frames = Vec::new();
+    for (outcome, receipt) in outcomes.iter().zip(&receipts) {
+        match outcome {
+            Ok(()) => frames.extend(receipt_frame(receipt.as_deref())),
+            Err(message) => {
+                frames.push(error_frame(message, receipt.as_deref()));
+                return Reply::Close(frames);
+            }
+        }
+    }
+    Reply::Continue(frames)
+}
+
+/// ACKs or NACKs of one queue, at most one batch; the outcome per position.
+async fn settle(
+    engine: &Engine,
+    tenancy_id: &str,
+    queue_id: String,
+    delete: bool,
+    chunk: Vec<(usize, String)>,
+) -> Vec<(usize, Result<(), String>)> {
+    let (positions, leases): (Vec<usize>, Vec<String>) = chunk.into_iter().unzip();
+    let outcome: Result<Vec<Result<(), QueueError>>, QueueError> = if delete {
+        engine.delete_messages(tenancy_id, &queue_id, leases).await
+    } else {
+        let entries = leases.into_iter().map(|lease| (lease, 0)).collect();
+        engine
+            .update_messages(tenancy_id, &queue_id, entries)
+            .await
+            .map(|results| results.into_iter().map(|r| r.map(|_| ())).collect())
+    };
+    match outcome {
+        Ok(results) => positions.into_iter().zip(results.into_iter().map(|r| r.map_err(|e| describe(&e)))).collect(),
+        Err(e) => {
+            let message = describe(&e);
+            positions.into_iter().map(|at| (at, Err(message.clone()))).collect()
+        }
+    }
+}
