@@ -21,6 +21,8 @@ use super::StompContext;
 
 /// How long a new connection has to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most subscription events answered with one flush.
+const EVENTS_PER_FLUSH: usize = 64;
 
 enum Step {
     Inbound(Option<Result<Inbound, FrameError>>),
@@ -72,13 +74,10 @@ where
     let mut writing: Option<BoxFuture<'static, Reply>> = None;
     // Cleared at the client's end or at a frame that ends the connection: nothing more is read.
     let mut reading = true;
-    // Cleared when a send fails: what was read still runs, its answers are dropped.
+    // Cleared when a send fails: frames the client wrote before it went still run (until
+    // reading finds the end), their answers are dropped.
     let mut answering = true;
     let release = loop {
-        if !answering && reading {
-            reading = false;
-            backlog.push(Item::End);
-        }
         if writing.is_none() {
             let reply = match backlog.take_next() {
                 Some(Next::Writes(writes)) => {
@@ -133,7 +132,19 @@ where
                 read_deadline = Instant::now() + read_window;
                 reply
             }
-            Step::Event(Some(event)) => session.on_event(event).await,
+            Step::Event(Some(event)) => {
+                // Deliveries that are already waiting go out with one flush.
+                let mut reply = session.on_event(event).await;
+                while let Reply::Continue(frames) = &mut reply {
+                    if frames.len() >= EVENTS_PER_FLUSH {
+                        break;
+                    }
+                    let Ok(event) = events.try_recv() else { break };
+                    let earlier = std::mem::take(frames);
+                    reply = session.on_event(event).await.after(earlier);
+                }
+                reply
+            }
             Step::Event(None) => continue,
             Step::Beat => {
                 answering = framed.send(Outbound::Heartbeat).await.is_ok();

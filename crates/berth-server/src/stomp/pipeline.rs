@@ -179,3 +179,46 @@ async fn settle(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stomp::command::Destination;
+
+    fn send(body: &str) -> Item {
+        let destination = Destination { queue_id: "q".into(), channel: None };
+        Item::Command(Command::Write(command::Write::Send { destination, content: body.into(), receipt: None }))
+    }
+
+    fn ack(id: &str) -> Item {
+        Item::Command(Command::Write(command::Write::Settle { ack_id: id.into(), ack: true, receipt: None }))
+    }
+
+    #[test]
+    fn leading_writes_leave_together_and_other_frames_alone_in_order() {
+        let mut backlog = Backlog::default();
+        for item in [send("a"), ack("1"), send("b"), Item::Command(Command::Disconnect { receipt: None }), send("c")] {
+            backlog.push(item);
+        }
+        assert!(matches!(backlog.take_next(), Some(Next::Writes(w)) if w.len() == 3));
+        assert!(matches!(backlog.take_next(), Some(Next::Item(Item::Command(Command::Disconnect { .. })))));
+        assert!(matches!(backlog.take_next(), Some(Next::Writes(w)) if w.len() == 1));
+        assert!(backlog.take_next().is_none() && backlog.is_empty());
+    }
+
+    #[test]
+    fn room_ends_at_the_frame_count_or_the_send_bytes_and_returns_when_taken() {
+        let mut backlog = Backlog::default();
+        for _ in 0..MAX_FRAMES {
+            assert!(backlog.has_room());
+            backlog.push(ack("x"));
+        }
+        assert!(!backlog.has_room(), "frame count");
+        backlog.take_next();
+        assert!(backlog.has_room() && backlog.is_empty());
+        backlog.push(send(&"x".repeat(MAX_BYTES)));
+        assert!(!backlog.has_room(), "bytes");
+        backlog.take_next();
+        assert!(backlog.has_room());
+    }
+}

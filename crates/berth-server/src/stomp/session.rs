@@ -28,6 +28,22 @@ pub enum Reply {
     Close(Vec<Frame>),
 }
 
+impl Reply {
+    /// This reply with `earlier` frames sent first.
+    pub fn after(self, mut earlier: Vec<Frame>) -> Reply {
+        match self {
+            Reply::Continue(frames) => {
+                earlier.extend(frames);
+                Reply::Continue(earlier)
+            }
+            Reply::Close(frames) => {
+                earlier.extend(frames);
+                Reply::Close(earlier)
+            }
+        }
+    }
+}
+
 /// Negotiated heart-beat intervals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heartbeats {
