@@ -201,6 +201,8 @@ pub trait Store: Send + Sync + 'static {
     async fn housekeeping(&self) -> StoreResult<()> {
         Ok(())
     }
+    /// Whether the store can carry out writes now (`/health`): `Unavailable` when it cannot.
+    async fn check_writable(&self) -> StoreResult<()>;
     /// Flushes and closes; later calls fail.
     async fn close(&self) -> StoreResult<()>;
 }

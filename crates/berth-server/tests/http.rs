@@ -28,6 +28,7 @@ const FINGERPRINT: &str = "aa:bb";
 struct Rig {
     app: axum::Router,
     key: rsa::RsaPrivateKey,
+    store: Arc<dyn Store>,
     _dir: tempfile::TempDir,
 }
 
@@ -48,12 +49,12 @@ async fn rig(insecure: bool) -> Rig {
     let engine = Engine::new(store.clone(), clock.clone(), "iad".into(), CancellationToken::new()).await.unwrap();
     let auth = if insecure {
         let principal = Principal { tenancy_id: TENANCY.into(), user_id: USER.into() };
-        Authenticator::insecure(store, clock, principal)
+        Authenticator::insecure(store.clone(), clock, principal)
     } else {
-        Authenticator::new(store, clock)
+        Authenticator::new(store.clone(), clock)
     };
     let state = AppState { engine: Arc::new(engine), auth: Arc::new(auth), public_url: "http://test".into() };
-    Rig { app: router(state), key, _dir: dir }
+    Rig { app: router(state), key, store, _dir: dir }
 }
 
 /// A request signed as the OCI SDK signs it, with `date` and `body_digest_of` adjustable
@@ -211,4 +212,15 @@ async fn client_request_id_is_echoed_and_health_needs_no_auth() {
     let response = r.app.clone().oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["opc-request-id"], "ABC123");
+}
+
+#[tokio::test]
+async fn health_answers_503_in_oci_shape_when_the_store_cannot_write() {
+    let r = rig(false).await;
+    let (status, _, _) = call(&r.app, plain("GET", "/health", "")).await;
+    assert_eq!(status, StatusCode::OK);
+    r.store.close().await.unwrap();
+    let (status, request_id, body) = call(&r.app, plain("GET", "/health", "")).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("ServiceUnavailable")));
+    assert!(request_id.is_some());
 }

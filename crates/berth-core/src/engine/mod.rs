@@ -115,6 +115,14 @@ impl Engine {
         Ok(report)
     }
 
+    /// Whether this node can serve writes (its store can write).
+    ///
+    /// # Errors
+    /// The store's failure, `Unavailable` when it cannot write.
+    pub async fn health(&self) -> Result<(), QueueError> {
+        Ok(self.store.check_writable().await?)
+    }
+
     /// A live queue of the tenancy, from the cache when fresh.
     async fn active_queue(&self, tenancy_id: &str, queue_id: &str) -> Result<Queue, QueueError> {
         if let Some(queue) = self.queues.get(tenancy_id, queue_id) {

@@ -4,7 +4,7 @@ use std::any::Any;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::middleware::{from_fn, from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -46,7 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/20210201/workRequests/{id}/logs", get(list_work_request_logs))
         .route_layer(from_fn_with_state(state.clone(), authenticate));
     Router::new()
-        .route("/health", get(|| async { "ok" }))
+        .route("/health", get(health))
         .merge(api)
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -56,6 +56,13 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(from_fn(request_id::assign))
         .with_state(state)
+}
+
+/// `ok`, or 503 in OCI's shape when the store cannot write (unauthenticated, for probes:
+/// the reason is logged, not sent).
+async fn health(State(app): State<AppState>) -> Result<&'static str, ApiError> {
+    app.engine.health().await.inspect_err(|e| tracing::error!(error = %e, "unhealthy: the store cannot write"))?;
+    Ok("ok")
 }
 
 /// A panic becomes a logged 500 in OCI's shape; the process keeps serving.

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use berth_core::clock::Timestamp;
-use berth_core::error::QueueError;
+use berth_core::error::{QueueError, StoreError};
 use berth_core::model::{
     LeaseRef, LeaseRequest, MessageToStore, PurgeTarget, Queue, QueueFilter, QueueRow, QueueStats, Tenancy, User,
     WorkRequest,
@@ -176,6 +176,13 @@ impl Store for SqliteStore {
 
     async fn housekeeping(&self) -> StoreResult<()> {
         self.checkpoint_wal().await
+    }
+
+    async fn check_writable(&self) -> StoreResult<()> {
+        if self.writer.can_write() {
+            return Ok(());
+        }
+        Err(StoreError::Unavailable("the SQLite writer has stopped; the server must be restarted".into()))
     }
 
     async fn close(&self) -> StoreResult<()> {

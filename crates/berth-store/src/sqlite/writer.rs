@@ -1,6 +1,7 @@
 //! The single writer thread and its group commit.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -22,28 +23,42 @@ type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 pub(crate) type OnRollback = Box<dyn Fn(&Connection) + Send>;
 
 pub(crate) struct Writer {
-    /// Transactions committed so far (each is one fsync of the WAL); rolled back ones do not count.
-    commits: Arc<AtomicU64>,
+    state: Arc<State>,
     // std Mutexes: held only to clone or take, never across an await.
     jobs: Mutex<Option<SyncSender<Job>>>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
+/// What the writer thread reports.
+#[derive(Default)]
+struct State {
+    /// Transactions committed so far (each is one fsync of the WAL); rolled back ones do not count.
+    commits: AtomicU64,
+    /// Set when a transaction could not be rolled back: no later one can begin.
+    stuck: AtomicBool,
+}
+
 impl Writer {
     pub(crate) fn spawn(conn: Connection, on_rollback: OnRollback) -> Result<Self, StoreError> {
         let (tx, rx) = sync_channel::<Job>(QUEUE_DEPTH);
-        let commits = Arc::new(AtomicU64::new(0));
-        let counter = commits.clone();
+        let state = Arc::new(State::default());
+        let reported = state.clone();
         let thread = thread::Builder::new()
             .name("berth-sqlite-writer".into())
-            .spawn(move || run_writer(conn, rx, &counter, &on_rollback))
+            .spawn(move || run_writer(conn, rx, &reported, &on_rollback))
             .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
-        Ok(Writer { commits, jobs: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
+        Ok(Writer { state, jobs: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
     }
 
     /// Transactions committed so far.
     pub(crate) fn commits(&self) -> u64 {
-        self.commits.load(Ordering::Relaxed)
+        self.state.commits.load(Ordering::Relaxed)
+    }
+
+    /// Whether writes can still be carried out: the thread runs and is not stuck.
+    pub(crate) fn can_write(&self) -> bool {
+        let running = self.thread.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|t| !t.is_finished());
+        running && !self.state.stuck.load(Ordering::Relaxed)
     }
 
     /// Runs `f` in the next transaction and returns its result once committed.
@@ -99,9 +114,9 @@ impl Drop for Writer {
     }
 }
 
-fn run_writer(conn: Connection, jobs: Receiver<Job>, commits: &AtomicU64, on_rollback: &OnRollback) {
+fn run_writer(conn: Connection, jobs: Receiver<Job>, state: &State, on_rollback: &OnRollback) {
     while let Ok(first) = jobs.recv() {
-        commit_batch(&conn, first, &jobs, commits, on_rollback);
+        commit_batch(&conn, first, &jobs, state, on_rollback);
     }
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
 }
@@ -116,7 +131,8 @@ fn run_writer(conn: Connection, jobs: Receiver<Job>, commits: &AtomicU64, on_rol
 /// nothing to undo. One that fails after changing rows, or with an error after which SQLite
 /// rolled back by itself (a full disk, an I/O error), is undone with the whole transaction:
 /// the jobs before it in the batch fail too (retryable), and the rest run in a new one.
-fn commit_batch(conn: &Connection, first: Job, queued: &Receiver<Job>, commits: &AtomicU64, on_rollback: &OnRollback) {
+/// A job that panics (a bug) is treated the same way; its caller gets `Unavailable`.
+fn commit_batch(conn: &Connection, first: Job, queued: &Receiver<Job>, state: &State, on_rollback: &OnRollback) {
     // Cached statements: parsing these on every commit showed up in profiles.
     let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut statement| statement.execute([])).map(|_| ());
     let begin = || {
@@ -133,18 +149,36 @@ fn commit_batch(conn: &Connection, first: Job, queued: &Receiver<Job>, commits: 
     let mut job = first;
     for ran in 1.. {
         let changes = conn.total_changes();
-        let (ok, reply) = job(conn);
-        // After some errors SQLite has already rolled the transaction back (autocommit again).
-        if ok || (conn.total_changes() == changes && !conn.is_autocommit()) {
-            replies.push(reply);
-        } else {
-            tracing::error!(undone = replies.len(), "a write failed halfway; rolling back its transaction");
-            let undone =
-                StoreError::Unavailable("rolled back with a failed write in the same transaction; retry".into());
-            abort(conn, &mut replies, &undone, on_rollback);
-            reply(Ok(())); // sends the job's own error, not the rollback's
-            if begin().is_err() {
-                return;
+        let outcome = catch_unwind(AssertUnwindSafe(|| job(conn)));
+        match outcome {
+            // After some errors SQLite has already rolled the transaction back (autocommit again).
+            Ok((ok, reply)) if ok || (conn.total_changes() == changes && !conn.is_autocommit()) => {
+                replies.push(reply);
+            }
+            failed => {
+                // A panicking job took its reply channel with it: its caller sees the write not carried out.
+                let reply = match failed {
+                    Ok((_, reply)) => Some(reply),
+                    Err(panic) => {
+                        let detail = panic
+                            .downcast_ref::<String>()
+                            .map(String::as_str)
+                            .or_else(|| panic.downcast_ref::<&str>().copied())
+                            .unwrap_or("unknown panic");
+                        tracing::error!(panic = detail, "a write job panicked");
+                        None
+                    }
+                };
+                tracing::error!(undone = replies.len(), "a write failed halfway; rolling back its transaction");
+                let undone =
+                    StoreError::Unavailable("rolled back with a failed write in the same transaction; retry".into());
+                abort(conn, &mut replies, &undone, state, on_rollback);
+                if let Some(reply) = reply {
+                    reply(Ok(())); // sends the job's own error, not the rollback's
+                }
+                if begin().is_err() {
+                    return;
+                }
             }
         }
         if ran == MAX_JOBS_PER_COMMIT {
@@ -162,22 +196,23 @@ fn commit_batch(conn: &Connection, first: Job, queued: &Receiver<Job>, commits: 
     }
     if let Err(e) = run("COMMIT") {
         tracing::error!(error = %e, "commit failed; rolling back the batch");
-        abort(conn, &mut replies, &super::backend(e), on_rollback);
+        abort(conn, &mut replies, &super::backend(e), state, on_rollback);
         return;
     }
-    commits.fetch_add(1, Ordering::Relaxed);
+    state.commits.fetch_add(1, Ordering::Relaxed);
     for reply in replies {
         reply(Ok(()));
     }
 }
 
 /// Rolls back the open transaction: the jobs that ran in it fail with `error`.
-fn abort(conn: &Connection, replies: &mut Vec<Reply>, error: &StoreError, on_rollback: &OnRollback) {
+fn abort(conn: &Connection, replies: &mut Vec<Reply>, error: &StoreError, state: &State, on_rollback: &OnRollback) {
     // SQLite may already have rolled back (after an I/O error): then this fails harmlessly.
     if let Err(e) = conn.execute_batch("ROLLBACK") {
         if !conn.is_autocommit() {
             // Still inside the transaction: every later BEGIN would fail. Nothing else to try.
             tracing::error!(error = %e, "cannot roll back; the store cannot write until restarted");
+            state.stuck.store(true, Ordering::Relaxed);
         }
     }
     on_rollback(conn);
@@ -351,5 +386,32 @@ mod tests {
         assert!(matches!(results[1], Err(StoreError::Backend(_))), "{:?}", results[1]);
         assert!(rows(&dir).is_empty());
         assert_eq!((writer.commits(), rollbacks.load(Ordering::Relaxed)), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_undone_with_the_jobs_before_it_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, rollbacks) = writer(&dir);
+        let panics: TestJob = Box::new(|conn| {
+            conn.execute("INSERT INTO t (x) VALUES (2)", []).map_err(super::super::backend)?;
+            panic!("a bug in a write job");
+        });
+        let results = in_one_batch(&writer, vec![Box::new(insert(1, false)), panics, Box::new(insert(3, false))]).await;
+        assert!(results[..3].iter().all(|r| matches!(r, Err(StoreError::Unavailable(_)))), "{results:?}");
+        assert!(results[3].is_ok(), "{:?}", results[3]);
+        assert_eq!(rows(&dir), [3], "nothing of the panicking transaction is kept");
+        assert_eq!(rollbacks.load(Ordering::Relaxed), 1, "the index is read back");
+        assert!(writer.can_write());
+        writer.run(insert(4, false)).await.unwrap();
+        assert_eq!(rows(&dir), [3, 4]);
+    }
+
+    #[tokio::test]
+    async fn a_closed_writer_reports_that_it_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, _) = writer(&dir);
+        assert!(writer.can_write());
+        writer.close();
+        assert!(!writer.can_write());
     }
 }
