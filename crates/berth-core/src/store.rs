@@ -6,6 +6,7 @@
 //! Time is always passed in (`now`); backends never read a clock.
 
 use async_trait::async_trait;
+use tokio::sync::broadcast;
 
 use crate::clock::Timestamp;
 use crate::error::{QueueError, StoreError};
@@ -64,14 +65,53 @@ pub struct Settle {
     pub batch: u32,
 }
 
+/// What a commit changed that waiting long polls care about, announced by the store on its
+/// change feed ([`Store::changes`]) once the commit is durable, to every node serving the
+/// store. A hint: a woken poller asks the store again, so a spurious change costs a query,
+/// and a lost one (a lagging feed) only delays a poll until it looks again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Messages became ready on the main side of the queue.
+    Ready {
+        /// The queue.
+        queue: QueueRow,
+        /// How many (as many unfiltered pollers wake).
+        count: usize,
+        /// The named channels among them (their pollers wake).
+        channels: Vec<String>,
+    },
+    /// Messages of the queue became ready, or their visibility moved, some other way (ended
+    /// leases released or dead-lettered, a lease given back, a redrive, a delayed put):
+    /// every poller of the queue looks again.
+    Changed {
+        /// The queue.
+        queue: QueueRow,
+    },
+}
+
+impl Change {
+    /// What a put of these messages announces.
+    pub fn of_put(queue: QueueRow, messages: &[MessageToStore]) -> Change {
+        if messages.iter().any(|m| m.delayed_until.is_some()) {
+            // Sleeping pollers timed their sleep before this delay existed.
+            return Change::Changed { queue };
+        }
+        let mut channels: Vec<String> =
+            messages.iter().map(|m| &m.message.channel).filter(|c| !c.is_empty()).cloned().collect();
+        channels.sort_unstable();
+        channels.dedup();
+        Change::Ready { queue, count: messages.len(), channels }
+    }
+}
+
+/// Changes announced at once before a slow follower misses some (it then wakes every poller).
+pub const CHANGE_FEED_CAPACITY: usize = 4096;
+
 /// What a lease call did.
 #[derive(Debug, Clone, Default)]
 pub struct Leased {
     /// The messages leased, in order.
     pub messages: Vec<LeasedMessage>,
-    /// Expired leases the call ended on the way (released or dead-lettered): messages that
-    /// became ready without a put announcing them.
-    pub settled: u64,
     /// When nothing was leased: the earliest time a leased or delayed message of the queue
     /// becomes visible (answered in the same call, so an empty poll costs one round trip).
     pub next_visible_at: Option<Timestamp>,
@@ -88,8 +128,6 @@ pub struct SweepReport {
     pub dead_lettered: u64,
     /// Rows removed from deleted queues, and work requests past their retention.
     pub reclaimed: u64,
-    /// Queues with leases released or dead-lettered, whose waiting pollers should look again.
-    pub settled_queues: Vec<QueueRow>,
 }
 
 impl SweepReport {
@@ -159,6 +197,8 @@ pub trait Store: Send + Sync + 'static {
         messages: Vec<MessageToStore>,
         max_channels: u32,
     ) -> Result<Vec<i64>, QueueError>;
+    /// The change feed: what each commit from now on made ready, on any node.
+    fn changes(&self) -> broadcast::Receiver<Change>;
     /// Releases expired leases of the queue (dead-lettering as the request says), then leases
     /// up to `max_messages` visible, unexpired messages, oldest first per channel; with none,
     /// says when the next one becomes visible.
@@ -205,4 +245,24 @@ pub trait Store: Send + Sync + 'static {
     async fn check_writable(&self) -> StoreResult<()>;
     /// Flushes and closes; later calls fail.
     async fn close(&self) -> StoreResult<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::NewMessage;
+
+    fn to_store(channel: &str, delayed: bool) -> MessageToStore {
+        let message = NewMessage { content: "m".into(), channel: channel.into(), properties: None, delay_secs: None };
+        let at = Timestamp(1_000);
+        MessageToStore { message, created_at: at, expire_at: Timestamp(9_000), delayed_until: delayed.then_some(at) }
+    }
+
+    #[test]
+    fn a_put_announces_its_count_and_named_channels_once_each_or_a_change_when_delayed() {
+        let put = [to_store("b", false), to_store("", false), to_store("a", false), to_store("b", false)];
+        let expected = Change::Ready { queue: 7, count: 4, channels: vec!["a".into(), "b".into()] };
+        assert_eq!(Change::of_put(7, &put), expected);
+        assert_eq!(Change::of_put(7, &[to_store("", false), to_store("a", true)]), Change::Changed { queue: 7 });
+    }
 }

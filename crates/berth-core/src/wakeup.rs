@@ -11,9 +11,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, Notify};
+use tokio_util::sync::CancellationToken;
 
 use crate::model::QueueRow;
+use crate::store::Change;
 
 /// What a poller waits for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -64,6 +67,32 @@ impl Wakeups {
     pub(crate) fn wake_all(&self, queue: QueueRow) {
         let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         for notify in queues.get(&queue).into_iter().flat_map(HashMap::values) {
+            notify.notify_waiters();
+        }
+    }
+
+    /// Wakes pollers as the store's change feed says, until it closes or `stop` fires.
+    pub(crate) async fn follow(self: Arc<Self>, mut feed: broadcast::Receiver<Change>, stop: CancellationToken) {
+        loop {
+            let change = tokio::select! {
+                change = feed.recv() => change,
+                () = stop.cancelled() => return,
+            };
+            match change {
+                Ok(Change::Ready { queue, count, channels }) => self.ready(queue, count, &channels),
+                Ok(Change::Changed { queue }) => self.wake_all(queue),
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "long-poll wakeups fell behind the store's changes; waking every poller");
+                    self.wake_every_queue();
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    fn wake_every_queue(&self) {
+        let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        for notify in queues.values().flat_map(HashMap::values) {
             notify.notify_waiters();
         }
     }

@@ -703,6 +703,23 @@ async fn all_woken(polls: impl IntoIterator<Item = tokio::task::JoinHandle<Vec<S
 }
 
 #[tokio::test]
+async fn a_long_poll_wakes_at_a_put_made_through_another_engine_over_the_store() {
+    // As with two nodes on one store: wakeups come from the store's change feed, not from
+    // the engine that made the put.
+    let r = Arc::new(rig().await);
+    let q = r.queue(PolicyValues::default()).await;
+    let other = Engine::new(r.store.clone(), r.clock.clone(), "iad".into(), CancellationToken::new()).await.unwrap();
+    let (o, oq) = (Arc::new(other), q.clone());
+    let poll = tokio::spawn(async move {
+        let params = GetMessages::new(Some(30), Some(20), Some(5), None, false).unwrap();
+        o.get_messages(T, &oq, params).await.unwrap().into_iter().map(|d| d.message.content).collect::<Vec<_>>()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await; // it finds the queue empty and waits
+    r.put(&q, &["from the other engine"]).await;
+    assert_eq!(woken(poll).await, ["from the other engine"]);
+}
+
+#[tokio::test]
 async fn a_put_of_two_messages_wakes_two_waiting_pollers() {
     let r = Arc::new(rig().await);
     let q = r.queue(PolicyValues::default()).await;

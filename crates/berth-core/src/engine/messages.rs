@@ -154,19 +154,7 @@ impl Engine {
                 MessageToStore { message, created_at: now, expire_at, delayed_until }
             })
             .collect();
-        let delayed = to_store.iter().any(|m| m.delayed_until.is_some());
-        let mut channels: Vec<String> =
-            to_store.iter().map(|m| &m.message.channel).filter(|c| !c.is_empty()).cloned().collect();
-        channels.sort_unstable();
-        channels.dedup();
-        let count = to_store.len();
         let ids = self.store.put_messages(queue.row, to_store, limits::MAX_CHANNELS).await?;
-        if delayed {
-            // Sleeping pollers timed their sleep before this delay existed.
-            self.wakeups.wake_all(queue.row);
-        } else {
-            self.wakeups.ready(queue.row, count, &channels);
-        }
         Ok(ids.into_iter().map(|id| PutResult { id, expire_at }).collect())
     }
 
@@ -234,10 +222,6 @@ impl Engine {
                 })
                 .await
                 .map_err(failed)?;
-            if leased.settled > 0 {
-                // Ended leases made messages ready (or dead letters) that no put announced.
-                self.wakeups.wake_all(queue.row);
-            }
             if !leased.messages.is_empty() {
                 let messages = leased.messages.into_iter();
                 return Ok(messages.map(|m| self.delivered(queue.row, params.dead_letter, m)).collect());
@@ -288,15 +272,11 @@ impl Engine {
                 Err(e) => results.push(Err(e)),
             }
         }
-        let released = valid.iter().any(|(_, until)| *until <= now);
         let mut outcome = self.store.extend_leases(valid, now).await?.into_iter();
         for result in results.iter_mut().filter(|r| r.is_ok()) {
             if !outcome.next().unwrap_or(false) {
                 *result = Err(QueueError::ReceiptInvalid);
             }
-        }
-        if released {
-            self.wakeups.wake_all(queue.row);
         }
         Ok(results)
     }
@@ -401,9 +381,6 @@ impl Engine {
             if batch < u64::from(super::PURGE_BATCH) {
                 break;
             }
-        }
-        if moved > 0 {
-            self.wakeups.wake_all(queue.row);
         }
         Ok(moved)
     }

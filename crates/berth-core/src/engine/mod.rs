@@ -25,7 +25,7 @@ pub struct Engine {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     receipts: ReceiptKey,
-    wakeups: Wakeups,
+    wakeups: Arc<Wakeups>,
     region: String,
     shutdown: CancellationToken,
     queues: QueueCache,
@@ -76,15 +76,9 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> Result<Self, QueueError> {
         let receipts = ReceiptKey::new(&store.receipt_secret().await?);
-        Ok(Engine {
-            store,
-            clock,
-            receipts,
-            wakeups: Wakeups::default(),
-            region,
-            shutdown,
-            queues: QueueCache::default(),
-        })
+        let wakeups = Arc::new(Wakeups::default());
+        tokio::spawn(wakeups.clone().follow(store.changes(), shutdown.clone()));
+        Ok(Engine { store, clock, receipts, wakeups, region, shutdown, queues: QueueCache::default() })
     }
 
     /// The store, for identity lookups at the edges.
@@ -103,16 +97,12 @@ impl Engine {
     }
 
     /// One background sweep of the store (retention, ended leases, deleted queues) of at
-    /// most `batch` rows per kind of work; pollers of queues with ended leases look again.
+    /// most `batch` rows per kind of work.
     ///
     /// # Errors
     /// A store failure.
     pub async fn sweep(&self, batch: u32) -> Result<SweepReport, QueueError> {
-        let report = self.store.sweep(self.clock.now(), batch).await?;
-        for queue in &report.settled_queues {
-            self.wakeups.wake_all(*queue);
-        }
-        Ok(report)
+        Ok(self.store.sweep(self.clock.now(), batch).await?)
     }
 
     /// Whether this node can serve writes (its store can write).

@@ -147,7 +147,9 @@ pub(crate) fn put(
     Ok((first..=last).collect())
 }
 
-pub(crate) fn lease(conn: &Connection, index: &mut Index, req: &LeaseRequest) -> rusqlite::Result<Leased> {
+/// Leases as the request says; also whether ended leases were settled on the way (messages
+/// ready, or dead letters, that no put announced).
+pub(crate) fn lease(conn: &Connection, index: &mut Index, req: &LeaseRequest) -> rusqlite::Result<(Leased, bool)> {
     let mut report = SweepReport::default();
     let pick = Pick {
         dead_letter: req.dead_letter,
@@ -178,7 +180,7 @@ pub(crate) fn lease(conn: &Connection, index: &mut Index, req: &LeaseRequest) ->
     }
     let next_visible_at =
         if messages.is_empty() { index.next_visible_at(req.queue, req.dead_letter).map(Timestamp) } else { None };
-    Ok(Leased { messages, settled: report.released + report.dead_lettered, next_visible_at })
+    Ok((Leased { messages, next_visible_at }, report.released + report.dead_lettered > 0))
 }
 
 /// Whether a read failed for the row itself, which no retry mends.
@@ -314,8 +316,16 @@ fn settle(index: &mut Index, queue: QueueRow, to_settle: Settle, writes: &mut Ve
     index.settle(queue, now, to_settle.dead_letter_after, limit, &mut SweepReport::default(), writes);
 }
 
-pub(crate) fn sweep(conn: &Connection, index: &mut Index, now: Timestamp, batch: u32) -> rusqlite::Result<SweepReport> {
+/// One bounded round of background work; also the queues with leases released or
+/// dead-lettered, whose pollers should look again.
+pub(crate) fn sweep(
+    conn: &Connection,
+    index: &mut Index,
+    now: Timestamp,
+    batch: u32,
+) -> rusqlite::Result<(SweepReport, Vec<QueueRow>)> {
     let mut report = SweepReport::default();
+    let mut settled = Vec::new();
     let queues: Vec<(QueueRow, u32, String, i64)> = conn
         .prepare_cached("SELECT row, dead_letter_after, state, updated_at FROM queues")?
         .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))?
@@ -341,7 +351,7 @@ pub(crate) fn sweep(conn: &Connection, index: &mut Index, now: Timestamp, batch:
         let ended_before = report.released + report.dead_lettered;
         index.settle(queue, now.0, dead_letter_after, batch, &mut report, &mut writes);
         if report.released + report.dead_lettered > ended_before {
-            report.settled_queues.push(queue);
+            settled.push(queue);
         }
     }
     persist(conn, index, &writes)?;
@@ -351,5 +361,5 @@ pub(crate) fn sweep(conn: &Connection, index: &mut Index, now: Timestamp, batch:
              (SELECT rowid FROM work_requests WHERE accepted_at <= ?1 ORDER BY accepted_at LIMIT ?2)",
         params![now.0 - berth_core::limits::WORK_REQUEST_RETENTION_MS, batch],
     )? as u64;
-    Ok(report)
+    Ok((report, settled))
 }

@@ -23,7 +23,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use berth_core::error::{QueueError, StoreError};
+use berth_core::model::QueueRow;
+use berth_core::store::{Change, CHANGE_FEED_CAPACITY};
 use rusqlite::{Connection, OpenFlags};
+use tokio::sync::broadcast;
 
 use writer::Writer;
 
@@ -49,6 +52,9 @@ pub struct SqliteStore {
     store_id: String,
     /// The disk space puts must leave for everything else.
     room: Arc<room::Room>,
+    /// The change feed: sent after each commit that made messages ready (one process
+    /// serves the messages, so this is every node's feed).
+    changes: broadcast::Sender<Change>,
 }
 
 /// The index and whether it may disagree with the database.
@@ -172,7 +178,22 @@ impl SqliteStore {
             owner,
             store_id,
             room: Arc::new(room::Room::new(path, DEFAULT_MIN_FREE_SPACE)),
+            changes: broadcast::channel(CHANGE_FEED_CAPACITY).0,
         })
+    }
+
+    /// Sends a committed change to the feed's followers (none is fine).
+    fn announce(&self, change: Change) {
+        let _ = self.changes.send(change);
+    }
+
+    /// Announces that each queue's messages changed (once per queue).
+    fn announce_each(&self, mut queues: Vec<QueueRow>) {
+        queues.sort_unstable();
+        queues.dedup();
+        for queue in queues {
+            self.announce(Change::Changed { queue });
+        }
     }
 
     /// Refuses puts (`StoreError::Full`) while less than `bytes` are free on the

@@ -7,7 +7,8 @@ use berth_core::model::{
     LeaseRef, LeaseRequest, MessageToStore, PurgeTarget, Queue, QueueFilter, QueueRow, QueueStats, Tenancy, User,
     WorkRequest,
 };
-use berth_core::store::{Created, Leased, NewQueue, RetryToken, Settle, Store, StoreResult, SweepReport};
+use berth_core::store::{Change, Created, Leased, NewQueue, RetryToken, Settle, Store, StoreResult, SweepReport};
+use tokio::sync::broadcast;
 
 use super::{backend, identity, messages, queues, SqliteStore};
 
@@ -103,22 +104,41 @@ impl Store for SqliteStore {
         max_channels: u32,
     ) -> Result<Vec<i64>, QueueError> {
         let room = self.room.clone();
-        self.write_messages(move |c, index| {
-            room.check(c)?;
-            messages::put(c, index, queue, messages, max_channels)
-        })
-        .await
+        let change = Change::of_put(queue, &messages);
+        let ids = self
+            .write_messages(move |c, index| {
+                room.check(c)?;
+                messages::put(c, index, queue, messages, max_channels)
+            })
+            .await?;
+        self.announce(change);
+        Ok(ids)
+    }
+
+    fn changes(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
     }
 
     async fn lease(&self, request: LeaseRequest) -> StoreResult<Leased> {
-        self.write_messages(move |c, index| messages::lease(c, index, &request).map_err(backend)).await
+        let queue = request.queue;
+        let (leased, settled) =
+            self.write_messages(move |c, index| messages::lease(c, index, &request).map_err(backend)).await?;
+        if settled {
+            self.announce(Change::Changed { queue });
+        }
+        Ok(leased)
     }
 
     async fn extend_leases(&self, leases: Vec<(LeaseRef, Timestamp)>, now: Timestamp) -> StoreResult<Vec<bool>> {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        self.write_messages(move |c, index| messages::extend(c, index, &leases, now).map_err(backend)).await
+        // Leases moved to end now or earlier give their messages back.
+        let released: Vec<QueueRow> = leases.iter().filter(|(_, until)| *until <= now).map(|(l, _)| l.queue).collect();
+        let extended =
+            self.write_messages(move |c, index| messages::extend(c, index, &leases, now).map_err(backend)).await?;
+        self.announce_each(released);
+        Ok(extended)
     }
 
     async fn delete_leased(&self, leases: Vec<LeaseRef>, now: Timestamp) -> StoreResult<Vec<bool>> {
@@ -164,14 +184,22 @@ impl Store for SqliteStore {
     }
 
     async fn redrive(&self, queue: QueueRow, channels: Option<Vec<String>>, settle: Settle) -> StoreResult<u64> {
-        self.write_messages(move |c, index| {
-            messages::redrive(c, index, queue, channels.as_deref(), settle).map_err(backend)
-        })
-        .await
+        let moved = self
+            .write_messages(move |c, index| {
+                messages::redrive(c, index, queue, channels.as_deref(), settle).map_err(backend)
+            })
+            .await?;
+        if moved > 0 {
+            self.announce(Change::Changed { queue });
+        }
+        Ok(moved)
     }
 
     async fn sweep(&self, now: Timestamp, batch: u32) -> StoreResult<SweepReport> {
-        self.write_messages(move |c, index| messages::sweep(c, index, now, batch).map_err(backend)).await
+        let (report, settled) =
+            self.write_messages(move |c, index| messages::sweep(c, index, now, batch).map_err(backend)).await?;
+        self.announce_each(settled);
+        Ok(report)
     }
 
     async fn housekeeping(&self) -> StoreResult<()> {
