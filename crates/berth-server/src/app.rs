@@ -85,8 +85,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     } else {
         Authenticator::new(store_dyn.clone(), clock.clone())
     };
+    let auth = Arc::new(auth);
     let stomp_ctx = Arc::new(StompContext {
         engine: engine.clone(),
+        auth: auth.clone(),
         limits: stomp::frame::Limits::default(),
         idle_timeout: config.stomp_idle_timeout,
         max_connections: config.stomp_max_connections,
@@ -94,7 +96,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         logins: Default::default(),
     });
     let sweeper = tokio::spawn(workers::sweep(engine.clone(), shutdown.clone()));
-    let state = AppState { engine, auth: Arc::new(auth), public_url: public_url.into() };
+    let state = AppState { engine, auth, public_url: public_url.into() };
 
     let stomp_task = tokio::spawn(stomp::serve(stomp, stomp_ctx, shutdown.clone()));
     let server = tokio::spawn(http::serve(

@@ -32,7 +32,7 @@ pub async fn sweep(engine: Arc<Engine>, shutdown: CancellationToken) {
             }
         };
         if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
-            if let Err(e) = engine.store().housekeeping().await {
+            if let Err(e) = engine.housekeeping().await {
                 tracing::warn!(error = %e, "store housekeeping failed; retrying");
             }
             last_housekeeping = Instant::now();

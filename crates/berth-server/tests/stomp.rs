@@ -40,9 +40,12 @@ async fn rig_with(idle_timeout: Duration, max_connections: usize) -> Rig {
     };
     store.insert_user(&user).await.unwrap();
     let shutdown = CancellationToken::new();
-    let engine = Arc::new(Engine::new(store, Arc::new(SystemClock), "iad".into(), shutdown.clone()).await.unwrap());
+    let engine =
+        Arc::new(Engine::new(store.clone(), Arc::new(SystemClock), "iad".into(), shutdown.clone()).await.unwrap());
+    let auth = berth_server::auth::Authenticator::new(store, Arc::new(SystemClock));
     let ctx = Arc::new(StompContext {
         engine: engine.clone(),
+        auth: Arc::new(auth),
         limits: Limits::default(),
         idle_timeout,
         max_connections,

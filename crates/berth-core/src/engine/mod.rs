@@ -81,11 +81,6 @@ impl Engine {
         Ok(Engine { store, clock, receipts, wakeups, region, shutdown, queues: QueueCache::default() })
     }
 
-    /// The store, for identity lookups at the edges.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
     /// The clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
@@ -103,6 +98,14 @@ impl Engine {
     /// A store failure.
     pub async fn sweep(&self, batch: u32) -> Result<SweepReport, QueueError> {
         Ok(self.store.sweep(self.clock.now(), batch).await?)
+    }
+
+    /// The store's upkeep that must stay off the commit path (SQLite: WAL checkpoints).
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn housekeeping(&self) -> Result<(), QueueError> {
+        Ok(self.store.housekeeping().await?)
     }
 
     /// Whether this node can serve writes (its store can write).

@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use berth_core::error::QueueError;
+use berth_core::error::{QueueError, StoreError};
 use berth_core::model::User;
 use berth_core::store::Store;
 use berth_core::Clock;
@@ -59,6 +59,16 @@ impl Authenticator {
     /// Accepts every request as `principal` (`--insecure-no-auth`).
     pub fn insecure(store: Arc<dyn Store>, clock: Arc<dyn Clock>, principal: Principal) -> Self {
         Authenticator { insecure_principal: Some(principal), ..Authenticator::new(store, clock) }
+    }
+
+    /// The user a STOMP login names (tenancy and user by name), if `passcode` is theirs.
+    /// STOMP logins are checked even with `--insecure-no-auth`.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn stomp_user(&self, tenancy: &str, user: &str, passcode: &str) -> Result<Option<User>, StoreError> {
+        let Some(user) = self.store.user_by_name(tenancy, user).await? else { return Ok(None) };
+        Ok((crate::credentials::passcode_sha256(passcode) == user.stomp_passcode_sha256).then_some(user))
     }
 
     async fn user(&self, tenancy_id: &str, user_id: &str, fingerprint: &str) -> Result<Arc<User>, ApiError> {

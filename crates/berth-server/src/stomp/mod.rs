@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::accept::Acceptor;
+use crate::auth::Authenticator;
 
 /// How long connections get to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,6 +34,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct StompContext {
     /// The queue engine.
     pub engine: Arc<Engine>,
+    /// Checks logins.
+    pub auth: Arc<Authenticator>,
     /// Inbound frame limits.
     pub limits: frame::Limits,
     /// Disconnect clients that send nothing for this long (without negotiated heart-beats).

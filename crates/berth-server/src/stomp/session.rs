@@ -173,7 +173,7 @@ impl Session {
         };
         let passcode = frame.get("passcode").ok_or_else(bad_login)?;
         let (tenancy, user) = login.split_once('/').ok_or_else(bad_login)?;
-        let user = match ctx.engine.store().user_by_name(tenancy, user).await {
+        let user = match ctx.auth.stomp_user(tenancy, user, passcode).await {
             Ok(Some(user)) => user,
             Ok(None) => return Err(bad_login()),
             Err(e) => {
@@ -181,9 +181,6 @@ impl Session {
                 return Err(refuse("the service could not check the login; try again"));
             }
         };
-        if crate::credentials::passcode_sha256(passcode) != user.stomp_passcode_sha256 {
-            return Err(bad_login());
-        }
         ctx.logins.succeeded(&attempter);
         let (events_tx, events) = mpsc::channel(64);
         let ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis() as u64);
