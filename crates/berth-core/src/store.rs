@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use crate::clock::Timestamp;
-use crate::error::{QueueError, StoreError};
+use crate::error::StoreError;
 use crate::model::{
     LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, PurgeTarget, Queue, QueueFilter, QueueRow, QueueSpec,
     QueueStats, Tenancy, User, WorkRequest,
@@ -107,6 +107,15 @@ impl Change {
 /// Changes announced at once before a slow follower misses some (it then wakes every poller).
 pub const CHANGE_FEED_CAPACITY: usize = 4096;
 
+/// What a put did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored, in order; their ids.
+    Stored(Vec<i64>),
+    /// Nothing stored: a new channel would exceed the queue's channel limit.
+    ChannelsFull,
+}
+
 /// What a lease call did.
 #[derive(Debug, Clone, Default)]
 pub struct Leased {
@@ -189,14 +198,13 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- messages ----
 
-    /// Appends messages in order; returns their ids. Fails with `LimitExceeded` when a new
-    /// channel would exceed `max_channels` (nothing is stored then).
+    /// Appends messages in order, unless a new channel would exceed `max_channels`.
     async fn put_messages(
         &self,
         queue: QueueRow,
         messages: Vec<MessageToStore>,
         max_channels: u32,
-    ) -> Result<Vec<i64>, QueueError>;
+    ) -> StoreResult<Appended>;
     /// The change feed: what each commit from now on made ready, on any node.
     fn changes(&self) -> broadcast::Receiver<Change>;
     /// Releases expired leases of the queue (dead-lettering as the request says), then leases

@@ -8,7 +8,7 @@ use crate::clock::Timestamp;
 use crate::error::QueueError;
 use crate::limits;
 use crate::model::{LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, NewMessage, Page, QueueStats};
-use crate::store::Settle;
+use crate::store::{Appended, Settle};
 use crate::wakeup::Interest;
 
 use super::Engine;
@@ -154,7 +154,13 @@ impl Engine {
                 MessageToStore { message, created_at: now, expire_at, delayed_until }
             })
             .collect();
-        let ids = self.store.put_messages(queue.row, to_store, limits::MAX_CHANNELS).await?;
+        let ids = match self.store.put_messages(queue.row, to_store, limits::MAX_CHANNELS).await? {
+            Appended::Stored(ids) => ids,
+            Appended::ChannelsFull => {
+                let most = limits::MAX_CHANNELS;
+                return Err(QueueError::LimitExceeded(format!("a queue holds at most {most} non-empty channels")));
+            }
+        };
         Ok(ids.into_iter().map(|id| PutResult { id, expire_at }).collect())
     }
 

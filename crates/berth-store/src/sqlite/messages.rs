@@ -2,15 +2,14 @@
 //! writer job; [`persist`] writes what the index changed in the same transaction.
 
 use berth_core::clock::Timestamp;
-use berth_core::error::QueueError;
 use berth_core::model::{LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, PurgeTarget, QueueRow};
-use berth_core::store::{Leased, Settle, SweepReport};
+use berth_core::store::{Appended, Leased, Settle, SweepReport};
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::index::{Index, NewSlot, Persist, Pick, Picked, Slot};
 use super::schema::{self, MessageMeta};
-use super::{per_message_states, sql};
+use super::{per_message_states, PutFailed};
 
 /// Expired leases released per lease call; the sweeper handles any surplus.
 const RELEASE_PER_LEASE: u32 = 256;
@@ -109,13 +108,13 @@ pub(crate) fn put(
     queue: QueueRow,
     messages: Vec<MessageToStore>,
     max_channels: u32,
-) -> Result<Vec<i64>, QueueError> {
-    let Some(head) = messages.first() else { return Ok(Vec::new()) };
+) -> Result<Appended, PutFailed> {
+    let Some(head) = messages.first() else { return Ok(Appended::Stored(Vec::new())) };
     // The engine stamps a put's messages alike.
     let (created_at, expire_at) = (head.created_at.0, head.expire_at.0);
     let channels: Vec<&str> = messages.iter().map(|m| m.message.channel.as_str()).collect();
     if !index.channels_fit(queue, &channels, max_channels) {
-        return Err(QueueError::LimitExceeded(format!("a queue holds at most {max_channels} non-empty channels")));
+        return Ok(Appended::ChannelsFull);
     }
     let sums = schema::encode_sums(messages.iter().map(|m| m.message.content.as_bytes()));
     let mut bodies = Vec::with_capacity(messages.iter().map(|m| m.message.content.len()).sum());
@@ -131,20 +130,19 @@ pub(crate) fn put(
             }
         })
         .collect();
-    let meta_json = serde_json::to_string(&meta)
-        .map_err(|e| QueueError::Store(berth_core::error::StoreError::Backend(e.to_string())))?;
+    let meta_json =
+        serde_json::to_string(&meta).map_err(|e| PutFailed(berth_core::error::StoreError::Backend(e.to_string())))?;
     let first = index.next_id();
     let last = first + messages.len() as i64 - 1;
     conn.prepare_cached(
         "INSERT INTO message_batches (id, queue, created_at, expire_at, meta, bodies, sums)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
-    .and_then(|mut s| s.execute(params![last, queue, created_at, expire_at, meta_json, bodies, sums]))
-    .map_err(sql)?;
+    .and_then(|mut s| s.execute(params![last, queue, created_at, expire_at, meta_json, bodies, sums]))?;
     let slots: Vec<NewSlot<'_>> =
         meta.iter().map(|m| NewSlot { channel: &m.channel, size: m.size, delayed_until: m.delayed_until }).collect();
     index.put(queue, &slots, created_at, expire_at);
-    Ok((first..=last).collect())
+    Ok(Appended::Stored((first..=last).collect()))
 }
 
 /// Leases as the request says; also whether ended leases were settled on the way (messages

@@ -22,7 +22,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use berth_core::error::{QueueError, StoreError};
+use berth_core::error::StoreError;
 use berth_core::model::QueueRow;
 use berth_core::store::{Change, CHANGE_FEED_CAPACITY};
 use rusqlite::{Connection, OpenFlags};
@@ -320,12 +320,26 @@ impl<T> Failure for Result<T, StoreError> {
     }
 }
 
-impl<T> Failure for Result<T, QueueError> {
+/// A failed put. A put changes the index only after its row is written: one that failed
+/// for want of room (the room check's or SQLite's own full disk) left the index as it was,
+/// and reading a million messages back for each refused put would stall the writer.
+pub(crate) struct PutFailed(pub(crate) StoreError);
+
+impl From<StoreError> for PutFailed {
+    fn from(error: StoreError) -> Self {
+        PutFailed(error)
+    }
+}
+
+impl From<rusqlite::Error> for PutFailed {
+    fn from(error: rusqlite::Error) -> Self {
+        PutFailed(backend(error))
+    }
+}
+
+impl<T> Failure for Result<T, PutFailed> {
     fn is_storage_failure(&self) -> bool {
-        // A put changes the index only after its row is written: one that failed for want of
-        // room (the room check's or SQLite's own full disk) left the index as it was, and
-        // reading a million messages back for each refused put would stall the writer.
-        matches!(self, Err(QueueError::Store(e)) if !matches!(e, StoreError::Full(_)))
+        matches!(self, Err(PutFailed(e)) if !matches!(e, StoreError::Full(_)))
     }
 }
 
@@ -362,11 +376,6 @@ pub(crate) fn backend(error: rusqlite::Error) -> StoreError {
         Some(DiskFull) => StoreError::Full(error.to_string()),
         _ => StoreError::Backend(error.to_string()),
     }
-}
-
-/// Lets `?` lift SQLite errors inside jobs that return `QueueError`.
-pub(crate) fn sql(error: rusqlite::Error) -> QueueError {
-    QueueError::Store(backend(error))
 }
 
 mod store_impl;

@@ -2,15 +2,17 @@
 
 use async_trait::async_trait;
 use berth_core::clock::Timestamp;
-use berth_core::error::{QueueError, StoreError};
+use berth_core::error::StoreError;
 use berth_core::model::{
     LeaseRef, LeaseRequest, MessageToStore, PurgeTarget, Queue, QueueFilter, QueueRow, QueueStats, Tenancy, User,
     WorkRequest,
 };
-use berth_core::store::{Change, Created, Leased, NewQueue, RetryToken, Settle, Store, StoreResult, SweepReport};
+use berth_core::store::{
+    Appended, Change, Created, Leased, NewQueue, RetryToken, Settle, Store, StoreResult, SweepReport,
+};
 use tokio::sync::broadcast;
 
-use super::{backend, identity, messages, queues, SqliteStore};
+use super::{backend, identity, messages, queues, PutFailed, SqliteStore};
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -102,17 +104,20 @@ impl Store for SqliteStore {
         queue: QueueRow,
         messages: Vec<MessageToStore>,
         max_channels: u32,
-    ) -> Result<Vec<i64>, QueueError> {
+    ) -> StoreResult<Appended> {
         let room = self.room.clone();
         let change = Change::of_put(queue, &messages);
-        let ids = self
+        let appended = self
             .write_messages(move |c, index| {
                 room.check(c)?;
                 messages::put(c, index, queue, messages, max_channels)
             })
-            .await?;
-        self.announce(change);
-        Ok(ids)
+            .await
+            .map_err(|PutFailed(e)| e)?;
+        if let Appended::Stored(_) = appended {
+            self.announce(change);
+        }
+        Ok(appended)
     }
 
     fn changes(&self) -> broadcast::Receiver<Change> {
