@@ -1,20 +1,39 @@
-//! What happens to a message whose lease (or delay) has ended without a delete.
+//! What happens to a message whose lease (or delay) has ended without a delete: one rule
+//! for every store, whether it settles the message when the lease ends, at the next lease
+//! call or in a sweep, and for what GetStats counts before it is settled.
+
+use crate::clock::Timestamp;
 
 /// The fate of a message that becomes visible again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterLease {
+    /// Past its retention: removed (before any dead-lettering).
+    Expire,
     /// Back to the head of its channel, delivery count kept.
     Redeliver,
     /// Moved to its channel's dead letter queue.
     DeadLetter,
 }
 
-/// Decides the fate of a message whose lease ended undeleted.
+/// A message whose lease or delay ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    /// Deliveries so far (0 for a delay that ended).
+    pub delivery_count: u32,
+    /// Whether it is in the dead letter queue.
+    pub in_dead_letter_queue: bool,
+    /// When retention removes it.
+    pub expire_at: Timestamp,
+}
+
+/// Decides the fate of a message whose lease ended undeleted, as of `now`.
 ///
 /// `max_deliveries` is the queue's `deadLetterQueueDeliveryCount` (0 = no DLQ).
 /// A message already in the DLQ stays there: the DLQ has no DLQ of its own.
-pub fn after_lease(delivery_count: u32, max_deliveries: u32, in_dead_letter_queue: bool) -> AfterLease {
-    if !in_dead_letter_queue && max_deliveries > 0 && delivery_count >= max_deliveries {
+pub fn after_lease(message: Ended, max_deliveries: u32, now: Timestamp) -> AfterLease {
+    if message.expire_at <= now {
+        AfterLease::Expire
+    } else if !message.in_dead_letter_queue && max_deliveries > 0 && message.delivery_count >= max_deliveries {
         AfterLease::DeadLetter
     } else {
         AfterLease::Redeliver
@@ -25,29 +44,42 @@ pub fn after_lease(delivery_count: u32, max_deliveries: u32, in_dead_letter_queu
 mod tests {
     use super::*;
 
+    const NOW: Timestamp = Timestamp(1_000);
+
+    fn ended(delivery_count: u32, in_dead_letter_queue: bool) -> Ended {
+        Ended { delivery_count, in_dead_letter_queue, expire_at: Timestamp(2_000) }
+    }
+
     #[test]
     fn message_below_max_deliveries_is_redelivered() {
-        assert_eq!(after_lease(2, 3, false), AfterLease::Redeliver);
+        assert_eq!(after_lease(ended(2, false), 3, NOW), AfterLease::Redeliver);
     }
 
     #[test]
     fn message_that_reached_max_deliveries_is_dead_lettered() {
-        assert_eq!(after_lease(3, 3, false), AfterLease::DeadLetter);
-        assert_eq!(after_lease(7, 3, false), AfterLease::DeadLetter);
+        assert_eq!(after_lease(ended(3, false), 3, NOW), AfterLease::DeadLetter);
+        assert_eq!(after_lease(ended(7, false), 3, NOW), AfterLease::DeadLetter);
     }
 
     #[test]
     fn zero_max_deliveries_disables_the_dead_letter_queue() {
-        assert_eq!(after_lease(1000, 0, false), AfterLease::Redeliver);
+        assert_eq!(after_lease(ended(1000, false), 0, NOW), AfterLease::Redeliver);
     }
 
     #[test]
     fn message_in_dead_letter_queue_stays_there() {
-        assert_eq!(after_lease(50, 3, true), AfterLease::Redeliver);
+        assert_eq!(after_lease(ended(50, true), 3, NOW), AfterLease::Redeliver);
     }
 
     #[test]
     fn delayed_message_never_delivered_is_not_dead_lettered() {
-        assert_eq!(after_lease(0, 1, false), AfterLease::Redeliver);
+        assert_eq!(after_lease(ended(0, false), 1, NOW), AfterLease::Redeliver);
+    }
+
+    #[test]
+    fn retention_comes_before_dead_lettering() {
+        let past = Ended { expire_at: NOW, ..ended(3, false) };
+        assert_eq!(after_lease(past, 3, NOW), AfterLease::Expire);
+        assert_eq!(after_lease(Ended { in_dead_letter_queue: true, ..past }, 3, NOW), AfterLease::Expire);
     }
 }

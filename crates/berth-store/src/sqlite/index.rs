@@ -12,7 +12,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use berth_core::clock::Timestamp;
-use berth_core::delivery::{after_lease, AfterLease};
+use berth_core::delivery::{after_lease, AfterLease, Ended};
 use berth_core::model::{LeaseRef, MessageCounts, PurgeTarget, QueueRow, QueueStats};
 use berth_core::store::SweepReport;
 
@@ -287,12 +287,16 @@ impl QueueIndex {
                 self.invisible[side(dlq)].range(..=(now, Id::MAX)).take(limit as usize).map(|(_, id)| *id).collect();
             for id in due {
                 let Some((_, batch, at)) = self.slot(id) else { continue };
-                if batch.expire_at <= now {
-                    writes.extend(self.remove(id));
-                    report.expired += 1;
-                    continue;
-                }
-                match after_lease(batch.slots[at].delivery_count, dead_letter_after, dlq) {
+                let ended = Ended {
+                    delivery_count: batch.slots[at].delivery_count,
+                    in_dead_letter_queue: dlq,
+                    expire_at: Timestamp(batch.expire_at),
+                };
+                match after_lease(ended, dead_letter_after, Timestamp(now)) {
+                    AfterLease::Expire => {
+                        writes.extend(self.remove(id));
+                        report.expired += 1;
+                    }
                     AfterLease::Redeliver => {
                         let delivered = batch.slots[at].delivery_count > 0;
                         let write = self.update(id, |slot| slot.phase = Phase::Ready);
@@ -611,12 +615,17 @@ impl Index {
             for (_, id) in q.invisible[side(dlq)].range(..=(now, Id::MAX)) {
                 let Some((_, batch, at)) = q.slot(*id) else { continue };
                 let slot = &batch.slots[at];
-                if batch.expire_at <= now || !wanted(&slot.channel) {
+                let ended = Ended {
+                    delivery_count: slot.delivery_count,
+                    in_dead_letter_queue: dlq,
+                    expire_at: Timestamp(batch.expire_at),
+                };
+                let fate = after_lease(ended, dead_letter_after, Timestamp(now));
+                if fate == AfterLease::Expire || !wanted(&slot.channel) {
                     continue;
                 }
                 tally(side_of(&mut stats, dlq), slot, false);
-                let dead = after_lease(slot.delivery_count, dead_letter_after, dlq) == AfterLease::DeadLetter;
-                let out = side_of(&mut stats, dlq || dead);
+                let out = side_of(&mut stats, dlq || fate == AfterLease::DeadLetter);
                 out.visible += 1;
                 out.size_bytes += u64::from(slot.size);
             }
