@@ -418,3 +418,26 @@ async fn sends_written_just_before_the_client_closes_are_stored() {
     }
     assert_eq!(visible, 200, "every SEND read before the close is stored");
 }
+
+#[tokio::test]
+async fn an_unsubscribe_behind_pipelined_acks_stops_deliveries_at_once() {
+    let r = rig().await;
+    let q = r.queue().await;
+    let mut c = r.connect("").await;
+    c.send(&format!(
+        "SEND\ndestination:{q}\nreceipt:s\n\nm1\0SEND\ndestination:{q}\n\nm2\0SEND\ndestination:{q}\n\nm3\0\
+         SUBSCRIBE\nid:1\ndestination:{q}\nack:client-individual\nprefetch:1\nvisibility:600\n\n\0"
+    ))
+    .await;
+    assert_eq!(header(&c.frame().await, "receipt-id"), Some("s"));
+    let first = c.frame().await;
+    assert!(first.starts_with("MESSAGE\n"), "{first}");
+    // The ACK frees the prefetch slot while the UNSUBSCRIBE waits for it to commit.
+    let ack = header(&first, "ack").unwrap();
+    c.send(&format!("ACK\nid:{ack}\nreceipt:a\n\n\0UNSUBSCRIBE\nid:1\nreceipt:u\n\n\0")).await;
+    assert_eq!(header(&c.frame().await, "receipt-id"), Some("a"));
+    let next = c.frame().await;
+    assert_eq!(header(&next, "receipt-id"), Some("u"), "no MESSAGE after the UNSUBSCRIBE was read: {next}");
+    let stats = r.engine.stats(&r.tenancy_id, &q, None).await.unwrap();
+    assert_eq!((stats.queue.visible, stats.queue.in_flight), (2, 0), "m2 and m3 wait for the next consumer");
+}

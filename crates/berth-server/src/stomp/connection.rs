@@ -107,27 +107,33 @@ where
             _ = sleep_until(read_deadline), if idle && reading => Step::Idle,
             _ = shutdown.cancelled() => Step::Shutdown,
         };
+        let mut release = true;
         let reply = match step {
             Step::Inbound(inbound) => {
                 read_deadline = Instant::now() + read_window;
-                let item = match inbound {
-                    None => Item::End,
-                    Some(Err(e)) => Item::Refuse { message: e.to_string(), receipt: None },
+                let (item, size) = match inbound {
+                    None => (Item::End, 0),
+                    Some(Err(e)) => (Item::Refuse { message: e.to_string(), receipt: None }, 0),
                     Some(Ok(Inbound::Heartbeat)) => continue,
                     Some(Ok(Inbound::Frame(frame))) => {
-                        let receipt = frame.get("receipt").map(str::to_owned);
+                        let (receipt, size) = (frame.get("receipt").map(str::to_owned), frame.size());
                         match Command::from_frame(frame, session.version()) {
-                            Ok(command) => Item::Command(command),
-                            Err(message) => Item::Refuse { message, receipt },
+                            Ok(command) => (Item::Command(command), size),
+                            Err(message) => (Item::Refuse { message, receipt }, size),
                         }
                     }
                 };
-                reading = matches!(item, Item::Command(_));
-                backlog.push(item);
+                match &item {
+                    Item::Command(Command::Unsubscribe { id, .. }) => session.unsubscribing(id),
+                    Item::Command(Command::Disconnect { .. }) | Item::Refuse { .. } | Item::End => reading = false,
+                    Item::Command(_) => {}
+                }
+                backlog.push(item, size);
                 continue;
             }
             Step::Written(reply) => {
                 writing = None;
+                backlog.run_finished();
                 // The client was waiting on us, not idle.
                 read_deadline = Instant::now() + read_window;
                 reply
@@ -153,18 +159,25 @@ where
             Step::Idle => Reply::Close(vec![error_frame("no frame or heart-beat received in time; closing", None)]),
             Step::Shutdown => {
                 // Leases handed out stay valid until their visibility ends.
-                let _ = framed.send(Outbound::Frame(error_frame("the server is shutting down", None))).await;
-                break false;
+                release = false;
+                Reply::Close(vec![error_frame("the server is shutting down", None)])
+            }
+        };
+        // Writes under way finish and are answered before the connection closes.
+        let reply = match (&reply, writing.take()) {
+            (Reply::Close(_), Some(writes)) => {
+                backlog.run_finished();
+                writes.await.then(reply)
+            }
+            (_, still) => {
+                writing = still;
+                reply
             }
         };
         if let Flow::Close = answer(&mut framed, reply, &mut answering).await {
-            break true;
+            break release;
         }
     };
-    // Writes already started finish, so that the store and the session agree on what ran.
-    if let Some(writes) = writing {
-        writes.await;
-    }
     // A clean end: TLS sends close_notify, TCP a FIN, after the last frame.
     let _ = framed.into_inner().shutdown().await;
     session.close(events, release).await;
@@ -180,10 +193,8 @@ async fn answer<S>(framed: &mut Framed<S, FrameCodec>, reply: Reply, answering: 
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (frames, flow) = match reply {
-        Reply::Continue(frames) => (frames, Flow::Go),
-        Reply::Close(frames) => (frames, Flow::Close),
-    };
+    let (frames, close) = reply.into_parts();
+    let flow = if close { Flow::Close } else { Flow::Go };
     if *answering {
         for frame in frames {
             if framed.feed(Outbound::Frame(frame)).await.is_err() {

@@ -49,6 +49,13 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// Bytes the frame holds in memory: command, headers and body.
+    pub fn size(&self) -> usize {
+        self.command.len()
+            + self.headers.iter().map(|(name, value)| name.len() + value.len()).sum::<usize>()
+            + self.body.len()
+    }
+
     /// A frame with no headers and no body.
     pub fn new(command: &str) -> Self {
         Frame { command: command.to_owned(), headers: Vec::new(), body: Bytes::new() }

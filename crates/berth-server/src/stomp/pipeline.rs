@@ -16,8 +16,9 @@ use futures_util::future::join_all;
 use super::command::{self, Command};
 use super::session::{describe, error_frame, receipt_frame, Reply};
 
-/// Frames read ahead at most, and SEND bytes they may hold; past either the connection
-/// stops reading, so a fast client waits in its socket rather than in server memory.
+/// Frames read ahead at most, and the bytes they and the run in flight may hold; past
+/// either the connection stops reading, so a fast client waits in its socket rather than in
+/// server memory.
 const MAX_FRAMES: usize = 64;
 const MAX_BYTES: usize = 1 << 20;
 
@@ -41,28 +42,24 @@ pub enum Next {
     Item(Item),
 }
 
-/// Frames read ahead, oldest first.
+/// Frames read ahead, oldest first, with the size of each as read.
 #[derive(Debug, Default)]
 pub struct Backlog {
-    items: VecDeque<Item>,
-    bytes: usize,
+    items: VecDeque<(Item, usize)>,
+    /// Bytes of the frames waiting.
+    waiting: usize,
+    /// Bytes of the run in flight, until [`Backlog::run_finished`].
+    running: usize,
 }
 
-fn send_bytes(item: &Item) -> usize {
-    match item {
-        Item::Command(Command::Write(command::Write::Send { content, .. })) => content.len(),
-        _ => 0,
-    }
-}
-
-fn is_write(item: &Item) -> bool {
-    matches!(item, Item::Command(Command::Write(_)))
+fn is_write(item: &(Item, usize)) -> bool {
+    matches!(item.0, Item::Command(Command::Write(_)))
 }
 
 impl Backlog {
     /// Whether another frame may be read.
     pub fn has_room(&self) -> bool {
-        self.items.len() < MAX_FRAMES && self.bytes < MAX_BYTES
+        self.items.len() < MAX_FRAMES && self.waiting + self.running < MAX_BYTES
     }
 
     /// Whether nothing waits.
@@ -70,26 +67,35 @@ impl Backlog {
         self.items.is_empty()
     }
 
-    /// Queues a frame.
-    pub fn push(&mut self, item: Item) {
-        self.bytes += send_bytes(&item);
-        self.items.push_back(item);
+    /// Queues a frame of `size` bytes.
+    pub fn push(&mut self, item: Item, size: usize) {
+        self.waiting += size;
+        self.items.push_back((item, size));
     }
 
-    /// Takes the next piece of work: all leading writes, or the single item at the front.
+    /// Takes the next piece of work: all leading writes (which count as running until
+    /// [`Backlog::run_finished`]), or the single item at the front.
     pub fn take_next(&mut self) -> Option<Next> {
         if !self.items.front().is_some_and(is_write) {
-            return self.items.pop_front().map(Next::Item);
+            let (item, size) = self.items.pop_front()?;
+            self.waiting -= size;
+            return Some(Next::Item(item));
         }
         let mut writes = Vec::new();
         while self.items.front().is_some_and(is_write) {
-            let item = self.items.pop_front().expect("checked");
-            self.bytes -= send_bytes(&item);
+            let (item, size) = self.items.pop_front().expect("checked");
+            self.waiting -= size;
+            self.running += size;
             if let Item::Command(Command::Write(write)) = item {
                 writes.push(write);
             }
         }
         Some(Next::Writes(writes))
+    }
+
+    /// The run taken last has finished.
+    pub fn run_finished(&mut self) {
+        self.running = 0;
     }
 }
 
@@ -172,7 +178,12 @@ async fn settle(
             .map(|results| results.into_iter().map(|r| r.map(|_| ())).collect())
     };
     match outcome {
-        Ok(results) => positions.into_iter().zip(results.into_iter().map(|r| r.map_err(|e| describe(&e)))).collect(),
+        Ok(results) => {
+            // A position the store did not answer for is not reported as done.
+            let mut results = results.into_iter().map(|r| r.map_err(|e| describe(&e)));
+            let missing = || describe(&QueueError::ReceiptInvalid);
+            positions.into_iter().map(|at| (at, results.next().unwrap_or_else(|| Err(missing())))).collect()
+        }
         Err(e) => {
             let message = describe(&e);
             positions.into_iter().map(|at| (at, Err(message.clone()))).collect()
@@ -198,7 +209,7 @@ mod tests {
     fn leading_writes_leave_together_and_other_frames_alone_in_order() {
         let mut backlog = Backlog::default();
         for item in [send("a"), ack("1"), send("b"), Item::Command(Command::Disconnect { receipt: None }), send("c")] {
-            backlog.push(item);
+            backlog.push(item, 10);
         }
         assert!(matches!(backlog.take_next(), Some(Next::Writes(w)) if w.len() == 3));
         assert!(matches!(backlog.take_next(), Some(Next::Item(Item::Command(Command::Disconnect { .. })))));
@@ -207,18 +218,20 @@ mod tests {
     }
 
     #[test]
-    fn room_ends_at_the_frame_count_or_the_send_bytes_and_returns_when_taken() {
+    fn room_ends_at_the_frame_count_or_the_bytes_of_waiting_and_running_frames() {
         let mut backlog = Backlog::default();
         for _ in 0..MAX_FRAMES {
             assert!(backlog.has_room());
-            backlog.push(ack("x"));
+            backlog.push(ack("x"), 1);
         }
         assert!(!backlog.has_room(), "frame count");
         backlog.take_next();
         assert!(backlog.has_room() && backlog.is_empty());
-        backlog.push(send(&"x".repeat(MAX_BYTES)));
-        assert!(!backlog.has_room(), "bytes");
+        backlog.push(ack("big"), MAX_BYTES / 2);
         backlog.take_next();
+        backlog.push(ack("big"), MAX_BYTES / 2);
+        assert!(!backlog.has_room(), "the run in flight counts until it finishes");
+        backlog.run_finished();
         assert!(backlog.has_room());
     }
 }

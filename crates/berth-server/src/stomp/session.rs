@@ -29,17 +29,30 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// The frames, and whether the connection closes after them.
+    pub fn into_parts(self) -> (Vec<Frame>, bool) {
+        match self {
+            Reply::Continue(frames) => (frames, false),
+            Reply::Close(frames) => (frames, true),
+        }
+    }
+
     /// This reply with `earlier` frames sent first.
     pub fn after(self, mut earlier: Vec<Frame>) -> Reply {
+        let (frames, close) = self.into_parts();
+        earlier.extend(frames);
+        if close {
+            Reply::Close(earlier)
+        } else {
+            Reply::Continue(earlier)
+        }
+    }
+
+    /// This reply, then `later` unless this one closes the connection.
+    pub fn then(self, later: Reply) -> Reply {
         match self {
-            Reply::Continue(frames) => {
-                earlier.extend(frames);
-                Reply::Continue(earlier)
-            }
-            Reply::Close(frames) => {
-                earlier.extend(frames);
-                Reply::Close(earlier)
-            }
+            Reply::Close(_) => self,
+            Reply::Continue(frames) => later.after(frames),
         }
     }
 }
@@ -250,6 +263,14 @@ impl Session {
         }
     }
 
+    /// An UNSUBSCRIBE was read and will run after the frames before it: its consumer stops
+    /// now, so that no more messages go out for a subscription the client is leaving.
+    pub fn unsubscribing(&self, id: &str) {
+        if let Some(subscription) = self.subscriptions.get(id) {
+            subscription.stop.cancel();
+        }
+    }
+
     /// Starts a run of SEND/ACK/NACK commands (see [`pipeline`]); the future answers them.
     /// An ACK or NACK takes its message off this connection now: its prefetch slot frees
     /// and a connection that ends meanwhile does not release it. A run stops before an
@@ -296,8 +317,8 @@ impl Session {
                 )])
             }
             Event::Delivery { subscription, queue_id, delivered, permit } => {
-                let Some(sub) = self.subscriptions.get(&subscription) else {
-                    // Unsubscribed meanwhile: never sent, so the message goes back at once.
+                let Some(sub) = self.subscriptions.get(&subscription).filter(|sub| !sub.stop.is_cancelled()) else {
+                    // Unsubscribed (or being unsubscribed) meanwhile: never sent, so the message goes back at once.
                     drop(permit);
                     release(&self.engine, &self.tenancy_id, vec![(queue_id, delivered.receipt)]).await;
                     return Reply::Continue(Vec::new());

@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use berth_core::error::StoreError;
-use berth_core::model::QueueRow;
 use berth_core::store::{Change, CHANGE_FEED_CAPACITY};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::broadcast;
@@ -182,20 +181,6 @@ impl SqliteStore {
         })
     }
 
-    /// Sends a committed change to the feed's followers (none is fine).
-    fn announce(&self, change: Change) {
-        let _ = self.changes.send(change);
-    }
-
-    /// Announces that each queue's messages changed (once per queue).
-    fn announce_each(&self, mut queues: Vec<QueueRow>) {
-        queues.sort_unstable();
-        queues.dedup();
-        for queue in queues {
-            self.announce(Change::Changed { queue });
-        }
-    }
-
     /// Refuses puts (`StoreError::Full`) while less than `bytes` are free on the
     /// database's disk and in its free pages together; 0 never refuses.
     pub fn with_min_free_space(mut self, bytes: u64) -> Self {
@@ -272,28 +257,36 @@ impl SqliteStore {
     /// Runs a message job in the next group commit with the index; answers after the commit.
     /// A job that fails with a storage error may have changed the index without writing its
     /// rows, so the index is then read back from the database before the next job.
-    async fn write_messages<T, E, F>(&self, f: F) -> Result<T, E>
+    /// `changes` says what a successful result announces on the change feed, sent once it is
+    /// committed (on the writer thread, so a caller that stops waiting cannot lose it).
+    async fn write_messages<T, E, F, C>(&self, f: F, changes: C) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
         F: FnOnce(&Connection, &mut index::Index) -> Result<T, E> + Send + 'static,
+        C: FnOnce(&T) -> Vec<Change> + Send + 'static,
         Result<T, E>: Failure,
     {
         if !self.owns_messages() {
             return Err(E::from(StoreError::Unavailable("another process serves this database's messages".into())));
         }
-        let shared = self.index.clone();
-        self.writer
-            .run(move |conn| {
-                let mut shared = Shared::lock(&shared);
-                if shared.stale {
-                    shared.reload(conn).map_err(backend)?;
-                }
-                let result = f(conn, &mut shared.index);
-                shared.stale = result.is_storage_failure();
-                result
-            })
-            .await
+        let (shared, feed) = (self.index.clone(), self.changes.clone());
+        let job = move |conn: &Connection| {
+            let mut shared = Shared::lock(&shared);
+            if shared.stale {
+                shared.reload(conn).map_err(backend)?;
+            }
+            let result = f(conn, &mut shared.index);
+            shared.stale = result.is_storage_failure();
+            result
+        };
+        let announce = move |value: &T| {
+            for change in changes(value) {
+                // No follower is fine.
+                let _ = feed.send(change);
+            }
+        };
+        self.writer.run_then(job, announce).await
     }
 
     /// Reads the index off the async workers: a write job holds it while it runs.

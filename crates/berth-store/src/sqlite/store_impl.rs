@@ -10,8 +10,10 @@ use berth_core::model::{
 use berth_core::store::{
     Appended, Change, Created, Leased, NewQueue, RetryToken, Settle, Store, StoreResult, SweepReport,
 };
+use rusqlite::Connection;
 use tokio::sync::broadcast;
 
+use super::index::Index;
 use super::{backend, identity, messages, queues, PutFailed, SqliteStore};
 
 #[async_trait]
@@ -107,17 +109,15 @@ impl Store for SqliteStore {
     ) -> StoreResult<Appended> {
         let room = self.room.clone();
         let change = Change::of_put(queue, &messages);
-        let appended = self
-            .write_messages(move |c, index| {
-                room.check(c)?;
-                messages::put(c, index, queue, messages, max_channels)
-            })
-            .await
-            .map_err(|PutFailed(e)| e)?;
-        if let Appended::Stored(_) = appended {
-            self.announce(change);
-        }
-        Ok(appended)
+        let job = move |c: &Connection, index: &mut Index| {
+            room.check(c)?;
+            messages::put(c, index, queue, messages, max_channels)
+        };
+        let announce = move |appended: &Appended| match appended {
+            Appended::Stored(_) => vec![change],
+            Appended::ChannelsFull => Vec::new(),
+        };
+        self.write_messages(job, announce).await.map_err(|PutFailed(e)| e)
     }
 
     fn changes(&self) -> broadcast::Receiver<Change> {
@@ -126,11 +126,9 @@ impl Store for SqliteStore {
 
     async fn lease(&self, request: LeaseRequest) -> StoreResult<Leased> {
         let queue = request.queue;
-        let (leased, settled) =
-            self.write_messages(move |c, index| messages::lease(c, index, &request).map_err(backend)).await?;
-        if settled {
-            self.announce(Change::Changed { queue });
-        }
+        let job = move |c: &Connection, index: &mut Index| messages::lease(c, index, &request).map_err(backend);
+        let announce = move |(_, settled): &(Leased, bool)| changed(settled.then_some(queue));
+        let (leased, _) = self.write_messages(job, announce).await?;
         Ok(leased)
     }
 
@@ -140,17 +138,16 @@ impl Store for SqliteStore {
         }
         // Leases moved to end now or earlier give their messages back.
         let released: Vec<QueueRow> = leases.iter().filter(|(_, until)| *until <= now).map(|(l, _)| l.queue).collect();
-        let extended =
-            self.write_messages(move |c, index| messages::extend(c, index, &leases, now).map_err(backend)).await?;
-        self.announce_each(released);
-        Ok(extended)
+        let job = move |c: &Connection, index: &mut Index| messages::extend(c, index, &leases, now).map_err(backend);
+        self.write_messages(job, move |_| changed(released)).await
     }
 
     async fn delete_leased(&self, leases: Vec<LeaseRef>, now: Timestamp) -> StoreResult<Vec<bool>> {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        self.write_messages(move |c, index| messages::delete(c, index, &leases, now).map_err(backend)).await
+        let job = move |c: &Connection, index: &mut Index| messages::delete(c, index, &leases, now).map_err(backend);
+        self.write_messages(job, |_| Vec::new()).await
     }
 
     async fn stats(
@@ -182,28 +179,23 @@ impl Store for SqliteStore {
         channels: Option<Vec<String>>,
         settle: Settle,
     ) -> StoreResult<u64> {
-        self.write_messages(move |c, index| {
+        let job = move |c: &Connection, index: &mut Index| {
             messages::purge(c, index, queue, target, channels.as_deref(), settle).map_err(backend)
-        })
-        .await
+        };
+        self.write_messages(job, |_| Vec::new()).await
     }
 
     async fn redrive(&self, queue: QueueRow, channels: Option<Vec<String>>, settle: Settle) -> StoreResult<u64> {
-        let moved = self
-            .write_messages(move |c, index| {
-                messages::redrive(c, index, queue, channels.as_deref(), settle).map_err(backend)
-            })
-            .await?;
-        if moved > 0 {
-            self.announce(Change::Changed { queue });
-        }
-        Ok(moved)
+        let job = move |c: &Connection, index: &mut Index| {
+            messages::redrive(c, index, queue, channels.as_deref(), settle).map_err(backend)
+        };
+        self.write_messages(job, move |moved| changed((*moved > 0).then_some(queue))).await
     }
 
     async fn sweep(&self, now: Timestamp, batch: u32) -> StoreResult<SweepReport> {
-        let (report, settled) =
-            self.write_messages(move |c, index| messages::sweep(c, index, now, batch).map_err(backend)).await?;
-        self.announce_each(settled);
+        let job = move |c: &Connection, index: &mut Index| messages::sweep(c, index, now, batch).map_err(backend);
+        let announce = |(_, settled): &(SweepReport, Vec<QueueRow>)| changed(settled.iter().copied());
+        let (report, _) = self.write_messages(job, announce).await?;
         Ok(report)
     }
 
@@ -221,4 +213,12 @@ impl Store for SqliteStore {
     async fn close(&self) -> StoreResult<()> {
         self.close_writer().await
     }
+}
+
+/// `Changed` once for each queue.
+fn changed(queues: impl IntoIterator<Item = QueueRow>) -> Vec<Change> {
+    let mut queues: Vec<QueueRow> = queues.into_iter().collect();
+    queues.sort_unstable();
+    queues.dedup();
+    queues.into_iter().map(|queue| Change::Changed { queue }).collect()
 }

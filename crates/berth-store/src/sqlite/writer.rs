@@ -68,13 +68,30 @@ impl Writer {
         E: From<StoreError> + Send + 'static,
         F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     {
+        self.run_then(f, |_| {}).await
+    }
+
+    /// Like [`Writer::run`]; `after_commit` sees a successful result on the writer thread once
+    /// it is committed, even if the caller has stopped waiting for it.
+    pub(crate) async fn run_then<T, E, F, A>(&self, f: F, after_commit: A) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        A: FnOnce(&T) + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel::<Result<T, E>>();
         let job: Job = Box::new(move |conn| {
             let result = f(conn);
             let ok = result.is_ok();
             let reply: Reply = Box::new(move |committed| {
                 let _ = tx.send(match committed {
-                    Ok(()) => result,
+                    Ok(()) => {
+                        if let Ok(value) = &result {
+                            after_commit(value);
+                        }
+                        result
+                    }
                     Err(e) => Err(E::from(e)),
                 });
             });
@@ -413,5 +430,34 @@ mod tests {
         assert!(writer.can_write());
         writer.close();
         assert!(!writer.can_write());
+    }
+
+    #[tokio::test]
+    async fn after_commit_sees_committed_results_only_even_when_the_caller_stopped_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, _) = writer(&dir);
+        let (seen_tx, seen) = std::sync::mpsc::channel::<i64>();
+        let tx = seen_tx.clone();
+        writer.run_then(insert(1, false), move |_| tx.send(1).unwrap()).await.unwrap();
+        let tx = seen_tx.clone();
+        let _ = writer.run_then(insert(2, true), move |_| tx.send(2).unwrap()).await;
+        // A caller that gives up while its job runs: the commit still announces.
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let abandoned = {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                let job = move |conn: &Connection| {
+                    let _ = hold.recv_timeout(Duration::from_secs(10));
+                    insert(3, false)(conn)
+                };
+                writer.run_then(job, move |_| seen_tx.send(3).unwrap()).await
+            })
+        };
+        tokio::task::yield_now().await;
+        abandoned.abort();
+        release.send(()).unwrap();
+        assert_eq!(seen.recv_timeout(Duration::from_secs(10)).unwrap(), 1);
+        assert_eq!(seen.recv_timeout(Duration::from_secs(10)).unwrap(), 3, "the failed job announced nothing");
+        assert_eq!(rows(&dir), [1, 3]);
     }
 }
