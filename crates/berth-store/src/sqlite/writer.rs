@@ -36,6 +36,8 @@ struct State {
     commits: AtomicU64,
     /// Set when a transaction could not be rolled back: no later one can begin.
     stuck: AtomicBool,
+    /// Whether the last attempt to begin a transaction failed (cleared by the next that works).
+    cannot_begin: AtomicBool,
 }
 
 impl Writer {
@@ -55,10 +57,11 @@ impl Writer {
         self.state.commits.load(Ordering::Relaxed)
     }
 
-    /// Whether writes can still be carried out: the thread runs and is not stuck.
+    /// Whether writes can still be carried out: the thread runs, is not stuck, and its last
+    /// transaction could begin.
     pub(crate) fn can_write(&self) -> bool {
         let running = self.thread.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|t| !t.is_finished());
-        running && !self.state.stuck.load(Ordering::Relaxed)
+        running && !self.state.stuck.load(Ordering::Relaxed) && !self.state.cannot_begin.load(Ordering::Relaxed)
     }
 
     /// Runs `f` in the next transaction and returns its result once committed.
@@ -153,11 +156,13 @@ fn commit_batch(conn: &Connection, first: Job, queued: &Receiver<Job>, state: &S
     // Cached statements: parsing these on every commit showed up in profiles.
     let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut statement| statement.execute([])).map(|_| ());
     let begin = || {
-        run("BEGIN IMMEDIATE").map_err(|e| {
+        let begun = run("BEGIN IMMEDIATE").map_err(|e| {
             // A job not yet run is dropped with its reply channel (its caller gets
             // Unavailable); the ones still queued wait for the next transaction.
             tracing::error!(error = %e, "cannot begin a transaction");
-        })
+        });
+        state.cannot_begin.store(begun.is_err(), Ordering::Relaxed);
+        begun
     };
     if begin().is_err() {
         return;
@@ -251,6 +256,7 @@ mod tests {
     fn writer(dir: &tempfile::TempDir) -> (Arc<Writer>, Arc<AtomicUsize>) {
         let conn = Connection::open(dir.path().join("db")).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER PRIMARY KEY)").unwrap();
+        conn.busy_timeout(Duration::from_millis(100)).unwrap();
         let rollbacks = Arc::new(AtomicUsize::new(0));
         let seen = rollbacks.clone();
         let on_rollback: OnRollback = Box::new(move |_| {
@@ -459,5 +465,18 @@ mod tests {
         assert_eq!(seen.recv_timeout(Duration::from_secs(10)).unwrap(), 1);
         assert_eq!(seen.recv_timeout(Duration::from_secs(10)).unwrap(), 3, "the failed job announced nothing");
         assert_eq!(rows(&dir), [1, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_cannot_begin_reports_it_until_a_transaction_begins_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, _) = writer(&dir);
+        let other = Connection::open(dir.path().join("db")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        assert!(matches!(writer.run(insert(1, false)).await, Err(StoreError::Unavailable(_))));
+        assert!(!writer.can_write(), "the database is locked by another writer");
+        other.execute_batch("ROLLBACK").unwrap();
+        writer.run(insert(2, false)).await.unwrap();
+        assert!(writer.can_write());
     }
 }
