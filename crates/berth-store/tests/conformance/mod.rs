@@ -1,5 +1,7 @@
-//! The queue rules, driven through the engine over a real SQLite store with a manual
-//! clock: no sleeps, time moves only when a test says so.
+//! The backend-neutral rules of the store contract, driven through the engine with a
+//! manual clock: no sleeps for time, which moves only when a test says so. Every backend
+//! runs the whole suite: its test file implements [`Backend`] and calls
+//! `conformance_suite!(backend)`, which makes one `#[tokio::test]` per rule.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,52 +10,58 @@ use berth_core::engine::{spec_with_defaults, GetMessages, PolicyValues, QueueCha
 use berth_core::model::{NewMessage, PurgeTarget};
 use berth_core::store::Store;
 use berth_core::{Engine, ManualClock, QueueError, Timestamp};
-use berth_store::SqliteStore;
 use tokio_util::sync::CancellationToken;
 
-const T: &str = "ocid1.tenancy.oc1..a";
+pub(crate) const T: &str = "ocid1.tenancy.oc1..a";
 
-struct Rig {
-    engine: Engine,
-    clock: Arc<ManualClock>,
-    store: Arc<SqliteStore>,
-    _dir: tempfile::TempDir,
+/// A store under test.
+#[async_trait::async_trait]
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// Opens the store: a new, empty database the first time, the same database after
+    /// (as a restarted server does).
+    async fn open(&self) -> Arc<dyn Store>;
 }
 
-async fn rig() -> Rig {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
+pub(crate) struct Rig {
+    pub(crate) engine: Engine,
+    pub(crate) clock: Arc<ManualClock>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) backend: Arc<dyn Backend>,
+}
+
+pub(crate) async fn rig(backend: Arc<dyn Backend>) -> Rig {
+    let store = backend.open().await;
     let clock = Arc::new(ManualClock::new(Timestamp(1_700_000_000_000)));
     let engine = Engine::new(store.clone(), clock.clone(), "iad".into(), CancellationToken::new()).await.unwrap();
-    Rig { engine, clock, store, _dir: dir }
+    Rig { engine, clock, store, backend }
 }
 
 impl Rig {
-    async fn queue(&self, values: PolicyValues) -> String {
+    pub(crate) async fn queue(&self, values: PolicyValues) -> String {
         self.queue_of(T, values).await
     }
 
-    async fn queue_of(&self, tenancy: &str, values: PolicyValues) -> String {
+    pub(crate) async fn queue_of(&self, tenancy: &str, values: PolicyValues) -> String {
         let spec = spec_with_defaults("q".into(), tenancy.into(), values).unwrap();
         let work = self.engine.create_queue(tenancy, spec, None).await.unwrap();
         work.resources[0].identifier.clone()
     }
 
-    async fn put(&self, queue: &str, contents: &[&str]) -> Vec<i64> {
+    pub(crate) async fn put(&self, queue: &str, contents: &[&str]) -> Vec<i64> {
         self.put_in(queue, "", contents).await
     }
 
-    async fn put_in(&self, queue: &str, channel: &str, contents: &[&str]) -> Vec<i64> {
+    pub(crate) async fn put_in(&self, queue: &str, channel: &str, contents: &[&str]) -> Vec<i64> {
         let messages = contents.iter().map(|c| message(c, channel)).collect();
         self.engine.put_messages(T, queue, messages).await.unwrap().into_iter().map(|p| p.id).collect()
     }
 
     /// GetMessages without waiting.
-    async fn get(&self, queue: &str, limit: u32, visibility: u32) -> Vec<berth_core::engine::Delivered> {
+    pub(crate) async fn get(&self, queue: &str, limit: u32, visibility: u32) -> Vec<berth_core::engine::Delivered> {
         self.get_with(queue, limit, visibility, None, false).await
     }
 
-    async fn get_with(
+    pub(crate) async fn get_with(
         &self,
         queue: &str,
         limit: u32,
@@ -72,33 +80,84 @@ impl Rig {
         self.engine.get_messages(T, queue, params).await.unwrap()
     }
 
-    fn advance(&self, secs: u64) {
+    pub(crate) fn advance(&self, secs: u64) {
         self.clock.advance(Duration::from_secs(secs));
     }
 
-    /// Closes the store and opens its file again, as a restart of the server does.
-    async fn reopen(self) -> Rig {
-        let Rig { engine, clock, store, _dir: dir } = self;
+    /// Closes the store and opens its database again, as a restart of the server does.
+    pub(crate) async fn reopen(self) -> Rig {
+        let Rig { engine, clock, store, backend } = self;
         store.close().await.unwrap();
         drop((engine, store));
-        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
-        assert!(store.owns_messages(), "the closed store let go of the database");
+        let store = backend.open().await;
         let engine = Engine::new(store.clone(), clock.clone(), "iad".into(), CancellationToken::new()).await.unwrap();
-        Rig { engine, clock, store, _dir: dir }
+        Rig { engine, clock, store, backend }
     }
 }
 
-fn message(content: &str, channel: &str) -> NewMessage {
+impl Rig {
+    pub(crate) fn clock_now(&self) -> Timestamp {
+        berth_core::Clock::now(self.clock.as_ref())
+    }
+}
+
+pub(crate) fn message(content: &str, channel: &str) -> NewMessage {
     NewMessage { content: content.into(), channel: channel.into(), properties: None, delay_secs: None }
 }
 
-fn contents(got: &[berth_core::engine::Delivered]) -> Vec<&str> {
+pub(crate) fn contents(got: &[berth_core::engine::Delivered]) -> Vec<&str> {
     got.iter().map(|d| d.message.content.as_str()).collect()
 }
 
-#[tokio::test]
-async fn messages_come_out_in_the_order_they_went_in() {
-    let r = rig().await;
+/// A GetMessages waiting up to 20 s, running on its own task.
+pub(crate) fn spawn_long_poll(
+    r: &Arc<Rig>,
+    q: &str,
+) -> tokio::task::JoinHandle<Result<Vec<berth_core::engine::Delivered>, QueueError>> {
+    let (r, q) = (r.clone(), q.to_owned());
+    tokio::spawn(async move {
+        let params = GetMessages::new(Some(30), Some(20), Some(5), None, false).unwrap();
+        r.engine.get_messages(T, &q, params).await
+    })
+}
+
+/// A GetMessages of at most `limit` waiting up to 20 s, optionally on one channel or the DLQ.
+pub(crate) fn spawn_poll(
+    r: &Arc<Rig>,
+    q: &str,
+    limit: i64,
+    channel: Option<&str>,
+    dead_letter: bool,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    let (r, q, channel) = (r.clone(), q.to_owned(), channel.map(String::from));
+    tokio::spawn(async move {
+        let params = GetMessages::new(Some(30), Some(20), Some(limit), channel, dead_letter).unwrap();
+        let got = r.engine.get_messages(T, &q, params).await.unwrap();
+        got.into_iter().map(|d| d.message.content).collect()
+    })
+}
+
+/// Waits for a poll well within its 20 s wait: it was woken, not timed out.
+pub(crate) async fn woken(poll: tokio::task::JoinHandle<Vec<String>>) -> Vec<String> {
+    tokio::time::timeout(Duration::from_secs(5), poll).await.expect("woken by the put").unwrap()
+}
+
+/// What the polls got together, sorted; each must have been woken.
+pub(crate) async fn all_woken(polls: impl IntoIterator<Item = tokio::task::JoinHandle<Vec<String>>>) -> Vec<String> {
+    let mut got = Vec::new();
+    for poll in polls {
+        got.extend(woken(poll).await);
+    }
+    got.sort();
+    got
+}
+
+pub(crate) async fn listed(r: &Rig) -> usize {
+    r.engine.list_work_requests(T, None, None, None, None).await.unwrap().items.len()
+}
+
+pub(crate) async fn messages_come_out_in_the_order_they_went_in(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues::default()).await;
     r.put(&q, &["1", "2", "3"]).await;
     r.put(&q, &["4", "5"]).await;
@@ -106,9 +165,8 @@ async fn messages_come_out_in_the_order_they_went_in() {
     assert_eq!(contents(&r.get(&q, 10, 30).await), ["3", "4", "5"]);
 }
 
-#[tokio::test]
-async fn leased_message_is_invisible_until_its_lease_ends_then_redelivered_first() {
-    let r = rig().await;
+pub(crate) async fn leased_message_is_invisible_until_its_lease_ends_then_redelivered_first(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues::default()).await;
     r.put(&q, &["a", "b"]).await;
     let first = r.get(&q, 1, 10).await;
@@ -123,9 +181,8 @@ async fn leased_message_is_invisible_until_its_lease_ends_then_redelivered_first
     assert_eq!(again[0].message.delivery_count, 2);
 }
 
-#[tokio::test]
-async fn receipt_from_expired_lease_is_rejected_for_update_and_delete() {
-    let r = rig().await;
+pub(crate) async fn receipt_from_expired_lease_is_rejected_for_update_and_delete(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues::default()).await;
     r.put(&q, &["a"]).await;
     let receipt = r.get(&q, 1, 5).await[0].receipt.clone();
@@ -136,9 +193,8 @@ async fn receipt_from_expired_lease_is_rejected_for_update_and_delete() {
     assert!(matches!(deleted[0], Err(QueueError::ReceiptInvalid)));
 }
 
-#[tokio::test]
-async fn receipt_of_a_superseded_lease_is_rejected_and_the_current_one_works() {
-    let r = rig().await;
+pub(crate) async fn receipt_of_a_superseded_lease_is_rejected_and_the_current_one_works(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues::default()).await;
     r.put(&q, &["a"]).await;
     let old = r.get(&q, 1, 5).await[0].receipt.clone();
@@ -149,9 +205,8 @@ async fn receipt_of_a_superseded_lease_is_rejected_and_the_current_one_works() {
     assert!(r.engine.delete_messages(T, &q, vec![new]).await.unwrap()[0].is_err(), "deleted twice");
 }
 
-#[tokio::test]
-async fn receipt_is_bound_to_its_queue() {
-    let r = rig().await;
+pub(crate) async fn receipt_is_bound_to_its_queue(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q1 = r.queue(PolicyValues::default()).await;
     let q2 = r.queue(PolicyValues::default()).await;
     r.put(&q1, &["a"]).await;
@@ -163,9 +218,8 @@ async fn receipt_is_bound_to_its_queue() {
     assert!(r.engine.delete_messages(T, &q1, vec![receipt]).await.unwrap()[0].is_ok());
 }
 
-#[tokio::test]
-async fn update_extends_the_lease_relative_to_now_and_zero_releases_it() {
-    let r = rig().await;
+pub(crate) async fn update_extends_the_lease_relative_to_now_and_zero_releases_it(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues::default()).await;
     r.put(&q, &["a"]).await;
     let receipt = r.get(&q, 1, 5).await[0].receipt.clone();
@@ -179,15 +233,8 @@ async fn update_extends_the_lease_relative_to_now_and_zero_releases_it() {
     assert_eq!(contents(&r.get(&q, 1, 5).await), ["a"], "visibility 0 makes it visible at once");
 }
 
-impl Rig {
-    fn clock_now(&self) -> Timestamp {
-        berth_core::Clock::now(self.clock.as_ref())
-    }
-}
-
-#[tokio::test]
-async fn delivery_count_rises_even_with_zero_visibility() {
-    let r = rig().await;
+pub(crate) async fn delivery_count_rises_even_with_zero_visibility(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues::default()).await;
     r.put(&q, &["a"]).await;
     for expected in 1..=3 {
@@ -196,9 +243,10 @@ async fn delivery_count_rises_even_with_zero_visibility() {
     }
 }
 
-#[tokio::test]
-async fn message_is_dead_lettered_after_max_deliveries_and_can_be_consumed_and_redriven() {
-    let r = rig().await;
+pub(crate) async fn message_is_dead_lettered_after_max_deliveries_and_can_be_consumed_and_redriven(
+    backend: Arc<dyn Backend>,
+) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues { dead_letter_after: Some(2), ..PolicyValues::default() }).await;
     r.put(&q, &["poison", "fine"]).await;
     for _ in 0..2 {
@@ -220,9 +268,8 @@ async fn message_is_dead_lettered_after_max_deliveries_and_can_be_consumed_and_r
     assert_eq!(back[0].message.delivery_count, 1, "redrive resets the delivery count");
 }
 
-#[tokio::test]
-async fn zero_max_deliveries_never_dead_letters() {
-    let r = rig().await;
+pub(crate) async fn zero_max_deliveries_never_dead_letters(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues::default()).await;
     r.put(&q, &["a"]).await;
     for _ in 0..25 {
@@ -232,9 +279,8 @@ async fn zero_max_deliveries_never_dead_letters() {
     assert_eq!(r.engine.stats(T, &q, None).await.unwrap().dead_letter.visible, 0);
 }
 
-#[tokio::test]
-async fn message_past_retention_is_never_delivered_and_is_swept() {
-    let r = rig().await;
+pub(crate) async fn message_past_retention_is_never_delivered_and_is_swept(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues { retention: Some(10), ..PolicyValues::default() }).await;
     r.put(&q, &["old"]).await;
     r.advance(11);
@@ -244,9 +290,10 @@ async fn message_past_retention_is_never_delivered_and_is_swept() {
     assert_eq!(report.expired, 1);
 }
 
-#[tokio::test]
-async fn retention_sweeps_every_channel_and_queues_that_were_empty_and_leased_messages_when_their_lease_ends() {
-    let r = rig().await;
+pub(crate) async fn retention_sweeps_every_channel_and_queues_that_were_empty_and_leased_messages_when_their_lease_ends(
+    backend: Arc<dyn Backend>,
+) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues { retention: Some(10), ..PolicyValues::default() }).await;
     // Seen empty first: the sweeper must still come back for messages put afterwards.
     assert_eq!(r.store.sweep(r.clock_now(), 100).await.unwrap().expired, 0);
@@ -271,9 +318,8 @@ async fn retention_sweeps_every_channel_and_queues_that_were_empty_and_leased_me
     assert_eq!(r.engine.stats(T, &q, None).await.unwrap(), Default::default());
 }
 
-#[tokio::test]
-async fn a_sweep_expires_at_most_its_batch_and_the_next_one_goes_on() {
-    let r = rig().await;
+pub(crate) async fn a_sweep_expires_at_most_its_batch_and_the_next_one_goes_on(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues { retention: Some(10), ..PolicyValues::default() }).await;
     r.put(&q, &["1", "2", "3"]).await;
     r.put_in(&q, "c", &["4", "5"]).await;
@@ -284,9 +330,8 @@ async fn a_sweep_expires_at_most_its_batch_and_the_next_one_goes_on() {
     assert_eq!(r.store.sweep(r.clock_now(), 2).await.unwrap().expired, 0);
 }
 
-#[tokio::test]
-async fn put_reports_expire_after_as_creation_plus_retention() {
-    let r = rig().await;
+pub(crate) async fn put_reports_expire_after_as_creation_plus_retention(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues { retention: Some(600), ..PolicyValues::default() }).await;
     let put = r.engine.put_messages(T, &q, vec![message("a", "")]).await.unwrap();
     assert_eq!(put[0].expire_at, r.clock_now().plus_secs(600));
@@ -294,9 +339,8 @@ async fn put_reports_expire_after_as_creation_plus_retention() {
     assert_eq!(got[0].message.expire_at, got[0].message.created_at.plus_secs(600));
 }
 
-#[tokio::test]
-async fn delayed_message_stays_invisible_until_its_delay_ends() {
-    let r = rig().await;
+pub(crate) async fn delayed_message_stays_invisible_until_its_delay_ends(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues::default()).await;
     let delayed = NewMessage { delay_secs: Some(30), ..message("later", "") };
     r.engine.put_messages(T, &q, vec![delayed, message("now", "")]).await.unwrap();
@@ -309,11 +353,10 @@ async fn delayed_message_stays_invisible_until_its_delay_ends() {
     assert_eq!(got[0].message.delivery_count, 1);
 }
 
-#[tokio::test]
-async fn delays_and_shortened_leases_begun_after_a_get_still_end_on_time() {
+pub(crate) async fn delays_and_shortened_leases_begun_after_a_get_still_end_on_time(backend: Arc<dyn Backend>) {
     // A get remembers when the queue's first lease or delay ends, to skip looking before
     // then: a later delay, or a lease moved earlier, must move that time.
-    let r = rig().await;
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues::default()).await;
     assert!(r.get(&q, 1, 30).await.is_empty());
     let delayed = NewMessage { delay_secs: Some(5), ..message("delayed", "") };
@@ -327,9 +370,8 @@ async fn delays_and_shortened_leases_begun_after_a_get_still_end_on_time() {
     assert_eq!(contents(&r.get(&q, 1, 60).await), ["leased"]);
 }
 
-#[tokio::test]
-async fn queue_default_delay_applies_when_a_message_has_none() {
-    let r = rig().await;
+pub(crate) async fn queue_default_delay_applies_when_a_message_has_none(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues { delivery_delay: Some(5), ..PolicyValues::default() }).await;
     r.put(&q, &["a"]).await;
     assert!(r.get(&q, 1, 30).await.is_empty());
@@ -337,9 +379,8 @@ async fn queue_default_delay_applies_when_a_message_has_none() {
     assert_eq!(r.get(&q, 1, 30).await.len(), 1);
 }
 
-#[tokio::test]
-async fn channel_filter_serves_only_that_channel_in_order() {
-    let r = rig().await;
+pub(crate) async fn channel_filter_serves_only_that_channel_in_order(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues::default()).await;
     r.put_in(&q, "a", &["a1", "a2"]).await;
     r.put_in(&q, "b", &["b1"]).await;
@@ -347,9 +388,8 @@ async fn channel_filter_serves_only_that_channel_in_order() {
     assert_eq!(contents(&r.get_with(&q, 10, 30, Some("a"), false).await), ["a1", "a2"]);
 }
 
-#[tokio::test]
-async fn unfiltered_gets_serve_every_busy_channel() {
-    let r = rig().await;
+pub(crate) async fn unfiltered_gets_serve_every_busy_channel(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues::default()).await;
     let many: Vec<String> = (0..200).map(|i| i.to_string()).collect();
     let refs: Vec<&str> = many.iter().map(String::as_str).collect();
@@ -368,9 +408,8 @@ async fn unfiltered_gets_serve_every_busy_channel() {
     assert!(served.values().all(|&n| n >= 5), "a channel starved: {served:?}");
 }
 
-#[tokio::test]
-async fn list_channels_pages_through_non_empty_channels() {
-    let r = rig().await;
+pub(crate) async fn list_channels_pages_through_non_empty_channels(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues::default()).await;
     for channel in ["c3", "c1", "c2"] {
         r.put_in(&q, channel, &["m"]).await;
@@ -384,9 +423,8 @@ async fn list_channels_pages_through_non_empty_channels() {
     assert_eq!(prefixed.items, ["c2"]);
 }
 
-#[tokio::test]
-async fn a_queue_holds_at_most_256_channels() {
-    let r = rig().await;
+pub(crate) async fn a_queue_holds_at_most_256_channels(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues::default()).await;
     for batch in 0..13 {
         let messages = (0..20)
@@ -400,9 +438,8 @@ async fn a_queue_holds_at_most_256_channels() {
     r.engine.put_messages(T, &q, vec![message("m", "ch000")]).await.expect("existing channel still works");
 }
 
-#[tokio::test]
-async fn put_limits_are_enforced() {
-    let r = rig().await;
+pub(crate) async fn put_limits_are_enforced(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues::default()).await;
     let too_many = (0..21).map(|_| message("m", "")).collect();
     assert!(matches!(r.engine.put_messages(T, &q, too_many).await, Err(QueueError::InvalidParameter(_))));
@@ -413,9 +450,8 @@ async fn put_limits_are_enforced() {
     assert!(r.engine.stats(T, &q, None).await.unwrap().queue.visible == 0, "nothing stored");
 }
 
-#[tokio::test]
-async fn purge_removes_the_chosen_side_and_channels() {
-    let r = rig().await;
+pub(crate) async fn purge_removes_the_chosen_side_and_channels(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues { dead_letter_after: Some(1), ..PolicyValues::default() }).await;
     r.put_in(&q, "a", &["a1"]).await;
     r.put_in(&q, "b", &["b1", "b2"]).await;
@@ -432,9 +468,8 @@ async fn purge_removes_the_chosen_side_and_channels() {
     assert_eq!(r.engine.stats(T, &q, None).await.unwrap().queue.visible, 0);
 }
 
-#[tokio::test]
-async fn another_tenancy_cannot_see_or_touch_a_queue() {
-    let r = rig().await;
+pub(crate) async fn another_tenancy_cannot_see_or_touch_a_queue(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues::default()).await;
     let other = "ocid1.tenancy.oc1..b";
     assert!(matches!(r.engine.get_queue(other, &q).await, Err(QueueError::QueueNotFound)));
@@ -452,9 +487,8 @@ async fn another_tenancy_cannot_see_or_touch_a_queue() {
     assert_eq!(r.engine.list_queues(T, &filter, None, None).await.unwrap().items.len(), 1);
 }
 
-#[tokio::test]
-async fn stale_if_match_is_refused_and_fresh_one_applies() {
-    let r = rig().await;
+pub(crate) async fn stale_if_match_is_refused_and_fresh_one_applies(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues::default()).await;
     let version = r.engine.get_queue(T, &q).await.unwrap().version.to_string();
     let change = QueueChange { visibility_secs: Some(60), ..QueueChange::default() };
@@ -463,9 +497,8 @@ async fn stale_if_match_is_refused_and_fresh_one_applies() {
     assert_eq!(r.engine.get_queue(T, &q).await.unwrap().spec.policy.visibility_secs, 60);
 }
 
-#[tokio::test]
-async fn retry_token_replays_the_same_request_and_refuses_a_different_one() {
-    let r = rig().await;
+pub(crate) async fn retry_token_replays_the_same_request_and_refuses_a_different_one(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let spec = spec_with_defaults("q".into(), T.into(), PolicyValues::default()).unwrap();
     let token = Some(("tok".to_string(), "digest-1".to_string()));
     let first = r.engine.create_queue(T, spec.clone(), token.clone()).await.unwrap();
@@ -475,9 +508,10 @@ async fn retry_token_replays_the_same_request_and_refuses_a_different_one() {
     assert!(matches!(other, Err(QueueError::RetryTokenReused)));
 }
 
-#[tokio::test]
-async fn deleted_queue_reads_as_deleted_for_a_while_then_disappears_and_its_messages_are_reclaimed() {
-    let r = rig().await;
+pub(crate) async fn deleted_queue_reads_as_deleted_for_a_while_then_disappears_and_its_messages_are_reclaimed(
+    backend: Arc<dyn Backend>,
+) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues::default()).await;
     r.put(&q, &["a", "b"]).await;
     r.engine.delete_queue(T, &q, None).await.unwrap();
@@ -493,53 +527,16 @@ async fn deleted_queue_reads_as_deleted_for_a_while_then_disappears_and_its_mess
     assert!(matches!(r.engine.get_queue(T, &q).await, Err(QueueError::QueueNotFound)));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_puts_share_commits_and_all_land() {
-    let r = Arc::new(rig().await);
+pub(crate) async fn messages_survive_reopening_the_store(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues::default()).await;
-    let commits_before = r.store.commits();
-    let tasks: Vec<_> = (0..64)
-        .map(|i| {
-            let (r, q) = (r.clone(), q.clone());
-            tokio::spawn(async move { r.put(&q, &[&format!("m{i}")]).await })
-        })
-        .collect();
-    let mut ids = Vec::new();
-    for task in tasks {
-        ids.extend(task.await.unwrap());
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), 64);
-    let commits = r.store.commits() - commits_before;
-    assert!(commits < 32, "64 concurrent puts took {commits} commits: no group commit");
-    assert_eq!(r.engine.stats(T, &q, None).await.unwrap().queue.visible, 64);
+    r.put(&q, &["kept"]).await;
+    let r = r.reopen().await;
+    assert_eq!(contents(&r.get(&q, 5, 30).await), ["kept"]);
 }
 
-#[tokio::test]
-async fn messages_survive_reopening_the_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
-    let clock = Arc::new(ManualClock::new(Timestamp(1_700_000_000_000)));
-    let q = {
-        let store = Arc::new(SqliteStore::open(&path).unwrap());
-        let engine = Engine::new(store.clone(), clock.clone(), "iad".into(), CancellationToken::new()).await.unwrap();
-        let spec = spec_with_defaults("q".into(), T.into(), PolicyValues::default()).unwrap();
-        let q = engine.create_queue(T, spec, None).await.unwrap().resources[0].identifier.clone();
-        engine.put_messages(T, &q, vec![message("kept", "")]).await.unwrap();
-        store.close().await.unwrap();
-        q
-    };
-    let store = Arc::new(SqliteStore::open(&path).unwrap());
-    let engine = Engine::new(store, clock, "iad".into(), CancellationToken::new()).await.unwrap();
-    let params = GetMessages::new(None, Some(0), Some(5), None, false).unwrap();
-    let got = engine.get_messages(T, &q, params).await.unwrap();
-    assert_eq!(contents(&got), ["kept"]);
-}
-
-#[tokio::test]
-async fn leases_deletes_delays_and_dead_letters_survive_reopening_the_store() {
-    let r = rig().await;
+pub(crate) async fn leases_deletes_delays_and_dead_letters_survive_reopening_the_store(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues { dead_letter_after: Some(2), ..PolicyValues::default() }).await;
     let ids = r.put(&q, &["a", "b", "c", "d"]).await;
     let got = r.get(&q, 3, 60).await;
@@ -582,9 +579,8 @@ async fn leases_deletes_delays_and_dead_letters_survive_reopening_the_store() {
     assert!(next > ids[3] + 2, "id {next} reused");
 }
 
-#[tokio::test]
-async fn a_lease_ended_before_a_restart_is_not_judged_again_after_it() {
-    let r = rig().await;
+pub(crate) async fn a_lease_ended_before_a_restart_is_not_judged_again_after_it(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues { dead_letter_after: Some(0), ..PolicyValues::default() }).await;
     r.put(&q, &["m"]).await;
     r.get(&q, 1, 1).await;
@@ -599,70 +595,8 @@ async fn a_lease_ended_before_a_restart_is_not_judged_again_after_it() {
     assert_eq!(got[0].message.delivery_count, 2);
 }
 
-#[tokio::test]
-async fn a_store_opened_without_messages_leaves_them_to_the_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
-    let tool = SqliteStore::open_without_messages(&path).unwrap();
-    assert!(!tool.owns_messages());
-    let server = SqliteStore::open(&path).unwrap();
-    assert!(server.owns_messages(), "the tool holds no lock");
-    tool.ensure_tenancy("t", "ocid1.tenancy.oc1..t").await.unwrap();
-}
-
-#[tokio::test]
-async fn a_second_store_on_the_same_file_serves_no_messages_but_can_add_users() {
-    let r = rig().await;
-    let q = r.queue(PolicyValues::default()).await;
-    r.put(&q, &["a"]).await;
-    let other = SqliteStore::open(&r._dir.path().join("db")).unwrap();
-    assert!(r.store.owns_messages());
-    assert!(!other.owns_messages());
-    let row = r.store.queue(T, &q).await.unwrap().unwrap().row;
-    let refused = other.stats(row, None, r.clock_now(), 0).await;
-    assert_eq!(refused.unwrap(), Default::default(), "the other store holds no message state");
-    let lease = other
-        .delete_leased(
-            vec![berth_core::model::LeaseRef { queue: row, message_id: 1, lease_token: 0, dead_letter: false }],
-            r.clock_now(),
-        )
-        .await;
-    assert!(matches!(lease, Err(berth_core::error::StoreError::Unavailable(_))), "{lease:?}");
-    other.ensure_tenancy("second", "ocid1.tenancy.oc1..second").await.unwrap();
-    assert!(r.store.tenancy_by_name("second").await.unwrap().is_some());
-    assert_eq!(contents(&r.get(&q, 1, 30).await), ["a"], "the first store still serves");
-}
-
-#[tokio::test]
-async fn a_database_of_a_newer_layout_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
-    drop(SqliteStore::open(&path).unwrap());
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    let layout: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
-    assert!(layout > 0, "the store records its layout");
-    conn.execute_batch(&format!("PRAGMA user_version = {}", layout + 1)).unwrap();
-    drop(conn);
-    let refused = SqliteStore::open(&path).err().expect("a newer layout is refused");
-    assert!(refused.to_string().contains("newer Berth"), "{refused}");
-    assert!(SqliteStore::open_without_messages(&path).is_err(), "tools refuse it too");
-}
-
-/// A GetMessages waiting up to 20 s, running on its own task.
-fn spawn_long_poll(
-    r: &Arc<Rig>,
-    q: &str,
-) -> tokio::task::JoinHandle<Result<Vec<berth_core::engine::Delivered>, QueueError>> {
-    let (r, q) = (r.clone(), q.to_owned());
-    tokio::spawn(async move {
-        let params = GetMessages::new(Some(30), Some(20), Some(5), None, false).unwrap();
-        r.engine.get_messages(T, &q, params).await
-    })
-}
-
-#[tokio::test]
-async fn waiting_get_returns_the_message_a_put_brings() {
-    let r = Arc::new(rig().await);
+pub(crate) async fn waiting_get_returns_the_message_a_put_brings(backend: Arc<dyn Backend>) {
+    let r = Arc::new(rig(backend).await);
     let q = r.queue(PolicyValues::default()).await;
     let poll = spawn_long_poll(&r, &q);
     tokio::task::yield_now().await;
@@ -671,42 +605,10 @@ async fn waiting_get_returns_the_message_a_put_brings() {
     assert_eq!(contents(&got), ["wake"]);
 }
 
-/// A GetMessages of at most `limit` waiting up to 20 s, optionally on one channel or the DLQ.
-fn spawn_poll(
-    r: &Arc<Rig>,
-    q: &str,
-    limit: i64,
-    channel: Option<&str>,
-    dead_letter: bool,
-) -> tokio::task::JoinHandle<Vec<String>> {
-    let (r, q, channel) = (r.clone(), q.to_owned(), channel.map(String::from));
-    tokio::spawn(async move {
-        let params = GetMessages::new(Some(30), Some(20), Some(limit), channel, dead_letter).unwrap();
-        let got = r.engine.get_messages(T, &q, params).await.unwrap();
-        got.into_iter().map(|d| d.message.content).collect()
-    })
-}
-
-/// Waits for a poll well within its 20 s wait: it was woken, not timed out.
-async fn woken(poll: tokio::task::JoinHandle<Vec<String>>) -> Vec<String> {
-    tokio::time::timeout(Duration::from_secs(5), poll).await.expect("woken by the put").unwrap()
-}
-
-/// What the polls got together, sorted; each must have been woken.
-async fn all_woken(polls: impl IntoIterator<Item = tokio::task::JoinHandle<Vec<String>>>) -> Vec<String> {
-    let mut got = Vec::new();
-    for poll in polls {
-        got.extend(woken(poll).await);
-    }
-    got.sort();
-    got
-}
-
-#[tokio::test]
-async fn a_long_poll_wakes_at_a_put_made_through_another_engine_over_the_store() {
+pub(crate) async fn a_long_poll_wakes_at_a_put_made_through_another_engine_over_the_store(backend: Arc<dyn Backend>) {
     // As with two nodes on one store: wakeups come from the store's change feed, not from
     // the engine that made the put.
-    let r = Arc::new(rig().await);
+    let r = Arc::new(rig(backend).await);
     let q = r.queue(PolicyValues::default()).await;
     let other = Engine::new(r.store.clone(), r.clock.clone(), "iad".into(), CancellationToken::new()).await.unwrap();
     let (o, oq) = (Arc::new(other), q.clone());
@@ -719,9 +621,8 @@ async fn a_long_poll_wakes_at_a_put_made_through_another_engine_over_the_store()
     assert_eq!(woken(poll).await, ["from the other engine"]);
 }
 
-#[tokio::test]
-async fn a_put_of_two_messages_wakes_two_waiting_pollers() {
-    let r = Arc::new(rig().await);
+pub(crate) async fn a_put_of_two_messages_wakes_two_waiting_pollers(backend: Arc<dyn Backend>) {
+    let r = Arc::new(rig(backend).await);
     let q = r.queue(PolicyValues::default()).await;
     let polls = [spawn_poll(&r, &q, 1, None, false), spawn_poll(&r, &q, 1, None, false)];
     tokio::time::sleep(Duration::from_millis(300)).await; // both find the queue empty and wait
@@ -729,9 +630,10 @@ async fn a_put_of_two_messages_wakes_two_waiting_pollers() {
     assert_eq!(all_woken(polls).await, ["a", "b"]);
 }
 
-#[tokio::test]
-async fn a_wakeup_for_new_messages_is_not_spent_on_pollers_of_other_channels_or_the_dlq() {
-    let r = Arc::new(rig().await);
+pub(crate) async fn a_wakeup_for_new_messages_is_not_spent_on_pollers_of_other_channels_or_the_dlq(
+    backend: Arc<dyn Backend>,
+) {
+    let r = Arc::new(rig(backend).await);
     let q = r.queue(PolicyValues::default()).await;
     // Started first, so they would be first in line for a shared wakeup.
     let on_channel = spawn_poll(&r, &q, 1, Some("x"), false);
@@ -746,9 +648,8 @@ async fn a_wakeup_for_new_messages_is_not_spent_on_pollers_of_other_channels_or_
     on_dlq.abort();
 }
 
-#[tokio::test]
-async fn a_message_freed_by_an_ended_lease_does_not_use_up_the_wakeup_of_a_put() {
-    let r = Arc::new(rig().await);
+pub(crate) async fn a_message_freed_by_an_ended_lease_does_not_use_up_the_wakeup_of_a_put(backend: Arc<dyn Backend>) {
+    let r = Arc::new(rig(backend).await);
     let q = r.queue(PolicyValues::default()).await;
     r.put(&q, &["m0"]).await;
     assert_eq!(contents(&r.get(&q, 1, 15).await), ["m0"]); // a consumer that then goes away
@@ -761,9 +662,8 @@ async fn a_message_freed_by_an_ended_lease_does_not_use_up_the_wakeup_of_a_put()
     assert_eq!(all_woken(polls).await, ["m0", "m1"]);
 }
 
-#[tokio::test]
-async fn a_sweep_that_ends_leases_wakes_the_waiting_polls() {
-    let r = Arc::new(rig().await);
+pub(crate) async fn a_sweep_that_ends_leases_wakes_the_waiting_polls(backend: Arc<dyn Backend>) {
+    let r = Arc::new(rig(backend).await);
     let q = r.queue(PolicyValues::default()).await;
     r.put(&q, &["m0"]).await;
     assert_eq!(contents(&r.get(&q, 1, 15).await), ["m0"]);
@@ -775,23 +675,8 @@ async fn a_sweep_that_ends_leases_wakes_the_waiting_polls() {
     assert_eq!(woken(poll).await, ["m0"]);
 }
 
-#[tokio::test]
-async fn waiting_get_on_a_deleted_queue_ends_with_not_found() {
-    let r = Arc::new(rig().await);
-    let q = r.queue(PolicyValues::default()).await;
-    let poll = spawn_long_poll(&r, &q);
-    // Let the poll find the queue empty and start waiting, then delete the queue.
-    while r.store.commits() < 2 {
-        tokio::task::yield_now().await;
-    }
-    r.engine.delete_queue(T, &q, None).await.unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(10), poll).await.expect("woken").unwrap();
-    assert!(matches!(outcome, Err(QueueError::QueueNotFound)), "{outcome:?}");
-}
-
-#[tokio::test]
-async fn message_ids_are_never_reused_after_deletes() {
-    let r = rig().await;
+pub(crate) async fn message_ids_are_never_reused_after_deletes(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues::default()).await;
     let first = r.put(&q, &["a"]).await[0];
     let receipt = r.get(&q, 1, 30).await[0].receipt.clone();
@@ -800,9 +685,8 @@ async fn message_ids_are_never_reused_after_deletes() {
     assert!(second > first, "id {second} reused after deleting {first}");
 }
 
-#[tokio::test]
-async fn redrive_leaves_dead_letter_messages_that_are_being_consumed() {
-    let r = rig().await;
+pub(crate) async fn redrive_leaves_dead_letter_messages_that_are_being_consumed(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let q = r.queue(PolicyValues { dead_letter_after: Some(1), ..PolicyValues::default() }).await;
     r.put(&q, &["x", "y"]).await;
     r.get(&q, 2, 1).await;
@@ -815,9 +699,8 @@ async fn redrive_leaves_dead_letter_messages_that_are_being_consumed() {
     assert_eq!(contents(&r.get(&q, 5, 30).await), ["y"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_put_does_not_undo_puts_committed_with_it() {
-    let r = Arc::new(rig().await);
+pub(crate) async fn a_refused_put_does_not_undo_puts_committed_with_it(backend: Arc<dyn Backend>) {
+    let r = Arc::new(rig(backend).await);
     let q = r.queue(PolicyValues::default()).await;
     for batch in 0..13 {
         let n = if batch == 12 { 16 } else { 20 };
@@ -845,13 +728,8 @@ async fn a_refused_put_does_not_undo_puts_committed_with_it() {
     assert_eq!(r.engine.stats(T, &q, None).await.unwrap().queue.visible, before + 31);
 }
 
-async fn listed(r: &Rig) -> usize {
-    r.engine.list_work_requests(T, None, None, None, None).await.unwrap().items.len()
-}
-
-#[tokio::test]
-async fn work_requests_are_kept_for_their_retention_then_swept() {
-    let r = rig().await;
+pub(crate) async fn work_requests_are_kept_for_their_retention_then_swept(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
     let queue = r.queue(PolicyValues::default()).await;
     assert_eq!(listed(&r).await, 1, "CreateQueue's");
     r.clock.advance(Duration::from_millis(berth_core::limits::WORK_REQUEST_RETENTION_MS as u64 - 1));
@@ -861,4 +739,167 @@ async fn work_requests_are_kept_for_their_retention_then_swept() {
     let report = r.store.sweep(r.clock_now(), 100).await.unwrap();
     assert_eq!((listed(&r).await, report.reclaimed), (0, 1));
     r.put(&queue, &["the queue itself stays"]).await;
+}
+
+/// One `#[tokio::test]` per rule, each on a fresh store from `$backend` (an expression
+/// giving an `Arc<dyn Backend>`).
+macro_rules! conformance_suite {
+    ($backend:expr) => {
+        #[tokio::test]
+        async fn messages_come_out_in_the_order_they_went_in() {
+            conformance::messages_come_out_in_the_order_they_went_in($backend).await
+        }
+        #[tokio::test]
+        async fn leased_message_is_invisible_until_its_lease_ends_then_redelivered_first() {
+            conformance::leased_message_is_invisible_until_its_lease_ends_then_redelivered_first($backend).await
+        }
+        #[tokio::test]
+        async fn receipt_from_expired_lease_is_rejected_for_update_and_delete() {
+            conformance::receipt_from_expired_lease_is_rejected_for_update_and_delete($backend).await
+        }
+        #[tokio::test]
+        async fn receipt_of_a_superseded_lease_is_rejected_and_the_current_one_works() {
+            conformance::receipt_of_a_superseded_lease_is_rejected_and_the_current_one_works($backend).await
+        }
+        #[tokio::test]
+        async fn receipt_is_bound_to_its_queue() {
+            conformance::receipt_is_bound_to_its_queue($backend).await
+        }
+        #[tokio::test]
+        async fn update_extends_the_lease_relative_to_now_and_zero_releases_it() {
+            conformance::update_extends_the_lease_relative_to_now_and_zero_releases_it($backend).await
+        }
+        #[tokio::test]
+        async fn delivery_count_rises_even_with_zero_visibility() {
+            conformance::delivery_count_rises_even_with_zero_visibility($backend).await
+        }
+        #[tokio::test]
+        async fn message_is_dead_lettered_after_max_deliveries_and_can_be_consumed_and_redriven() {
+            conformance::message_is_dead_lettered_after_max_deliveries_and_can_be_consumed_and_redriven($backend).await
+        }
+        #[tokio::test]
+        async fn zero_max_deliveries_never_dead_letters() {
+            conformance::zero_max_deliveries_never_dead_letters($backend).await
+        }
+        #[tokio::test]
+        async fn message_past_retention_is_never_delivered_and_is_swept() {
+            conformance::message_past_retention_is_never_delivered_and_is_swept($backend).await
+        }
+        #[tokio::test]
+        async fn retention_sweeps_every_channel_and_queues_that_were_empty_and_leased_messages_when_their_lease_ends() {
+            conformance::retention_sweeps_every_channel_and_queues_that_were_empty_and_leased_messages_when_their_lease_ends($backend).await
+        }
+        #[tokio::test]
+        async fn a_sweep_expires_at_most_its_batch_and_the_next_one_goes_on() {
+            conformance::a_sweep_expires_at_most_its_batch_and_the_next_one_goes_on($backend).await
+        }
+        #[tokio::test]
+        async fn put_reports_expire_after_as_creation_plus_retention() {
+            conformance::put_reports_expire_after_as_creation_plus_retention($backend).await
+        }
+        #[tokio::test]
+        async fn delayed_message_stays_invisible_until_its_delay_ends() {
+            conformance::delayed_message_stays_invisible_until_its_delay_ends($backend).await
+        }
+        #[tokio::test]
+        async fn delays_and_shortened_leases_begun_after_a_get_still_end_on_time() {
+            conformance::delays_and_shortened_leases_begun_after_a_get_still_end_on_time($backend).await
+        }
+        #[tokio::test]
+        async fn queue_default_delay_applies_when_a_message_has_none() {
+            conformance::queue_default_delay_applies_when_a_message_has_none($backend).await
+        }
+        #[tokio::test]
+        async fn channel_filter_serves_only_that_channel_in_order() {
+            conformance::channel_filter_serves_only_that_channel_in_order($backend).await
+        }
+        #[tokio::test]
+        async fn unfiltered_gets_serve_every_busy_channel() {
+            conformance::unfiltered_gets_serve_every_busy_channel($backend).await
+        }
+        #[tokio::test]
+        async fn list_channels_pages_through_non_empty_channels() {
+            conformance::list_channels_pages_through_non_empty_channels($backend).await
+        }
+        #[tokio::test]
+        async fn a_queue_holds_at_most_256_channels() {
+            conformance::a_queue_holds_at_most_256_channels($backend).await
+        }
+        #[tokio::test]
+        async fn put_limits_are_enforced() {
+            conformance::put_limits_are_enforced($backend).await
+        }
+        #[tokio::test]
+        async fn purge_removes_the_chosen_side_and_channels() {
+            conformance::purge_removes_the_chosen_side_and_channels($backend).await
+        }
+        #[tokio::test]
+        async fn another_tenancy_cannot_see_or_touch_a_queue() {
+            conformance::another_tenancy_cannot_see_or_touch_a_queue($backend).await
+        }
+        #[tokio::test]
+        async fn stale_if_match_is_refused_and_fresh_one_applies() {
+            conformance::stale_if_match_is_refused_and_fresh_one_applies($backend).await
+        }
+        #[tokio::test]
+        async fn retry_token_replays_the_same_request_and_refuses_a_different_one() {
+            conformance::retry_token_replays_the_same_request_and_refuses_a_different_one($backend).await
+        }
+        #[tokio::test]
+        async fn deleted_queue_reads_as_deleted_for_a_while_then_disappears_and_its_messages_are_reclaimed() {
+            conformance::deleted_queue_reads_as_deleted_for_a_while_then_disappears_and_its_messages_are_reclaimed($backend).await
+        }
+        #[tokio::test]
+        async fn messages_survive_reopening_the_store() {
+            conformance::messages_survive_reopening_the_store($backend).await
+        }
+        #[tokio::test]
+        async fn leases_deletes_delays_and_dead_letters_survive_reopening_the_store() {
+            conformance::leases_deletes_delays_and_dead_letters_survive_reopening_the_store($backend).await
+        }
+        #[tokio::test]
+        async fn a_lease_ended_before_a_restart_is_not_judged_again_after_it() {
+            conformance::a_lease_ended_before_a_restart_is_not_judged_again_after_it($backend).await
+        }
+        #[tokio::test]
+        async fn waiting_get_returns_the_message_a_put_brings() {
+            conformance::waiting_get_returns_the_message_a_put_brings($backend).await
+        }
+        #[tokio::test]
+        async fn a_long_poll_wakes_at_a_put_made_through_another_engine_over_the_store() {
+            conformance::a_long_poll_wakes_at_a_put_made_through_another_engine_over_the_store($backend).await
+        }
+        #[tokio::test]
+        async fn a_put_of_two_messages_wakes_two_waiting_pollers() {
+            conformance::a_put_of_two_messages_wakes_two_waiting_pollers($backend).await
+        }
+        #[tokio::test]
+        async fn a_wakeup_for_new_messages_is_not_spent_on_pollers_of_other_channels_or_the_dlq() {
+            conformance::a_wakeup_for_new_messages_is_not_spent_on_pollers_of_other_channels_or_the_dlq($backend).await
+        }
+        #[tokio::test]
+        async fn a_message_freed_by_an_ended_lease_does_not_use_up_the_wakeup_of_a_put() {
+            conformance::a_message_freed_by_an_ended_lease_does_not_use_up_the_wakeup_of_a_put($backend).await
+        }
+        #[tokio::test]
+        async fn a_sweep_that_ends_leases_wakes_the_waiting_polls() {
+            conformance::a_sweep_that_ends_leases_wakes_the_waiting_polls($backend).await
+        }
+        #[tokio::test]
+        async fn message_ids_are_never_reused_after_deletes() {
+            conformance::message_ids_are_never_reused_after_deletes($backend).await
+        }
+        #[tokio::test]
+        async fn redrive_leaves_dead_letter_messages_that_are_being_consumed() {
+            conformance::redrive_leaves_dead_letter_messages_that_are_being_consumed($backend).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_refused_put_does_not_undo_puts_committed_with_it() {
+            conformance::a_refused_put_does_not_undo_puts_committed_with_it($backend).await
+        }
+        #[tokio::test]
+        async fn work_requests_are_kept_for_their_retention_then_swept() {
+            conformance::work_requests_are_kept_for_their_retention_then_swept($backend).await
+        }
+    };
 }
