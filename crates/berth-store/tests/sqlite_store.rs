@@ -6,13 +6,11 @@ mod conformance;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use berth_core::engine::PolicyValues;
 use berth_core::store::Store;
-use berth_core::QueueError;
 use berth_store::SqliteStore;
-use conformance::{contents, rig, spawn_long_poll, Backend, Rig, T};
+use conformance::{contents, rig, Backend, Rig, T};
 
 /// A database file in a temp dir; remembers the store it opened last.
 struct Sqlite {
@@ -132,20 +130,4 @@ async fn a_database_of_a_newer_layout_is_refused() {
     let refused = SqliteStore::open(&path).err().expect("a newer layout is refused");
     assert!(refused.to_string().contains("newer Berth"), "{refused}");
     assert!(SqliteStore::open_without_messages(&path).is_err(), "tools refuse it too");
-}
-
-#[tokio::test]
-async fn waiting_get_on_a_deleted_queue_ends_with_not_found() {
-    let (r, sqlite) = sqlite_rig().await;
-    let r = Arc::new(r);
-    let q = r.queue(PolicyValues::default()).await;
-    let poll = spawn_long_poll(&r, &q);
-    // Let the poll find the queue empty and start waiting (its lease is the second
-    // commit, after the queue's), then delete the queue.
-    while sqlite.commits() < 2 {
-        tokio::task::yield_now().await;
-    }
-    r.engine.delete_queue(T, &q, None).await.unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(10), poll).await.expect("woken").unwrap();
-    assert!(matches!(outcome, Err(QueueError::QueueNotFound)), "{outcome:?}");
 }

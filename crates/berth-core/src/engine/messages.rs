@@ -1,5 +1,6 @@
 //! Data-plane operations: put, get (with long polling), update, delete, stats, channels.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -70,6 +71,22 @@ pub struct PutResult {
     pub id: i64,
     /// Retention end.
     pub expire_at: Timestamp,
+}
+
+/// Counts a long poll as waiting while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn begin(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Shortest pause between two store queries of one long poll, so that a store whose
@@ -237,6 +254,7 @@ impl Engine {
             }
             let next = leased.next_visible_at.map_or(deadline, |at| at.min(deadline));
             let pause = now.until(next).max(MIN_POLL_PAUSE);
+            let _waiting = Waiting::begin(&self.waiting_polls);
             tokio::select! {
                 _ = woken => {}
                 _ = tokio::time::sleep(pause) => {}

@@ -5,6 +5,7 @@ mod messages;
 mod queues;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,8 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     receipts: ReceiptKey,
     wakeups: Arc<Wakeups>,
+    /// Long polls waiting right now (found nothing and sleep until woken or timed out).
+    waiting_polls: AtomicUsize,
     region: String,
     shutdown: CancellationToken,
     queues: QueueCache,
@@ -78,7 +81,13 @@ impl Engine {
         let receipts = ReceiptKey::new(&store.receipt_secret().await?);
         let wakeups = Arc::new(Wakeups::default());
         tokio::spawn(wakeups.clone().follow(store.changes(), shutdown.clone()));
-        Ok(Engine { store, clock, receipts, wakeups, region, shutdown, queues: QueueCache::default() })
+        let (queues, waiting_polls) = (QueueCache::default(), AtomicUsize::new(0));
+        Ok(Engine { store, clock, receipts, wakeups, waiting_polls, region, shutdown, queues })
+    }
+
+    /// Long polls of this engine waiting right now, having found nothing.
+    pub fn waiting_polls(&self) -> usize {
+        self.waiting_polls.load(Ordering::Relaxed)
     }
 
     /// The clock.

@@ -109,6 +109,16 @@ pub(crate) fn contents(got: &[berth_core::engine::Delivered]) -> Vec<&str> {
     got.iter().map(|d| d.message.content.as_str()).collect()
 }
 
+/// Returns once `n` long polls of the engine found nothing and wait.
+pub(crate) async fn polls_waiting(engine: &Engine, n: usize) {
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
+        while engine.waiting_polls() < n {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    waited.await.unwrap_or_else(|_| panic!("{n} polls never waited ({} do)", engine.waiting_polls()));
+}
+
 /// A GetMessages waiting up to 20 s, running on its own task.
 pub(crate) fn spawn_long_poll(
     r: &Arc<Rig>,
@@ -599,7 +609,7 @@ pub(crate) async fn waiting_get_returns_the_message_a_put_brings(backend: Arc<dy
     let r = Arc::new(rig(backend).await);
     let q = r.queue(PolicyValues::default()).await;
     let poll = spawn_long_poll(&r, &q);
-    tokio::task::yield_now().await;
+    polls_waiting(&r.engine, 1).await;
     r.put(&q, &["wake"]).await;
     let got = tokio::time::timeout(Duration::from_secs(10), poll).await.expect("woken").unwrap().unwrap();
     assert_eq!(contents(&got), ["wake"]);
@@ -611,12 +621,13 @@ pub(crate) async fn a_long_poll_wakes_at_a_put_made_through_another_engine_over_
     let r = Arc::new(rig(backend).await);
     let q = r.queue(PolicyValues::default()).await;
     let other = Engine::new(r.store.clone(), r.clock.clone(), "iad".into(), CancellationToken::new()).await.unwrap();
-    let (o, oq) = (Arc::new(other), q.clone());
+    let other = Arc::new(other);
+    let (o, oq) = (other.clone(), q.clone());
     let poll = tokio::spawn(async move {
         let params = GetMessages::new(Some(30), Some(20), Some(5), None, false).unwrap();
         o.get_messages(T, &oq, params).await.unwrap().into_iter().map(|d| d.message.content).collect::<Vec<_>>()
     });
-    tokio::time::sleep(Duration::from_millis(300)).await; // it finds the queue empty and waits
+    polls_waiting(&other, 1).await;
     r.put(&q, &["from the other engine"]).await;
     assert_eq!(woken(poll).await, ["from the other engine"]);
 }
@@ -625,7 +636,7 @@ pub(crate) async fn a_put_of_two_messages_wakes_two_waiting_pollers(backend: Arc
     let r = Arc::new(rig(backend).await);
     let q = r.queue(PolicyValues::default()).await;
     let polls = [spawn_poll(&r, &q, 1, None, false), spawn_poll(&r, &q, 1, None, false)];
-    tokio::time::sleep(Duration::from_millis(300)).await; // both find the queue empty and wait
+    polls_waiting(&r.engine, 2).await;
     r.put(&q, &["a", "b"]).await;
     assert_eq!(all_woken(polls).await, ["a", "b"]);
 }
@@ -638,9 +649,9 @@ pub(crate) async fn a_wakeup_for_new_messages_is_not_spent_on_pollers_of_other_c
     // Started first, so they would be first in line for a shared wakeup.
     let on_channel = spawn_poll(&r, &q, 1, Some("x"), false);
     let on_dlq = spawn_poll(&r, &q, 1, None, true);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    polls_waiting(&r.engine, 2).await;
     let any = spawn_poll(&r, &q, 1, None, false);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    polls_waiting(&r.engine, 3).await;
     r.put(&q, &["main"]).await;
     assert_eq!(woken(any).await, ["main"]);
     r.put_in(&q, "x", &["on x"]).await;
@@ -654,7 +665,7 @@ pub(crate) async fn a_message_freed_by_an_ended_lease_does_not_use_up_the_wakeup
     r.put(&q, &["m0"]).await;
     assert_eq!(contents(&r.get(&q, 1, 15).await), ["m0"]); // a consumer that then goes away
     let polls = [spawn_poll(&r, &q, 1, None, false), spawn_poll(&r, &q, 1, None, false)];
-    tokio::time::sleep(Duration::from_millis(300)).await; // both wait, timed for the lease's end
+    polls_waiting(&r.engine, 2).await; // timed for the lease's end
     r.advance(16);
     // The put wakes one poll; its lease takes m0, whose lease has ended and which comes
     // first. The other poll must still be woken for m1.
@@ -668,7 +679,7 @@ pub(crate) async fn a_sweep_that_ends_leases_wakes_the_waiting_polls(backend: Ar
     r.put(&q, &["m0"]).await;
     assert_eq!(contents(&r.get(&q, 1, 15).await), ["m0"]);
     let poll = spawn_poll(&r, &q, 1, None, false);
-    tokio::time::sleep(Duration::from_millis(300)).await; // waiting, timed for the lease's end
+    polls_waiting(&r.engine, 1).await; // timed for the lease's end
     r.advance(16);
     let report = r.engine.sweep(100).await.unwrap();
     assert_eq!(report.released, 1);
@@ -741,10 +752,24 @@ pub(crate) async fn work_requests_are_kept_for_their_retention_then_swept(backen
     r.put(&queue, &["the queue itself stays"]).await;
 }
 
+pub(crate) async fn waiting_get_on_a_deleted_queue_ends_with_not_found(backend: Arc<dyn Backend>) {
+    let r = Arc::new(rig(backend).await);
+    let q = r.queue(PolicyValues::default()).await;
+    let poll = spawn_long_poll(&r, &q);
+    polls_waiting(&r.engine, 1).await;
+    r.engine.delete_queue(T, &q, None).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), poll).await.expect("woken").unwrap();
+    assert!(matches!(outcome, Err(QueueError::QueueNotFound)), "{outcome:?}");
+}
+
 /// One `#[tokio::test]` per rule, each on a fresh store from `$backend` (an expression
 /// giving an `Arc<dyn Backend>`).
 macro_rules! conformance_suite {
     ($backend:expr) => {
+        #[tokio::test]
+        async fn waiting_get_on_a_deleted_queue_ends_with_not_found() {
+            conformance::waiting_get_on_a_deleted_queue_ends_with_not_found($backend).await
+        }
         #[tokio::test]
         async fn messages_come_out_in_the_order_they_went_in() {
             conformance::messages_come_out_in_the_order_they_went_in($backend).await
