@@ -1,0 +1,367 @@
+//! The message index: the state of every live message, kept in memory by the SQLite store.
+//!
+//! SQLite keeps the durable copy (a row per put with the bodies, and once one of its
+//! messages changed, a small row with the state of each, see `schema.rs`); this index
+//! decides which message a lease takes, whether a receipt names the current lease, and the
+//! counts, so that no message costs a secondary index entry in SQLite. Every change returns
+//! the [`Persist`] writes that make it durable; the caller does them in the same
+//! transaction. No I/O, no clock.
+//!
+//! This module holds the state and putting; [`lease`] leasing and what receipts do,
+//! [`settle`] how messages leave (ended leases, retention, purge, redrive, reclaiming),
+//! [`stats`] the counts.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use berth_core::clock::Timestamp;
+use berth_core::delivery::{after_lease, AfterLease, Ended};
+use berth_core::model::{LeaseRef, MessageCounts, PurgeTarget, QueueRow, QueueStats};
+use berth_core::store::SweepReport;
+
+mod lease;
+mod settle;
+mod stats;
+
+use stats::tally;
+
+/// A message id.
+pub(crate) type Id = i64;
+
+/// The lease token of a message not leased yet.
+pub(crate) const NEVER_LEASED: i64 = i64::MIN;
+
+/// Where a message is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Visible: the next lease may take it.
+    Ready,
+    /// Leased, or delayed (delivery count 0), until `visible_at`.
+    Invisible,
+    /// Deleted, expired or purged.
+    Gone,
+}
+
+/// One message of a batch.
+#[derive(Debug, Clone)]
+pub(crate) struct Slot {
+    pub(crate) channel: Arc<str>,
+    pub(crate) size: u32,
+    pub(crate) dlq: bool,
+    pub(crate) phase: Phase,
+    pub(crate) visible_at: i64,
+    pub(crate) delivery_count: u32,
+    pub(crate) lease_token: i64,
+}
+
+impl Slot {
+    /// A message as its put left it: ready, or invisible until its delay ends.
+    pub(crate) fn as_put(channel: Arc<str>, size: u32, delayed_until: Option<i64>, created_at: i64) -> Slot {
+        Slot {
+            channel,
+            size,
+            dlq: false,
+            phase: if delayed_until.is_some() { Phase::Invisible } else { Phase::Ready },
+            visible_at: delayed_until.unwrap_or(created_at),
+            delivery_count: 0,
+            lease_token: NEVER_LEASED,
+        }
+    }
+}
+
+/// The messages of one put: ids `first ..= last` (the map key).
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub(crate) first: Id,
+    pub(crate) created_at: i64,
+    pub(crate) expire_at: i64,
+    /// Slots not gone.
+    live: u32,
+    pub(crate) slots: Vec<Slot>,
+}
+
+/// A durable write that an index change needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Persist {
+    /// Write the state row of the batch ending at `last` as its slots now are.
+    States { queue: QueueRow, last: Id },
+    /// Every message of the batch ending at `last` is gone: drop its rows.
+    DropBatch { last: Id },
+}
+
+/// A message a lease took: where its body is, and what to answer.
+#[derive(Debug, Clone)]
+pub(crate) struct Picked {
+    pub(crate) id: Id,
+    /// The batch row holding its body.
+    pub(crate) batch: Id,
+    /// Byte offset of its body among the batch's bodies.
+    pub(crate) offset: usize,
+    /// Position in the batch (for its properties).
+    pub(crate) position: usize,
+    pub(crate) size: u32,
+    pub(crate) channel: Arc<str>,
+    pub(crate) delivery_count: u32,
+    pub(crate) created_at: i64,
+    pub(crate) expire_at: i64,
+    pub(crate) lease_token: i64,
+}
+
+/// A message of a put, as the index needs it.
+#[derive(Debug, Clone)]
+pub(crate) struct NewSlot<'a> {
+    pub(crate) channel: &'a str,
+    pub(crate) size: u32,
+    pub(crate) delayed_until: Option<i64>,
+}
+
+/// What a lease asks for.
+#[derive(Debug, Clone)]
+pub(crate) struct Pick<'a> {
+    pub(crate) dead_letter: bool,
+    pub(crate) channel: Option<&'a str>,
+    pub(crate) max_messages: usize,
+    pub(crate) max_bytes: usize,
+    pub(crate) now: i64,
+    pub(crate) visible_after: i64,
+}
+
+/// One queue's messages.
+#[derive(Debug)]
+struct QueueIndex {
+    /// The queue's row id.
+    row: QueueRow,
+    /// Every batch with a live message, by last id (so, oldest first).
+    batches: BTreeMap<Id, Batch>,
+    /// Ready ids per side (main, DLQ) and channel; no empty sets.
+    ready: [BTreeMap<Arc<str>, BTreeSet<Id>>; 2],
+    /// Invisible messages per side by the time they become visible.
+    invisible: [BTreeSet<(i64, Id)>; 2],
+    /// GetStats counts per side and channel; no empty entries.
+    counts: [HashMap<Arc<str>, MessageCounts>; 2],
+    /// Live messages per named channel (either side): the non-empty channels.
+    named: BTreeMap<Arc<str>, u64>,
+    /// The default channel's name, shared by its slots.
+    default_channel: Arc<str>,
+}
+
+/// Every queue's messages, and the next message id.
+#[derive(Debug)]
+pub(crate) struct Index {
+    queues: HashMap<QueueRow, QueueIndex>,
+    next_id: Id,
+}
+
+fn side(dlq: bool) -> usize {
+    usize::from(dlq)
+}
+
+impl QueueIndex {
+    fn new(row: QueueRow) -> Self {
+        QueueIndex {
+            row,
+            batches: BTreeMap::new(),
+            ready: Default::default(),
+            invisible: Default::default(),
+            counts: Default::default(),
+            named: BTreeMap::new(),
+            default_channel: "".into(),
+        }
+    }
+
+    fn slot(&self, id: Id) -> Option<(Id, &Batch, usize)> {
+        let (last, batch) = self.batches.range(id..).next()?;
+        (id >= batch.first).then(|| (*last, batch, (id - batch.first) as usize))
+    }
+
+    fn slot_mut(&mut self, id: Id) -> Option<(Id, &mut Batch, usize)> {
+        let (last, batch) = self.batches.range_mut(id..).next()?;
+        let first = batch.first;
+        (id >= first).then(|| (*last, batch, (id - first) as usize))
+    }
+
+    /// The shared name of a channel that has, or is getting, a live message.
+    fn intern(&self, channel: &str) -> Arc<str> {
+        if channel.is_empty() {
+            return self.default_channel.clone();
+        }
+        match self.named.get_key_value(channel) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(channel),
+        }
+    }
+
+    /// Adds (`up`) or removes a slot's share of the tallies and of the ready and invisible sets.
+    fn account(&mut self, id: Id, slot: &Slot, up: bool) {
+        if slot.phase == Phase::Gone {
+            return;
+        }
+        let s = side(slot.dlq);
+        let counts = match self.counts[s].get_mut(&slot.channel) {
+            Some(counts) => counts,
+            None => self.counts[s].entry(slot.channel.clone()).or_default(),
+        };
+        tally(counts, slot, up);
+        if *counts == MessageCounts::default() {
+            self.counts[s].remove(&slot.channel);
+        }
+        match slot.phase {
+            Phase::Ready if up => match self.ready[s].get_mut(&slot.channel) {
+                Some(ids) => {
+                    ids.insert(id);
+                }
+                None => {
+                    self.ready[s].insert(slot.channel.clone(), BTreeSet::from([id]));
+                }
+            },
+            Phase::Ready => {
+                if let Some(ids) = self.ready[s].get_mut(&slot.channel) {
+                    ids.remove(&id);
+                    if ids.is_empty() {
+                        self.ready[s].remove(&slot.channel);
+                    }
+                }
+            }
+            Phase::Invisible if up => {
+                self.invisible[s].insert((slot.visible_at, id));
+            }
+            Phase::Invisible => {
+                self.invisible[s].remove(&(slot.visible_at, id));
+            }
+            Phase::Gone => {}
+        }
+    }
+
+    /// Changes one message with `change`, keeping tallies and sets in step. Returns the
+    /// write that makes it durable, or `None` if there is no such live message.
+    fn update(&mut self, id: Id, change: impl FnOnce(&mut Slot)) -> Option<Persist> {
+        let (last, batch, at) = self.slot_mut(id)?;
+        let before = batch.slots[at].clone();
+        if before.phase == Phase::Gone {
+            return None;
+        }
+        change(&mut batch.slots[at]);
+        let after = batch.slots[at].clone();
+        self.account(id, &before, false);
+        self.account(id, &after, true);
+        Some(Persist::States { queue: self.row, last })
+    }
+
+    /// Moves one live message to the DLQ, ready there; returns what makes that durable.
+    fn dead_letter(&mut self, id: Id) -> Option<Persist> {
+        self.update(id, |slot| {
+            slot.phase = Phase::Ready;
+            slot.dlq = true;
+        })
+    }
+
+    /// Removes one live message; returns what makes that durable.
+    fn remove(&mut self, id: Id) -> Option<Persist> {
+        let (last, batch, at) = self.slot_mut(id)?;
+        let before = batch.slots[at].clone();
+        if before.phase == Phase::Gone {
+            return None;
+        }
+        batch.slots[at].phase = Phase::Gone;
+        batch.live -= 1;
+        let emptied = batch.live == 0;
+        self.account(id, &before, false);
+        if !before.channel.is_empty() {
+            if let Some(n) = self.named.get_mut(&before.channel) {
+                *n -= 1;
+                if *n == 0 {
+                    self.named.remove(&before.channel);
+                }
+            }
+        }
+        if emptied {
+            self.batches.remove(&last);
+            return Some(Persist::DropBatch { last });
+        }
+        Some(Persist::States { queue: self.row, last })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+}
+
+/// Whether `channel` is one of `only` (every channel when `None`).
+fn in_channels(only: Option<&[String]>, channel: &str) -> bool {
+    only.is_none_or(|only| only.iter().any(|c| c == channel))
+}
+impl Index {
+    /// An empty index whose first message id is `next_id`.
+    pub(crate) fn new(next_id: Id) -> Self {
+        Index { queues: HashMap::new(), next_id }
+    }
+
+    fn queue(&self, queue: QueueRow) -> Option<&QueueIndex> {
+        self.queues.get(&queue)
+    }
+
+    /// The slots of a queue's batch ending at `last`, if any of its messages is live.
+    pub(crate) fn batch_slots(&self, queue: QueueRow, last: Id) -> Option<&[Slot]> {
+        self.queue(queue)?.batches.get(&last).map(|batch| batch.slots.as_slice())
+    }
+
+    /// Adds a put's messages: read back from storage with their stored state, or new.
+    pub(crate) fn restore(&mut self, queue: QueueRow, first: Id, created_at: i64, expire_at: i64, slots: Vec<Slot>) {
+        let last = first + slots.len() as Id - 1;
+        let mut batch = Batch { first, created_at, expire_at, live: 0, slots };
+        let q = self.queues.entry(queue).or_insert_with(|| QueueIndex::new(queue));
+        for slot in &mut batch.slots {
+            slot.channel = q.intern(&slot.channel);
+        }
+        batch.live = batch.slots.iter().filter(|s| s.phase != Phase::Gone).count() as u32;
+        self.next_id = self.next_id.max(last + 1);
+        if batch.live == 0 {
+            return;
+        }
+        for (at, slot) in batch.slots.iter().enumerate() {
+            if slot.phase != Phase::Gone {
+                q.account(batch.first + at as Id, slot, true);
+                if !slot.channel.is_empty() {
+                    *q.named.entry(slot.channel.clone()).or_default() += 1;
+                }
+            }
+        }
+        q.batches.insert(last, batch);
+    }
+
+    /// Whether the messages of a put keep the queue within `max_channels` non-empty named channels.
+    pub(crate) fn channels_fit(&self, queue: QueueRow, channels: &[&str], max_channels: u32) -> bool {
+        let named = self.queue(queue).map(|q| &q.named);
+        let mut new: Vec<&str> = channels
+            .iter()
+            .copied()
+            .filter(|c| !c.is_empty() && named.is_none_or(|named| !named.contains_key(*c)))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        new.is_empty() || named.map_or(0, BTreeMap::len) + new.len() <= max_channels as usize
+    }
+
+    /// Appends one put's messages (check [`Index::channels_fit`] first); returns the first
+    /// id, the rest follow in order. The caller stores the batch row; a batch needs no
+    /// state row until one of its messages changes.
+    pub(crate) fn put(&mut self, queue: QueueRow, messages: &[NewSlot<'_>], created_at: i64, expire_at: i64) -> Id {
+        let first = self.next_id;
+        let q = self.queues.entry(queue).or_insert_with(|| QueueIndex::new(queue));
+        let slots =
+            messages.iter().map(|m| Slot::as_put(q.intern(m.channel), m.size, m.delayed_until, created_at)).collect();
+        self.restore(queue, first, created_at, expire_at, slots);
+        first
+    }
+
+    /// The next id a put will get.
+    pub(crate) fn next_id(&self) -> Id {
+        self.next_id
+    }
+    /// Queues with messages but no queue row (a put that raced the removal of its deleted
+    /// queue): their messages are reclaimed like those of a deleted queue.
+    pub(crate) fn orphans(&self, live: impl Fn(QueueRow) -> bool) -> Vec<QueueRow> {
+        self.queues.keys().copied().filter(|queue| !live(*queue)).collect()
+    }
+}
