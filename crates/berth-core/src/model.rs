@@ -243,8 +243,6 @@ pub struct LeaseRequest {
     pub now: Timestamp,
     /// When the leases end.
     pub visible_after: Timestamp,
-    /// The queue's dead-letter threshold, applied to leases found expired.
-    pub dead_letter_after: u32,
 }
 
 /// Message counts of one queue or DLQ.

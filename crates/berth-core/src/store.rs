@@ -54,13 +54,12 @@ pub enum Created {
 }
 
 /// For bulk operations: settle expired leases as of `now` first (so messages due for the
-/// DLQ are on the right side), then touch at most `batch` rows.
+/// DLQ are on the right side, by the queue's threshold as the store holds it), then touch
+/// at most `batch` rows.
 #[derive(Debug, Clone, Copy)]
 pub struct Settle {
     /// The current time.
     pub now: Timestamp,
-    /// The queue's dead-letter threshold.
-    pub dead_letter_after: u32,
     /// Most rows to touch.
     pub batch: u32,
 }
@@ -207,7 +206,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Appended>;
     /// The change feed: what each commit from now on made ready, on any node.
     fn changes(&self) -> broadcast::Receiver<Change>;
-    /// Releases expired leases of the queue (dead-lettering as the request says), then leases
+    /// Releases expired leases of the queue (dead-lettering by the queue's threshold as the
+    /// store holds it, read in the same transaction), then leases
     /// up to `max_messages` visible, unexpired messages, oldest first per channel; with none,
     /// says when the next one becomes visible.
     async fn lease(&self, request: LeaseRequest) -> StoreResult<Leased>;
@@ -215,14 +215,9 @@ pub trait Store: Send + Sync + 'static {
     async fn extend_leases(&self, leases: Vec<(LeaseRef, Timestamp)>, now: Timestamp) -> StoreResult<Vec<bool>>;
     /// Deletes each message whose lease is current; false where it is not.
     async fn delete_leased(&self, leases: Vec<LeaseRef>, now: Timestamp) -> StoreResult<Vec<bool>>;
-    /// Message counts of the queue and its DLQ, optionally of one channel.
-    async fn stats(
-        &self,
-        queue: QueueRow,
-        channel: Option<&str>,
-        now: Timestamp,
-        dead_letter_after: u32,
-    ) -> StoreResult<QueueStats>;
+    /// Message counts of the queue and its DLQ, optionally of one channel (an ended lease
+    /// counts where settling it will put it, by the queue's threshold as the store holds it).
+    async fn stats(&self, queue: QueueRow, channel: Option<&str>, now: Timestamp) -> StoreResult<QueueStats>;
     /// Ids of non-empty channels (queue or DLQ) starting with `prefix`, after `after`, sorted.
     async fn channels(
         &self,

@@ -103,7 +103,7 @@ async fn a_second_store_on_the_same_file_serves_no_messages_but_can_add_users() 
     assert!(sqlite.owns_messages());
     assert!(!other.owns_messages());
     let row = r.store.queue(T, &q).await.unwrap().unwrap().row;
-    let refused = other.stats(row, None, r.clock_now(), 0).await;
+    let refused = other.stats(row, None, r.clock_now()).await;
     assert_eq!(refused.unwrap(), Default::default(), "the other store holds no message state");
     let lease = other
         .delete_leased(

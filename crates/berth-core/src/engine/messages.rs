@@ -241,7 +241,6 @@ impl Engine {
                     max_bytes: limits::MAX_GET_BYTES,
                     now,
                     visible_after: now.plus_secs(visibility.into()),
-                    dead_letter_after: policy.dead_letter_after,
                 })
                 .await
                 .map_err(failed)?;
@@ -357,7 +356,7 @@ impl Engine {
     ) -> Result<QueueStats, QueueError> {
         let queue = self.active_queue(tenancy_id, queue_id).await?;
         let now = self.clock.now();
-        Ok(self.store.stats(queue.row, channel, now, queue.spec.policy.dead_letter_after).await?)
+        Ok(self.store.stats(queue.row, channel, now).await?)
     }
 
     /// ListChannels: non-empty channel ids with the given prefix, sorted, paged.
@@ -395,11 +394,7 @@ impl Engine {
         let queue = self.active_queue(tenancy_id, queue_id).await?;
         let mut moved = 0;
         loop {
-            let settle = Settle {
-                now: self.clock.now(),
-                dead_letter_after: queue.spec.policy.dead_letter_after,
-                batch: super::PURGE_BATCH,
-            };
+            let settle = Settle { now: self.clock.now(), batch: super::PURGE_BATCH };
             let batch = self.store.redrive(queue.row, channels.clone(), settle).await?;
             moved += batch;
             if batch < u64::from(super::PURGE_BATCH) {

@@ -324,7 +324,7 @@ impl Engine {
     ) -> Result<WorkRequest, QueueError> {
         let queue = self.active_queue(tenancy_id, queue_id).await?;
         check_etag(&queue, if_match)?;
-        let settle = |now| Settle { now, dead_letter_after: queue.spec.policy.dead_letter_after, batch: PURGE_BATCH };
+        let settle = |now| Settle { now, batch: PURGE_BATCH };
         while self.store.purge(queue.row, target, channels.clone(), settle(self.clock.now())).await? > 0 {}
         let work = self.work_request(&queue, OperationType::PurgeQueue, ActionType::Updated, self.clock.now());
         self.store.insert_work_request(&work).await?;

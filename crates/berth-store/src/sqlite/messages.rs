@@ -48,6 +48,11 @@ pub(crate) fn load(conn: &Connection) -> rusqlite::Result<Index> {
         }
         index.restore(batch.get(1)?, first, created_at, batch.get(3)?, slots);
     }
+    let mut policies = conn.prepare("SELECT row, dead_letter_after FROM queues")?;
+    let mut policies = policies.query([])?;
+    while let Some(queue) = policies.next()? {
+        index.set_dead_letter_after(queue.get(0)?, queue.get(1)?);
+    }
     Ok(index)
 }
 
@@ -112,6 +117,13 @@ pub(crate) fn put(
     let Some(head) = messages.first() else { return Ok(Appended::Stored(Vec::new())) };
     // The engine stamps a put's messages alike.
     let (created_at, expire_at) = (head.created_at.0, head.expire_at.0);
+    if !index.knows_policy(queue) {
+        let threshold: Option<u32> = conn
+            .prepare_cached("SELECT dead_letter_after FROM queues WHERE row = ?1")?
+            .query_row(params![queue], |row| row.get(0))
+            .optional()?;
+        index.set_dead_letter_after(queue, threshold.unwrap_or(0));
+    }
     let channels: Vec<&str> = messages.iter().map(|m| m.message.channel.as_str()).collect();
     if !index.channels_fit(queue, &channels, max_channels) {
         return Ok(Appended::ChannelsFull);
@@ -158,7 +170,7 @@ pub(crate) fn lease(conn: &Connection, index: &mut Index, req: &LeaseRequest) ->
         visible_after: req.visible_after.0,
     };
     let picked = durably(conn, index, |index, writes| {
-        index.settle(req.queue, req.now.0, req.dead_letter_after, RELEASE_PER_LEASE, &mut report, writes);
+        index.settle(req.queue, req.now.0, RELEASE_PER_LEASE, &mut report, writes);
         index.lease(req.queue, &pick, writes)
     })?;
     let (messages, unreadable) = read_bodies(conn, &picked, req.visible_after)?;
@@ -311,7 +323,7 @@ pub(crate) fn redrive(
 /// Settles a queue's ended leases before a bulk operation, as `to_settle` says.
 fn settle(index: &mut Index, queue: QueueRow, to_settle: Settle, writes: &mut Vec<Persist>) {
     let (now, limit) = (to_settle.now.0, to_settle.batch);
-    index.settle(queue, now, to_settle.dead_letter_after, limit, &mut SweepReport::default(), writes);
+    index.settle(queue, now, limit, &mut SweepReport::default(), writes);
 }
 
 /// One bounded round of background work; also the queues with leases released or
@@ -324,16 +336,16 @@ pub(crate) fn sweep(
 ) -> rusqlite::Result<(SweepReport, Vec<QueueRow>)> {
     let mut report = SweepReport::default();
     let mut settled = Vec::new();
-    let queues: Vec<(QueueRow, u32, String, i64)> = conn
-        .prepare_cached("SELECT row, dead_letter_after, state, updated_at FROM queues")?
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))?
+    let queues: Vec<(QueueRow, String, i64)> = conn
+        .prepare_cached("SELECT row, state, updated_at FROM queues")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let live: std::collections::HashSet<QueueRow> = queues.iter().map(|(row, ..)| *row).collect();
     let mut writes = Vec::new();
     for orphan in index.orphans(|queue| live.contains(&queue)) {
         report.reclaimed += index.reclaim(orphan, batch, &mut writes).0;
     }
-    for (queue, dead_letter_after, state, updated_at) in queues {
+    for (queue, state, updated_at) in queues {
         if state == "DELETED" {
             let (reclaimed, empty) = index.reclaim(queue, batch, &mut writes);
             report.reclaimed += reclaimed;
@@ -347,7 +359,7 @@ pub(crate) fn sweep(
         let budget = batch.saturating_sub(u32::try_from(report.expired).unwrap_or(u32::MAX));
         report.expired += index.expire(queue, now.0, budget, &mut writes);
         let ended_before = report.released + report.dead_lettered;
-        index.settle(queue, now.0, dead_letter_after, batch, &mut report, &mut writes);
+        index.settle(queue, now.0, batch, &mut report, &mut writes);
         if report.released + report.dead_lettered > ended_before {
             settled.push(queue);
         }

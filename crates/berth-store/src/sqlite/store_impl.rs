@@ -74,7 +74,15 @@ impl Store for SqliteStore {
 
     async fn save_queue(&self, queue: &Queue, expected_version: i64, work: &WorkRequest) -> StoreResult<bool> {
         let (queue, work) = (queue.clone(), work.clone());
-        self.write(move |c| queues::save_queue(c, &queue, expected_version, &work)).await
+        // With the index, so that settling and counts follow the new threshold from this commit on.
+        let job = move |c: &Connection, index: &mut Index| {
+            let saved = queues::save_queue(c, &queue, expected_version, &work).map_err(backend)?;
+            if saved {
+                index.set_dead_letter_after(queue.row, queue.spec.policy.dead_letter_after);
+            }
+            Ok(saved)
+        };
+        self.write_messages(job, |_| Vec::new()).await
     }
 
     async fn insert_work_request(&self, work: &WorkRequest) -> StoreResult<()> {
@@ -150,15 +158,9 @@ impl Store for SqliteStore {
         self.write_messages(job, |_| Vec::new()).await
     }
 
-    async fn stats(
-        &self,
-        queue: QueueRow,
-        channel: Option<&str>,
-        now: Timestamp,
-        dead_letter_after: u32,
-    ) -> StoreResult<QueueStats> {
+    async fn stats(&self, queue: QueueRow, channel: Option<&str>, now: Timestamp) -> StoreResult<QueueStats> {
         let channel = channel.map(str::to_owned);
-        self.read_index(move |index| index.stats(queue, channel.as_deref(), now.0, dead_letter_after)).await
+        self.read_index(move |index| index.stats(queue, channel.as_deref(), now.0)).await
     }
 
     async fn channels(

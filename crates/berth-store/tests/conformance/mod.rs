@@ -752,6 +752,23 @@ pub(crate) async fn work_requests_are_kept_for_their_retention_then_swept(backen
     r.put(&queue, &["the queue itself stays"]).await;
 }
 
+pub(crate) async fn a_dead_letter_threshold_changed_through_another_engine_applies_at_once(backend: Arc<dyn Backend>) {
+    // As with two nodes: the other engine still has the queue as it was in its cache, and
+    // the store settles by the policy it holds.
+    let r = rig(backend).await;
+    let q = r.queue(PolicyValues { dead_letter_after: Some(0), ..PolicyValues::default() }).await;
+    let other = Engine::new(r.store.clone(), r.clock.clone(), "iad".into(), CancellationToken::new()).await.unwrap();
+    r.put(&q, &["m"]).await;
+    let params = || GetMessages::new(Some(1), Some(0), Some(1), None, false).unwrap();
+    assert_eq!(other.get_messages(T, &q, params()).await.unwrap().len(), 1, "leased once, through the other engine");
+    let change = QueueChange { dead_letter_after: Some(1), ..QueueChange::default() };
+    r.engine.update_queue(T, &q, None, change).await.unwrap();
+    r.advance(2);
+    assert!(other.get_messages(T, &q, params()).await.unwrap().is_empty(), "its only delivery was used");
+    let stats = other.stats(T, &q, None).await.unwrap();
+    assert_eq!((stats.queue.visible, stats.dead_letter.visible), (0, 1));
+}
+
 pub(crate) async fn waiting_get_on_a_deleted_queue_ends_with_not_found(backend: Arc<dyn Backend>) {
     let r = Arc::new(rig(backend).await);
     let q = r.queue(PolicyValues::default()).await;
@@ -766,6 +783,10 @@ pub(crate) async fn waiting_get_on_a_deleted_queue_ends_with_not_found(backend: 
 /// giving an `Arc<dyn Backend>`).
 macro_rules! conformance_suite {
     ($backend:expr) => {
+        #[tokio::test]
+        async fn a_dead_letter_threshold_changed_through_another_engine_applies_at_once() {
+            conformance::a_dead_letter_threshold_changed_through_another_engine_applies_at_once($backend).await
+        }
         #[tokio::test]
         async fn waiting_get_on_a_deleted_queue_ends_with_not_found() {
             conformance::waiting_get_on_a_deleted_queue_ends_with_not_found($backend).await

@@ -151,6 +151,9 @@ struct QueueIndex {
 pub(crate) struct Index {
     queues: HashMap<QueueRow, QueueIndex>,
     next_id: Id,
+    /// Each queue's dead-letter threshold (`deadLetterQueueDeliveryCount`), changed in the
+    /// same transaction as its row, so that settling and counts follow the stored policy.
+    dead_letter_after: HashMap<QueueRow, u32>,
 }
 
 fn side(dlq: bool) -> usize {
@@ -294,7 +297,21 @@ fn in_channels(only: Option<&[String]>, channel: &str) -> bool {
 impl Index {
     /// An empty index whose first message id is `next_id`.
     pub(crate) fn new(next_id: Id) -> Self {
-        Index { queues: HashMap::new(), next_id }
+        Index { queues: HashMap::new(), next_id, dead_letter_after: HashMap::new() }
+    }
+
+    /// Records a queue's dead-letter threshold (0 = no DLQ).
+    pub(crate) fn set_dead_letter_after(&mut self, queue: QueueRow, deliveries: u32) {
+        self.dead_letter_after.insert(queue, deliveries);
+    }
+
+    /// Whether the queue's threshold is known (read when its first message is put).
+    pub(crate) fn knows_policy(&self, queue: QueueRow) -> bool {
+        self.dead_letter_after.contains_key(&queue)
+    }
+
+    fn dead_letter_after(&self, queue: QueueRow) -> u32 {
+        self.dead_letter_after.get(&queue).copied().unwrap_or(0)
     }
 
     fn queue(&self, queue: QueueRow) -> Option<&QueueIndex> {

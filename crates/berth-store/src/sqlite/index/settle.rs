@@ -57,11 +57,11 @@ impl Index {
         &mut self,
         queue: QueueRow,
         now: i64,
-        dead_letter_after: u32,
         limit: u32,
         report: &mut SweepReport,
         writes: &mut Vec<Persist>,
     ) {
+        let dead_letter_after = self.dead_letter_after(queue);
         if let Some(q) = self.queues.get_mut(&queue) {
             q.settle(now, dead_letter_after, limit, report, writes);
         }

@@ -35,7 +35,8 @@ impl Index {
     /// Counts of the queue and its DLQ (optionally of one channel) as of `now`: a lease that
     /// ended undeleted counts where the next lease call will put it; messages past
     /// retention do not count.
-    pub(crate) fn stats(&self, queue: QueueRow, channel: Option<&str>, now: i64, dead_letter_after: u32) -> QueueStats {
+    pub(crate) fn stats(&self, queue: QueueRow, channel: Option<&str>, now: i64) -> QueueStats {
+        let dead_letter_after = self.dead_letter_after(queue);
         let mut stats = QueueStats::default();
         let Some(q) = self.queue(queue) else { return stats };
         let wanted = |c: &str| channel.is_none_or(|only| only == c);
