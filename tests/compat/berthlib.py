@@ -60,7 +60,7 @@ DEFAULT_CHANNEL_CONSUMPTION_LIMIT = 100
 NOT_FOUND = "NotAuthorizedOrNotFound"
 
 START_TIMEOUT = 60.0
-LISTEN_RE = re.compile(r"listening http=(\S+) stomp=(\S+)")
+LISTEN_RE = re.compile(r"listening https?=(\S+) stomp(?:\+tls)?=(\S+)")
 
 # Every server ever started in this pytest process; conftest uses it to attach
 # logs to failing test reports and to clean up at exit.

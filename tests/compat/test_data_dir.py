@@ -6,7 +6,9 @@ serving an empty store that no credential fits; --start-fresh begins a new store
 from __future__ import annotations
 
 import shutil
+import socket
 import sqlite3
+import subprocess
 
 import pytest
 
@@ -94,3 +96,22 @@ def test_a_data_dir_from_before_store_ids_is_paired_on_its_first_start(tmp_path)
     got = t.qc.get_messages(queue_id, limit=1, timeout_in_seconds=0).data.messages
     assert [m.content for m in got] == ["from before"]
     assert srv.stop() == 0
+
+
+def test_a_port_in_use_fails_start_up_with_one_line_and_leaves_no_data_dir_behind(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    data_dir = tmp_path / "never"
+    try:
+        res = subprocess.run([berth_bin(), "serve", "--data-dir", str(data_dir), "--http-addr", f"127.0.0.1:{port}",
+                              "--stomp-addr", "127.0.0.1:0"], capture_output=True, text=True, timeout=60)
+    finally:
+        taken.close()
+    assert res.returncode == 1, res.stderr
+    errors = [l for l in res.stderr.splitlines() if l.startswith("berth: ")]
+    assert errors == [f"berth: cannot bind 127.0.0.1:{port}: Address already in use (os error 98)"], res.stderr
+    assert "Caused by" not in res.stderr
+    assert not (data_dir / "berth.sqlite3").exists() and not (data_dir / "credentials").exists()
+

@@ -50,6 +50,11 @@ def test_tls_stomp_client_verifying_the_ip_san_connects(tls_server, tls_tenant, 
     assert s.login(tls_tenant).headers.get("version") == "1.2"
 
 
+def test_the_startup_line_names_the_tls_schemes(tls_server):
+    lines = [l for l in tls_server.stdout_log.read_text().splitlines() if l.startswith("listening ")]
+    assert lines[-1] == f"listening https={tls_server.http_addr} stomp+tls={tls_server.stomp_addr}", lines
+
+
 def test_oci_sdk_over_https_creates_a_queue_and_moves_messages(tls_server, tls_tenant):
     assert tls_tenant.base == f"https://{tls_server.http_addr}"
     qid = tls_tenant.create_queue()

@@ -52,6 +52,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     crate::accept::raise_open_files_limit(
         (config.http_limits.max_connections + config.stomp_max_connections + 64) as u64,
     );
+    // Listeners first: a server that cannot bind leaves no new database or credentials behind.
+    let http =
+        TcpListener::bind(&config.http_addr).await.with_context(|| format!("cannot bind {}", config.http_addr))?;
+    let stomp =
+        TcpListener::bind(&config.stomp_addr).await.with_context(|| format!("cannot bind {}", config.stomp_addr))?;
+    let (http_addr, stomp_addr) = (http.local_addr()?, stomp.local_addr()?);
     let store =
         Arc::new(open_store(&config.data_dir, true, config.start_fresh)?.with_min_free_space(config.min_free_space));
     anyhow::ensure!(
@@ -59,11 +65,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         "another berth server is using the data dir {} (one server per data dir)",
         config.data_dir.display()
     );
-    let http =
-        TcpListener::bind(&config.http_addr).await.with_context(|| format!("cannot bind {}", config.http_addr))?;
-    let stomp =
-        TcpListener::bind(&config.stomp_addr).await.with_context(|| format!("cannot bind {}", config.stomp_addr))?;
-    let (http_addr, stomp_addr) = (http.local_addr()?, stomp.local_addr()?);
     let scheme = if config.http_tls.is_some() { "https" } else { "http" };
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("{scheme}://{http_addr}"));
     let http_tls = config.http_tls.as_ref().map(|(cert, key)| tls::server_config(cert, key)).transpose()?;
@@ -107,7 +108,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown.clone(),
     ));
 
-    println!("listening http={http_addr} stomp={stomp_addr}");
+    // One line for people and scripts: the schemes say whether TLS is on.
+    let stomp_scheme = if config.stomp_tls.is_some() { "stomp+tls" } else { "stomp" };
+    println!("listening {scheme}={http_addr} {stomp_scheme}={stomp_addr}");
     println!("OCI config for the SDK and CLI: {}", config.data_dir.join("credentials").join("oci-config").display());
 
     shutdown.cancelled().await;

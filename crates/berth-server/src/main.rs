@@ -4,6 +4,7 @@ use anyhow::Context;
 use berth_server::config::{Cli, Command, Config, CredentialsCommand};
 use berth_server::{app, credentials};
 use clap::Parser;
+use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 // Requests allocate and free buffers across threads (a body read on a worker is freed on
@@ -12,13 +13,24 @@ use tokio_util::sync::CancellationToken;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    match Cli::parse().command {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes, outermost first.
+            eprintln!("berth: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Serve(args) => {
             let config = Config::load(*args)?;
             tracing::info!(?config, "starting");
