@@ -170,6 +170,8 @@ pub trait Store: Send + Sync + 'static {
         -> StoreResult<Created>;
     /// A queue of this tenancy that is not deleted.
     async fn queue(&self, tenancy_id: &str, id: &str) -> StoreResult<Option<Queue>>;
+    /// Every live queue of every tenancy, with the tenancy's name (for metrics).
+    async fn all_live_queues(&self) -> StoreResult<Vec<(String, Queue)>>;
     /// Queues of a tenancy, filtered and sorted, `limit` from `offset`.
     async fn list_queues(
         &self,

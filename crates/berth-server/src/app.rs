@@ -14,8 +14,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, Principal};
-use crate::config::Config;
+use crate::config::{Config, MetricsAt};
 use crate::data_dir::DataDir;
+use crate::metrics::Metrics;
 use crate::stomp::StompContext;
 use crate::{credentials, http, rest, stomp, tls, workers};
 
@@ -28,6 +29,10 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// The `messagesEndpoint` reported to clients.
     pub public_url: Arc<str>,
+    /// Metrics, recorded always.
+    pub metrics: Arc<Metrics>,
+    /// Whether `GET /metrics` is served on this (the HTTP) port.
+    pub metrics_on_http: bool,
 }
 
 /// Opens the embedded store of a data directory, paired with it (see [`DataDir`]);
@@ -58,6 +63,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let stomp =
         TcpListener::bind(&config.stomp_addr).await.with_context(|| format!("cannot bind {}", config.stomp_addr))?;
     let (http_addr, stomp_addr) = (http.local_addr()?, stomp.local_addr()?);
+    let metrics_listener = match &config.metrics {
+        MetricsAt::Addr(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("cannot bind {addr}"))?),
+        MetricsAt::Http | MetricsAt::Off => None,
+    };
     let store =
         Arc::new(open_store(&config.data_dir, true, config.start_fresh)?.with_min_free_space(config.min_free_space));
     anyhow::ensure!(
@@ -87,9 +96,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Authenticator::new(store_dyn.clone(), clock.clone())
     };
     let auth = Arc::new(auth);
+    let metrics = Arc::new(Metrics::default());
     let stomp_ctx = Arc::new(StompContext {
         engine: engine.clone(),
         auth: auth.clone(),
+        metrics: metrics.clone(),
         limits: stomp::frame::Limits::default(),
         idle_timeout: config.stomp_idle_timeout,
         max_connections: config.stomp_max_connections,
@@ -97,7 +108,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         logins: Default::default(),
     });
     let sweeper = tokio::spawn(workers::sweep(engine.clone(), shutdown.clone()));
-    let state = AppState { engine, auth, public_url: public_url.into() };
+    let metrics_on_http = config.metrics == MetricsAt::Http;
+    let state = AppState { engine, auth, public_url: public_url.into(), metrics, metrics_on_http };
+    let mut metrics_line = String::new();
+    if let Some(listener) = metrics_listener {
+        metrics_line = format!(" metrics={}", listener.local_addr()?);
+        let only_metrics =
+            axum::Router::new().route("/metrics", axum::routing::get(rest::metrics)).with_state(state.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, only_metrics).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
 
     let stomp_task = tokio::spawn(stomp::serve(stomp, stomp_ctx, shutdown.clone()));
     let server = tokio::spawn(http::serve(
@@ -110,7 +135,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     // One line for people and scripts: the schemes say whether TLS is on.
     let stomp_scheme = if config.stomp_tls.is_some() { "stomp+tls" } else { "stomp" };
-    println!("listening {scheme}={http_addr} {stomp_scheme}={stomp_addr}");
+    println!("listening {scheme}={http_addr} {stomp_scheme}={stomp_addr}{metrics_line}");
     println!("OCI config for the SDK and CLI: {}", config.data_dir.join("credentials").join("oci-config").display());
 
     shutdown.cancelled().await;

@@ -121,6 +121,10 @@ pub struct ServeArgs {
     /// Close HTTP connections whose request head is not complete this long after its first byte [default: 10s].
     #[arg(long, env = "BERTH_HTTP_HEADER_TIMEOUT")]
     pub http_header_timeout: Option<String>,
+    /// Where `GET /metrics` (Prometheus, unauthenticated) is served: `http` (the HTTP port),
+    /// `off`, or HOST:PORT of its own plain-HTTP listener [default: http].
+    #[arg(long, env = "BERTH_METRICS")]
+    pub metrics: Option<String>,
 }
 
 /// Keys of the TOML file.
@@ -161,6 +165,8 @@ pub struct FileConfig {
     pub http_idle_timeout: Option<String>,
     /// HTTP request head timeout, human units.
     pub http_header_timeout: Option<String>,
+    /// `http`, `off` or HOST:PORT.
+    pub metrics: Option<String>,
 }
 
 const DEFAULT_REGION: &str = "us-ashburn-1";
@@ -196,6 +202,29 @@ pub struct Config {
     pub start_fresh: bool,
     /// Bytes puts leave free on the database's disk.
     pub min_free_space: u64,
+    /// Where metrics are served.
+    pub metrics: MetricsAt,
+}
+
+/// Where `GET /metrics` is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsAt {
+    /// On the HTTP port, beside the API.
+    Http,
+    /// Not at all (still recorded, at no cost worth naming).
+    Off,
+    /// On a plain-HTTP listener of its own.
+    Addr(String),
+}
+
+impl MetricsAt {
+    fn parse(value: Option<String>) -> MetricsAt {
+        match value.as_deref() {
+            None | Some("http") => MetricsAt::Http,
+            Some("off") => MetricsAt::Off,
+            Some(addr) => MetricsAt::Addr(addr.to_owned()),
+        }
+    }
 }
 
 /// Parses a human duration (`"10s"`, `"5m"`), noting a problem instead of failing.
@@ -310,6 +339,7 @@ impl Config {
             http_limits,
             start_fresh: args.start_fresh,
             min_free_space,
+            metrics: MetricsAt::parse(args.metrics.or(file.metrics)),
         };
         problems.extend(config.problems());
         if !problems.is_empty() {
@@ -323,6 +353,11 @@ impl Config {
         for (key, addr) in [("http_addr", &self.http_addr), ("stomp_addr", &self.stomp_addr)] {
             if addr.parse::<SocketAddr>().is_err() {
                 problems.push(format!("{key} {addr:?} is not HOST:PORT with an IP address"));
+            }
+        }
+        if let MetricsAt::Addr(addr) = &self.metrics {
+            if addr.parse::<SocketAddr>().is_err() {
+                problems.push(format!("metrics {addr:?} is not http, off, or HOST:PORT with an IP address"));
             }
         }
         if let Some(url) = &self.public_url {

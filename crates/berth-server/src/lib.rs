@@ -20,6 +20,7 @@ pub mod config;
 pub mod credentials;
 pub mod data_dir;
 pub mod http;
+pub mod metrics;
 pub mod rest;
 pub mod stomp;
 pub mod tls;

@@ -53,7 +53,14 @@ async fn rig(insecure: bool) -> Rig {
     } else {
         Authenticator::new(store.clone(), clock)
     };
-    let state = AppState { engine: Arc::new(engine), auth: Arc::new(auth), public_url: "http://test".into() };
+    let metrics = Arc::new(berth_server::metrics::Metrics::default());
+    let state = AppState {
+        engine: Arc::new(engine),
+        auth: Arc::new(auth),
+        public_url: "http://test".into(),
+        metrics,
+        metrics_on_http: true,
+    };
     Rig { app: router(state), key, store, _dir: dir }
 }
 

@@ -46,6 +46,7 @@ async fn rig_with(idle_timeout: Duration, max_connections: usize) -> Rig {
     let ctx = Arc::new(StompContext {
         engine: engine.clone(),
         auth: Arc::new(auth),
+        metrics: Default::default(),
         limits: Limits::default(),
         idle_timeout,
         max_connections,

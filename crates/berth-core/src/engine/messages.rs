@@ -12,6 +12,7 @@ use crate::model::{LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, NewMes
 use crate::store::{Appended, Settle};
 use crate::wakeup::Interest;
 
+use super::counters::Counted;
 use super::Engine;
 
 /// Parameters of GetMessages, already range-checked by [`GetMessages::new`].
@@ -178,6 +179,7 @@ impl Engine {
                 return Err(QueueError::LimitExceeded(format!("a queue holds at most {most} non-empty channels")));
             }
         };
+        self.counters.add(queue.row, Counted::Put, ids.len());
         Ok(ids.into_iter().map(|id| PutResult { id, expire_at }).collect())
     }
 
@@ -246,6 +248,7 @@ impl Engine {
                 .map_err(failed)?;
             if !leased.messages.is_empty() {
                 let messages = leased.messages.into_iter();
+                self.counters.add(queue.row, Counted::Delivered, messages.len());
                 return Ok(messages.map(|m| self.delivered(queue.row, params.dead_letter, m)).collect());
             }
             if now >= deadline || self.shutdown.is_cancelled() || stop.is_cancelled() {
@@ -333,6 +336,7 @@ impl Engine {
                 *result = Err(QueueError::ReceiptInvalid);
             }
         }
+        self.counters.add(queue.row, Counted::Deleted, results.iter().filter(|r| r.is_ok()).count());
         Ok(results)
     }
 

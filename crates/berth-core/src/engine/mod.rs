@@ -1,6 +1,7 @@
 //! [`Engine`]: the queue rules around store calls, shared by every protocol edge.
 //! The tenancy is an argument of every operation, so isolation is checked in one place.
 
+mod counters;
 mod messages;
 mod queues;
 
@@ -17,9 +18,24 @@ use crate::model::Queue;
 use crate::receipt::ReceiptKey;
 use crate::store::{Store, SweepReport};
 use crate::wakeup::Wakeups;
+use counters::Counters;
 
+pub use counters::MessageTotals;
 pub use messages::{Delivered, GetMessages, PutResult};
 pub use queues::{page_window, paged, spec_with_defaults, PolicyValues, QueueChange, PURGE_BATCH};
+
+/// A queue's state for metrics.
+#[derive(Debug, Clone)]
+pub struct QueueMetrics {
+    /// Its tenancy's name.
+    pub tenancy_name: String,
+    /// The queue.
+    pub queue: Queue,
+    /// Its counts now.
+    pub stats: crate::model::QueueStats,
+    /// What this engine moved through it since start.
+    pub totals: MessageTotals,
+}
 
 /// The queue engine.
 pub struct Engine {
@@ -29,6 +45,8 @@ pub struct Engine {
     wakeups: Arc<Wakeups>,
     /// Long polls waiting right now (found nothing and sleep until woken or timed out).
     waiting_polls: AtomicUsize,
+    /// Messages moved through this engine, per queue.
+    counters: Counters,
     region: String,
     shutdown: CancellationToken,
     queues: QueueCache,
@@ -82,7 +100,8 @@ impl Engine {
         let wakeups = Arc::new(Wakeups::default());
         tokio::spawn(wakeups.clone().follow(store.changes(), shutdown.clone()));
         let (queues, waiting_polls) = (QueueCache::default(), AtomicUsize::new(0));
-        Ok(Engine { store, clock, receipts, wakeups, waiting_polls, region, shutdown, queues })
+        let counters = Counters::default();
+        Ok(Engine { store, clock, receipts, wakeups, waiting_polls, counters, region, shutdown, queues })
     }
 
     /// Long polls of this engine waiting right now, having found nothing.
@@ -115,6 +134,22 @@ impl Engine {
     /// A store failure.
     pub async fn housekeeping(&self) -> Result<(), QueueError> {
         Ok(self.store.housekeeping().await?)
+    }
+
+    /// Every live queue with its tenancy's name, counts as of now and what this engine
+    /// moved through it (for metrics; one store read per queue).
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn queue_metrics(&self) -> Result<Vec<QueueMetrics>, QueueError> {
+        let now = self.clock.now();
+        let mut out = Vec::new();
+        for (tenancy_name, queue) in self.store.all_live_queues().await? {
+            let stats = self.store.stats(queue.row, None, now).await?;
+            let totals = self.counters.totals(queue.row);
+            out.push(QueueMetrics { tenancy_name, queue, stats, totals });
+        }
+        Ok(out)
     }
 
     /// Whether this node can serve writes (its store can write).

@@ -8,4 +8,4 @@ pub mod extract;
 pub mod request_id;
 pub mod router;
 
-pub use router::{router, MAX_HEADERS, MAX_URI_BYTES};
+pub use router::{metrics, router, MAX_HEADERS, MAX_URI_BYTES};

@@ -44,10 +44,13 @@ pub fn router(state: AppState) -> Router {
         .route("/20210201/workRequests/{id}", get(get_work_request))
         .route("/20210201/workRequests/{id}/errors", get(list_work_request_errors))
         .route("/20210201/workRequests/{id}/logs", get(list_work_request_logs))
-        .route_layer(from_fn_with_state(state.clone(), authenticate));
-    Router::new()
-        .route("/health", get(health))
-        .merge(api)
+        .route_layer(from_fn_with_state(state.clone(), authenticate))
+        .route_layer(from_fn_with_state(state.metrics.clone(), crate::metrics::record));
+    let mut app = Router::new().route("/health", get(health));
+    if state.metrics_on_http {
+        app = app.route("/metrics", get(metrics));
+    }
+    app.merge(api)
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -63,6 +66,13 @@ pub fn router(state: AppState) -> Router {
 async fn health(State(app): State<AppState>) -> Result<&'static str, ApiError> {
     app.engine.health().await.inspect_err(|e| tracing::error!(error = %e, "unhealthy: the store cannot write"))?;
     Ok("ok")
+}
+
+/// Prometheus metrics (unauthenticated, like `/health`; `--metrics` moves or hides them).
+pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let text = app.metrics.render(&app.engine).await?;
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    Ok(([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response())
 }
 
 /// A panic becomes a logged 500 in OCI's shape; the process keeps serving.

@@ -38,6 +38,7 @@ pub async fn serve<S>(stream: S, peer: std::net::SocketAddr, ctx: &StompContext,
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let _counted = ctx.metrics.stomp_connection();
     let mut framed = Framed::new(stream, FrameCodec::new(ctx.limits));
     let first = tokio::time::timeout(CONNECT_TIMEOUT, async {
         loop {
@@ -116,6 +117,7 @@ where
                     Some(Err(e)) => (Item::Refuse { message: e.to_string(), receipt: None }, 0),
                     Some(Ok(Inbound::Heartbeat)) => continue,
                     Some(Ok(Inbound::Frame(frame))) => {
+                        ctx.metrics.stomp_frame(&frame.command);
                         let (receipt, size) = (frame.get("receipt").map(str::to_owned), frame.size());
                         match Command::from_frame(frame, session.version()) {
                             Ok(command) => (Item::Command(command), size),

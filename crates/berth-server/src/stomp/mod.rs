@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::accept::Acceptor;
 use crate::auth::Authenticator;
+use crate::metrics::Metrics;
 
 /// How long connections get to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,6 +37,8 @@ pub struct StompContext {
     pub engine: Arc<Engine>,
     /// Checks logins.
     pub auth: Arc<Authenticator>,
+    /// Connections and frames are counted here.
+    pub metrics: Arc<Metrics>,
     /// Inbound frame limits.
     pub limits: frame::Limits,
     /// Disconnect clients that send nothing for this long (without negotiated heart-beats).

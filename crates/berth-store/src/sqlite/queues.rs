@@ -94,6 +94,18 @@ pub(crate) fn get_queue(conn: &Connection, tenancy_id: &str, id: &str) -> rusqli
     conn.prepare_cached(&sql)?.query_row(params![id, tenancy_id], queue).optional()
 }
 
+/// Every live queue of every tenancy, with its tenancy's name, by tenancy and creation.
+pub(crate) fn all_live_queues(conn: &Connection) -> rusqlite::Result<Vec<(String, Queue)>> {
+    let columns = QUEUE_COLUMNS.split(", ").map(|c| format!("q.{c}")).collect::<Vec<_>>().join(", ");
+    let sql = format!(
+        "SELECT {columns}, t.name FROM queues q JOIN tenancies t ON t.id = q.tenancy_id
+         WHERE q.state <> 'DELETED' ORDER BY t.name, q.created_at, q.row"
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let rows = statement.query_map([], |row| Ok((row.get(8)?, queue(row)?)))?;
+    rows.collect()
+}
+
 pub(crate) fn list_queues(
     conn: &Connection,
     tenancy_id: &str,

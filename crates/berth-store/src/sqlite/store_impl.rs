@@ -61,6 +61,10 @@ impl Store for SqliteStore {
         self.read(move |c| queues::get_queue(c, &t, &id)).await
     }
 
+    async fn all_live_queues(&self) -> StoreResult<Vec<(String, Queue)>> {
+        self.read(queues::all_live_queues).await
+    }
+
     async fn list_queues(
         &self,
         tenancy_id: &str,

@@ -1,0 +1,280 @@
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text): requests by operation and status
+//! with their latency, STOMP connections and frames, and per queue its counts (read from
+//! the store at scrape time) and what this node moved through it.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
+use berth_core::engine::QueueMetrics;
+use berth_core::Engine;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::rest::error::ApiError;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    operation: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FrameLabels {
+    command: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    tenancy: String,
+    queue_id: String,
+    queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueStateLabels {
+    tenancy: String,
+    queue_id: String,
+    queue: String,
+    /// `queue` or `dlq`.
+    side: &'static str,
+    /// `visible`, `in_flight` or `delayed`.
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueSideLabels {
+    tenancy: String,
+    queue_id: String,
+    queue: String,
+    side: &'static str,
+}
+
+type LatencyFamily = Family<OperationLabels, Histogram, fn() -> Histogram>;
+
+/// The server's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: LatencyFamily,
+    stomp_connections: Gauge,
+    stomp_frames: Family<FrameLabels, Counter>,
+    queues: QueueCollector,
+    /// One scrape at a time: each puts its snapshot into the collector, then encodes.
+    scraping: tokio::sync::Mutex<()>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to about 16 s; long polls past that land in +Inf.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("berth_http_requests", "REST requests by OCI operation and HTTP status", requests.clone());
+        let latency = LatencyFamily::new_with_constructor(latency_histogram);
+        registry.register("berth_http_request_duration_seconds", "REST request latency by operation", latency.clone());
+        let stomp_connections = Gauge::default();
+        registry.register("berth_stomp_connections", "Open STOMP connections", stomp_connections.clone());
+        let stomp_frames = Family::<FrameLabels, Counter>::default();
+        registry.register("berth_stomp_frames_received", "STOMP frames received by command", stomp_frames.clone());
+        let queues = QueueCollector::default();
+        registry.register_collector(Box::new(queues.clone()));
+        Metrics {
+            registry,
+            requests,
+            latency,
+            stomp_connections,
+            stomp_frames,
+            queues,
+            scraping: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+impl Metrics {
+    /// The exposition: the counters kept here and each queue as the store has it now.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn render(&self, engine: &Engine) -> Result<String, ApiError> {
+        let _one_at_a_time = self.scraping.lock().await;
+        let snapshot = engine.queue_metrics().await?;
+        *self.queues.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = snapshot;
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).map_err(|_| ApiError::Panic)?;
+        Ok(text)
+    }
+
+    /// A STOMP connection opened; it counts until the guard drops.
+    pub fn stomp_connection(self: &Arc<Self>) -> StompConnectionGuard {
+        self.stomp_connections.inc();
+        StompConnectionGuard(self.clone())
+    }
+
+    /// A STOMP frame arrived (commands outside STOMP's own count as `other`, so a client
+    /// cannot make up label values).
+    pub fn stomp_frame(&self, command: &str) {
+        const KNOWN: [&str; 11] = [
+            "CONNECT",
+            "STOMP",
+            "SEND",
+            "SUBSCRIBE",
+            "UNSUBSCRIBE",
+            "ACK",
+            "NACK",
+            "BEGIN",
+            "COMMIT",
+            "ABORT",
+            "DISCONNECT",
+        ];
+        let command = if KNOWN.contains(&command) { command } else { "other" };
+        self.stomp_frames.get_or_create(&FrameLabels { command: command.to_owned() }).inc();
+    }
+}
+
+/// Counts one open STOMP connection while it lives.
+pub struct StompConnectionGuard(Arc<Metrics>);
+
+impl Drop for StompConnectionGuard {
+    fn drop(&mut self) {
+        self.0.stomp_connections.dec();
+    }
+}
+
+/// Counts each REST request by operation and status, with its latency.
+pub async fn record(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let operation = match request.extensions().get::<MatchedPath>() {
+        Some(path) => operation(request.method(), path.as_str()),
+        None => "Unknown".to_owned(),
+    };
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let labels = RequestLabels { operation: operation.clone(), status: response.status().as_u16() };
+    metrics.requests.get_or_create(&labels).inc();
+    metrics.latency.get_or_create(&OperationLabels { operation }).observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// OCI's operation name for a route.
+fn operation(method: &Method, path: &str) -> String {
+    let route = path.strip_prefix("/20210201").unwrap_or(path);
+    let name = match (method.as_str(), route) {
+        ("GET", "/queues") => "ListQueues",
+        ("POST", "/queues") => "CreateQueue",
+        ("GET", "/queues/{queue_id}") => "GetQueue",
+        ("PUT", "/queues/{queue_id}") => "UpdateQueue",
+        ("DELETE", "/queues/{queue_id}") => "DeleteQueue",
+        ("POST", "/queues/{queue_id}/actions/changeCompartment") => "ChangeQueueCompartment",
+        ("POST", "/queues/{queue_id}/actions/purge") => "PurgeQueue",
+        ("POST", "/queues/{queue_id}/actions/redrive") => "Redrive",
+        ("GET", "/queues/{queue_id}/messages") => "GetMessages",
+        ("POST", "/queues/{queue_id}/messages") => "PutMessages",
+        ("POST", "/queues/{queue_id}/messages/actions/updateMessages") => "UpdateMessages",
+        ("POST", "/queues/{queue_id}/messages/actions/deleteMessages") => "DeleteMessages",
+        ("PUT", "/queues/{queue_id}/messages/{receipt}") => "UpdateMessage",
+        ("DELETE", "/queues/{queue_id}/messages/{receipt}") => "DeleteMessage",
+        ("GET", "/queues/{queue_id}/stats") => "GetStats",
+        ("GET", "/queues/{queue_id}/channels") => "ListChannels",
+        ("GET", "/workRequests") => "ListWorkRequests",
+        ("GET", "/workRequests/{id}") => "GetWorkRequest",
+        ("GET", "/workRequests/{id}/errors") => "ListWorkRequestErrors",
+        ("GET", "/workRequests/{id}/logs") => "ListWorkRequestLogs",
+        _ => return format!("{method} {path}"),
+    };
+    name.to_owned()
+}
+
+/// Per-queue metrics, from the snapshot the scrape took just before encoding.
+#[derive(Clone, Debug, Default)]
+struct QueueCollector {
+    snapshot: Arc<Mutex<Vec<QueueMetrics>>>,
+}
+
+impl Collector for QueueCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let messages = Family::<QueueStateLabels, Gauge>::default();
+        let bytes = Family::<QueueSideLabels, Gauge>::default();
+        let put = Family::<QueueLabels, Counter>::default();
+        let delivered = Family::<QueueLabels, Counter>::default();
+        let deleted = Family::<QueueLabels, Counter>::default();
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        for q in self.snapshot.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let queue = QueueLabels {
+                tenancy: q.tenancy_name.clone(),
+                queue_id: q.queue.id.clone(),
+                queue: q.queue.spec.display_name.clone(),
+            };
+            for (side, counts) in [("queue", &q.stats.queue), ("dlq", &q.stats.dead_letter)] {
+                for (state, n) in
+                    [("visible", counts.visible), ("in_flight", counts.in_flight), ("delayed", counts.delayed)]
+                {
+                    let labels = QueueStateLabels {
+                        tenancy: queue.tenancy.clone(),
+                        queue_id: queue.queue_id.clone(),
+                        queue: queue.queue.clone(),
+                        side,
+                        state,
+                    };
+                    messages.get_or_create(&labels).set(gauge(n));
+                }
+                let labels = QueueSideLabels {
+                    tenancy: queue.tenancy.clone(),
+                    queue_id: queue.queue_id.clone(),
+                    queue: queue.queue.clone(),
+                    side,
+                };
+                bytes.get_or_create(&labels).set(gauge(counts.size_bytes));
+            }
+            put.get_or_create(&queue).inc_by(q.totals.put);
+            delivered.get_or_create(&queue).inc_by(q.totals.delivered);
+            deleted.get_or_create(&queue).inc_by(q.totals.deleted);
+        }
+        let mut emit = |name: &str, help: &str, metric: &dyn EncodeMetric| {
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+        };
+        emit("berth_queue_messages", "Messages of a queue or its DLQ by state, as the store has them now", &messages)?;
+        emit("berth_queue_bytes", "Content bytes of a queue or its DLQ (delayed messages not counted)", &bytes)?;
+        emit("berth_queue_messages_put", "Messages put through this node", &put)?;
+        emit(
+            "berth_queue_messages_delivered",
+            "Deliveries (leases) through this node, redeliveries included",
+            &delivered,
+        )?;
+        emit("berth_queue_messages_deleted", "Messages deleted by receipt through this node", &deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_named_as_oci_names_its_operations() {
+        assert_eq!(operation(&Method::GET, "/20210201/queues/{queue_id}/messages"), "GetMessages");
+        assert_eq!(operation(&Method::DELETE, "/20210201/queues/{queue_id}/messages/{receipt}"), "DeleteMessage");
+        assert_eq!(operation(&Method::PATCH, "/20210201/queues"), "PATCH /20210201/queues");
+    }
+}
