@@ -57,7 +57,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     crate::accept::raise_open_files_limit(
         (config.http_limits.max_connections + config.stomp_max_connections + 64) as u64,
     );
-    // Listeners first: a server that cannot bind leaves no new database or credentials behind.
+    // Listeners and certificates first: a server that cannot start leaves no new database or
+    // credentials behind.
+    let http_tls = config.http_tls.as_ref().map(|(cert, key)| tls::server_config(cert, key)).transpose()?;
+    let stomp_tls = config.stomp_tls.as_ref().map(|(cert, key)| tls::server_config(cert, key)).transpose()?;
     let http =
         TcpListener::bind(&config.http_addr).await.with_context(|| format!("cannot bind {}", config.http_addr))?;
     let stomp =
@@ -76,8 +79,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     );
     let scheme = if config.http_tls.is_some() { "https" } else { "http" };
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("{scheme}://{http_addr}"));
-    let http_tls = config.http_tls.as_ref().map(|(cert, key)| tls::server_config(cert, key)).transpose()?;
-    let stomp_tls = config.stomp_tls.as_ref().map(|(cert, key)| tls::server_config(cert, key)).transpose()?;
 
     let default_tenancy = credentials::bootstrap(store.as_ref(), &config.data_dir, &config.region, &public_url).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);

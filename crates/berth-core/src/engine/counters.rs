@@ -5,8 +5,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::model::QueueRow;
-
 /// What happened to a queue's messages through this engine.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MessageTotals {
@@ -25,11 +23,12 @@ struct Tally {
     deleted: AtomicU64,
 }
 
-/// Per-queue tallies; a queue's entry is made on its first counted message.
+/// Per-queue tallies by queue OCID (never reused, unlike store rows); a queue's entry is
+/// made on its first counted message.
 #[derive(Default)]
 pub(crate) struct Counters {
     // std Mutex: held only to find or make an entry, never across an await.
-    queues: Mutex<HashMap<QueueRow, Arc<Tally>>>,
+    queues: Mutex<HashMap<String, Arc<Tally>>>,
 }
 
 /// Which tally to add to.
@@ -41,11 +40,17 @@ pub(crate) enum Counted {
 }
 
 impl Counters {
-    pub(crate) fn add(&self, queue: QueueRow, what: Counted, n: usize) {
+    pub(crate) fn add(&self, queue_id: &str, what: Counted, n: usize) {
         if n == 0 {
             return;
         }
-        let tally = self.queues.lock().unwrap_or_else(|e| e.into_inner()).entry(queue).or_default().clone();
+        let tally = {
+            let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+            match queues.get(queue_id) {
+                Some(tally) => tally.clone(),
+                None => queues.entry(queue_id.to_owned()).or_default().clone(),
+            }
+        };
         let counter = match what {
             Counted::Put => &tally.put,
             Counted::Delivered => &tally.delivered,
@@ -54,9 +59,9 @@ impl Counters {
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    pub(crate) fn totals(&self, queue: QueueRow) -> MessageTotals {
+    pub(crate) fn totals(&self, queue_id: &str) -> MessageTotals {
         let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        queues.get(&queue).map_or_else(MessageTotals::default, |t| MessageTotals {
+        queues.get(queue_id).map_or_else(MessageTotals::default, |t| MessageTotals {
             put: t.put.load(Ordering::Relaxed),
             delivered: t.delivered.load(Ordering::Relaxed),
             deleted: t.deleted.load(Ordering::Relaxed),
@@ -71,12 +76,12 @@ mod tests {
     #[test]
     fn tallies_are_kept_per_queue_and_kind() {
         let counters = Counters::default();
-        counters.add(1, Counted::Put, 3);
-        counters.add(1, Counted::Put, 2);
-        counters.add(1, Counted::Delivered, 4);
-        counters.add(2, Counted::Deleted, 1);
-        assert_eq!(counters.totals(1), MessageTotals { put: 5, delivered: 4, deleted: 0 });
-        assert_eq!(counters.totals(2), MessageTotals { put: 0, delivered: 0, deleted: 1 });
-        assert_eq!(counters.totals(3), MessageTotals::default());
+        counters.add("q1", Counted::Put, 3);
+        counters.add("q1", Counted::Put, 2);
+        counters.add("q1", Counted::Delivered, 4);
+        counters.add("q2", Counted::Deleted, 1);
+        assert_eq!(counters.totals("q1"), MessageTotals { put: 5, delivered: 4, deleted: 0 });
+        assert_eq!(counters.totals("q2"), MessageTotals { put: 0, delivered: 0, deleted: 1 });
+        assert_eq!(counters.totals("q3"), MessageTotals::default());
     }
 }

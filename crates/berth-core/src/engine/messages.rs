@@ -179,7 +179,7 @@ impl Engine {
                 return Err(QueueError::LimitExceeded(format!("a queue holds at most {most} non-empty channels")));
             }
         };
-        self.counters.add(queue.row, Counted::Put, ids.len());
+        self.counters.add(&queue.id, Counted::Put, ids.len());
         Ok(ids.into_iter().map(|id| PutResult { id, expire_at }).collect())
     }
 
@@ -248,7 +248,7 @@ impl Engine {
                 .map_err(failed)?;
             if !leased.messages.is_empty() {
                 let messages = leased.messages.into_iter();
-                self.counters.add(queue.row, Counted::Delivered, messages.len());
+                self.counters.add(&queue.id, Counted::Delivered, messages.len());
                 return Ok(messages.map(|m| self.delivered(queue.row, params.dead_letter, m)).collect());
             }
             if now >= deadline || self.shutdown.is_cancelled() || stop.is_cancelled() {
@@ -336,7 +336,7 @@ impl Engine {
                 *result = Err(QueueError::ReceiptInvalid);
             }
         }
-        self.counters.add(queue.row, Counted::Deleted, results.iter().filter(|r| r.is_ok()).count());
+        self.counters.add(&queue.id, Counted::Deleted, results.iter().filter(|r| r.is_ok()).count());
         Ok(results)
     }
 

@@ -146,7 +146,7 @@ impl Engine {
         let mut out = Vec::new();
         for (tenancy_name, queue) in self.store.all_live_queues().await? {
             let stats = self.store.stats(queue.row, None, now).await?;
-            let totals = self.counters.totals(queue.row);
+            let totals = self.counters.totals(&queue.id);
             out.push(QueueMetrics { tenancy_name, queue, stats, totals });
         }
         Ok(out)

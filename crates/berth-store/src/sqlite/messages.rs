@@ -122,7 +122,10 @@ pub(crate) fn put(
             .prepare_cached("SELECT dead_letter_after FROM queues WHERE row = ?1")?
             .query_row(params![queue], |row| row.get(0))
             .optional()?;
-        index.set_dead_letter_after(queue, threshold.unwrap_or(0));
+        // No row (deleted meanwhile): nothing to remember for a row that may be reused.
+        if let Some(threshold) = threshold {
+            index.set_dead_letter_after(queue, threshold);
+        }
     }
     let channels: Vec<&str> = messages.iter().map(|m| m.message.channel.as_str()).collect();
     if !index.channels_fit(queue, &channels, max_channels) {
@@ -352,6 +355,8 @@ pub(crate) fn sweep(
             // GetQueue still answers it as DELETED for a while.
             if empty && updated_at <= now.0 - berth_core::limits::DELETED_QUEUE_VISIBLE_MS {
                 conn.execute("DELETE FROM queues WHERE row = ?1", params![queue])?;
+                // SQLite may give the row to the next queue: it must not inherit this policy.
+                index.forget_dead_letter_after(queue);
             }
             continue;
         }

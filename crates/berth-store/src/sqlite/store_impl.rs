@@ -213,7 +213,9 @@ impl Store for SqliteStore {
         if self.writer.can_write() {
             return Ok(());
         }
-        Err(StoreError::Unavailable("the SQLite writer has stopped; the server must be restarted".into()))
+        Err(StoreError::Unavailable(
+            "the SQLite writer cannot write (it stopped, or cannot begin a transaction); see the log".into(),
+        ))
     }
 
     async fn close(&self) -> StoreResult<()> {

@@ -769,6 +769,24 @@ pub(crate) async fn a_dead_letter_threshold_changed_through_another_engine_appli
     assert_eq!((stats.queue.visible, stats.dead_letter.visible), (0, 1));
 }
 
+pub(crate) async fn a_queue_made_after_a_deleted_one_is_reclaimed_keeps_its_own_policy(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
+    let old = r.queue(PolicyValues { dead_letter_after: Some(3), ..PolicyValues::default() }).await;
+    r.put(&old, &["gone"]).await;
+    r.engine.delete_queue(T, &old, None).await.unwrap();
+    r.clock.advance(Duration::from_millis(berth_core::limits::DELETED_QUEUE_VISIBLE_MS as u64 + 1));
+    for _ in 0..3 {
+        r.engine.sweep(100).await.unwrap();
+    }
+    // A store may give the new queue the old one's internal row.
+    let q = r.queue(PolicyValues { dead_letter_after: Some(1), ..PolicyValues::default() }).await;
+    r.put(&q, &["m"]).await;
+    assert_eq!(r.get(&q, 1, 1).await.len(), 1);
+    r.advance(2);
+    assert!(r.get(&q, 1, 1).await.is_empty(), "its one delivery was used: dead-lettered, not redelivered");
+    assert_eq!(r.engine.stats(T, &q, None).await.unwrap().dead_letter.visible, 1);
+}
+
 pub(crate) async fn waiting_get_on_a_deleted_queue_ends_with_not_found(backend: Arc<dyn Backend>) {
     let r = Arc::new(rig(backend).await);
     let q = r.queue(PolicyValues::default()).await;
@@ -783,6 +801,10 @@ pub(crate) async fn waiting_get_on_a_deleted_queue_ends_with_not_found(backend: 
 /// giving an `Arc<dyn Backend>`).
 macro_rules! conformance_suite {
     ($backend:expr) => {
+        #[tokio::test]
+        async fn a_queue_made_after_a_deleted_one_is_reclaimed_keeps_its_own_policy() {
+            conformance::a_queue_made_after_a_deleted_one_is_reclaimed_keeps_its_own_policy($backend).await
+        }
         #[tokio::test]
         async fn a_dead_letter_threshold_changed_through_another_engine_applies_at_once() {
             conformance::a_dead_letter_threshold_changed_through_another_engine_applies_at_once($backend).await

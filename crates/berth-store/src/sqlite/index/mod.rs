@@ -305,6 +305,11 @@ impl Index {
         self.dead_letter_after.insert(queue, deliveries);
     }
 
+    /// Forgets the threshold of a queue whose row is removed.
+    pub(crate) fn forget_dead_letter_after(&mut self, queue: QueueRow) {
+        self.dead_letter_after.remove(&queue);
+    }
+
     /// Whether the queue's threshold is known (read when its first message is put).
     pub(crate) fn knows_policy(&self, queue: QueueRow) -> bool {
         self.dead_letter_after.contains_key(&queue)
