@@ -46,6 +46,7 @@ impl Counters {
         }
         let tally = {
             let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+            // Look up first: the key is allocated only for a queue's first count.
             match queues.get(queue_id) {
                 Some(tally) => tally.clone(),
                 None => queues.entry(queue_id.to_owned()).or_default().clone(),

@@ -99,9 +99,17 @@ impl Engine {
         let receipts = ReceiptKey::new(&store.receipt_secret().await?);
         let wakeups = Arc::new(Wakeups::default());
         tokio::spawn(wakeups.clone().follow(store.changes(), shutdown.clone()));
-        let (queues, waiting_polls) = (QueueCache::default(), AtomicUsize::new(0));
-        let counters = Counters::default();
-        Ok(Engine { store, clock, receipts, wakeups, waiting_polls, counters, region, shutdown, queues })
+        Ok(Engine {
+            store,
+            clock,
+            receipts,
+            wakeups,
+            waiting_polls: AtomicUsize::new(0),
+            counters: Counters::default(),
+            region,
+            shutdown,
+            queues: QueueCache::default(),
+        })
     }
 
     /// Long polls of this engine waiting right now, having found nothing.

@@ -137,10 +137,8 @@ pub async fn run(engine: Arc<Engine>, tenancy_id: String, ops: Vec<(Op, Option<S
         let outcome = engine.put_gathered(tenancy_id, &queue_id, messages).await.map(|_| ()).map_err(|e| describe(&e));
         positions.into_iter().map(|at| (at, outcome.clone())).collect::<Vec<_>>()
     });
-    let settlements = settles.into_iter().flat_map(|((queue_id, delete), leases)| {
-        let chunks: Vec<Vec<(usize, String)>> =
-            leases.chunks(limits::MAX_BATCH_ENTRIES).map(<[(usize, String)]>::to_vec).collect();
-        chunks.into_iter().map(move |chunk| settle(engine, tenancy_id, queue_id.clone(), delete, chunk))
+    let settlements = settles.iter().flat_map(|((queue_id, delete), leases)| {
+        leases.chunks(limits::MAX_BATCH_ENTRIES).map(move |chunk| settle(engine, tenancy_id, queue_id, *delete, chunk))
     });
     let (appended, settled) = futures_util::join!(join_all(appends), join_all(settlements));
     for (at, outcome) in appended.into_iter().chain(settled).flatten() {
@@ -163,17 +161,17 @@ pub async fn run(engine: Arc<Engine>, tenancy_id: String, ops: Vec<(Op, Option<S
 async fn settle(
     engine: &Engine,
     tenancy_id: &str,
-    queue_id: String,
+    queue_id: &str,
     delete: bool,
-    chunk: Vec<(usize, String)>,
+    chunk: &[(usize, String)],
 ) -> Vec<(usize, Result<(), String>)> {
-    let (positions, leases): (Vec<usize>, Vec<String>) = chunk.into_iter().unzip();
+    let (positions, leases): (Vec<usize>, Vec<String>) = chunk.iter().cloned().unzip();
     let outcome: Result<Vec<Result<(), QueueError>>, QueueError> = if delete {
-        engine.delete_messages(tenancy_id, &queue_id, leases).await
+        engine.delete_messages(tenancy_id, queue_id, leases).await
     } else {
         let entries = leases.into_iter().map(|lease| (lease, 0)).collect();
         engine
-            .update_messages(tenancy_id, &queue_id, entries)
+            .update_messages(tenancy_id, queue_id, entries)
             .await
             .map(|results| results.into_iter().map(|r| r.map(|_| ())).collect())
     };
