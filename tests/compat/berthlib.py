@@ -150,6 +150,24 @@ def qpath(queue_id: str, *rest: str) -> str:
 # Server process
 # --------------------------------------------------------------------------
 
+# Set (by scripts/test for its second run): every server runs on this PostgreSQL server,
+# each in a new schema of its own, as a store of its own.
+POSTGRES_URL = os.environ.get("BERTH_COMPAT_POSTGRES_URL")
+
+
+def store_env() -> dict[str, str]:
+    """The environment a server (and its tools) run with: a new PostgreSQL store each
+    under BERTH_COMPAT_POSTGRES_URL, else the embedded store of its data dir."""
+    env = dict(os.environ)
+    if not POSTGRES_URL:
+        return env
+    schema = "c" + secrets.token_hex(8)
+    subprocess.run(["psql", POSTGRES_URL, "-q", "-c", f"CREATE SCHEMA {schema}"], check=True, capture_output=True)
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    env.update(BERTH_STORE="postgres", BERTH_POSTGRES_URL=f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}")
+    return env
+
+
 def berth_bin() -> str:
     b = os.environ.get("BERTH_BIN")
     if not b:
@@ -189,6 +207,7 @@ class BerthServer:
         self._threads: list[threading.Thread] = []
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.env = store_env()
         ALL_SERVERS.append(self)
 
     # -- properties -------------------------------------------------------
@@ -224,7 +243,7 @@ class BerthServer:
             with open(p, "a") as f:
                 f.write(f"\n===== start #{self.starts}: {' '.join(cmd)} =====\n")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, start_new_session=True)
+                                     stderr=subprocess.PIPE, start_new_session=True, env=self.env)
         listening = threading.Event()
         found: dict[str, str] = {}
 
@@ -321,7 +340,7 @@ class BerthServer:
         out_dir.mkdir(parents=True, exist_ok=True)
         cmd = [self.binary, "credentials", "create", "--data-dir", str(self.data_dir),
                "--tenancy", tenancy, "--user", user, "--out", str(out_dir)]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=self.env)
         assert res.returncode == 0, f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
         cfg, js = out_dir / "oci-config", out_dir / f"{user}.json"
         assert cfg.is_file() and js.is_file(), f"credentials create did not write {cfg} and {js}: {list(out_dir.iterdir())}"

@@ -44,6 +44,15 @@ def pytest_runtest_makereport(item, call):
             rep.sections.append((f"berth server log ({srv.data_dir})", srv.log_tail()))
 
 
+def pytest_collection_modifyitems(config, items):
+    if not berthlib.POSTGRES_URL:
+        return
+    skip = pytest.mark.skip(reason="about the embedded SQLite store; this run is on PostgreSQL")
+    for item in items:
+        if item.get_closest_marker("sqlite_only"):
+            item.add_marker(skip)
+
+
 def pytest_sessionfinish(session, exitstatus):
     # Backstop: never leave a server process behind.
     for srv in berthlib.ALL_SERVERS:

@@ -14,6 +14,8 @@ import pytest
 
 from berthlib import BerthServer, berth_bin, put, unique_name
 
+pytestmark = pytest.mark.sqlite_only
+
 
 def start_fails(srv: BerthServer, *needles: str) -> str:
     with pytest.raises(RuntimeError) as ei:

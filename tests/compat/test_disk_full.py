@@ -14,6 +14,8 @@ import pytest
 
 from berthlib import BerthServer, RawStomp, berth_bin, error_text, raises_service_error, unique_name, wait_for
 
+pytestmark = pytest.mark.sqlite_only
+
 BODY = "x" * 100_000  # 5 of these make one put of ~500 KB, near the 512 KiB limit
 
 

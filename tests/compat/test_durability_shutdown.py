@@ -7,6 +7,8 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from berthlib import channel_of, collect, delete_queue, get, put, stats, update_queue
 
 
@@ -111,6 +113,7 @@ def test_sigterm_ends_waiting_long_polls_with_empty_results(fresh_server):
     assert srv.wait(timeout=10) == 0
 
 
+@pytest.mark.sqlite_only  # on PostgreSQL, several nodes are the point
 def test_a_second_server_on_the_same_data_dir_refuses_to_start(fresh_server):
     srv = fresh_server()
     t = srv.tenant()

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from berthlib import put, stats, unique_name, wait_for
+
+pytestmark = pytest.mark.sqlite_only
 
 
 def test_unreadable_messages_go_to_the_dlq_and_the_rest_of_the_queue_flows(fresh_server):

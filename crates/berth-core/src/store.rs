@@ -86,6 +86,9 @@ pub enum Change {
         /// The queue.
         queue: QueueRow,
     },
+    /// Changes may have been missed (the store could not follow other nodes for a while):
+    /// every poller of every queue looks again.
+    Missed,
 }
 
 impl Change {

@@ -81,6 +81,7 @@ impl Wakeups {
             match change {
                 Ok(Change::Ready { queue, count, channels }) => self.ready(queue, count, &channels),
                 Ok(Change::Changed { queue }) => self.wake_all(queue),
+                Ok(Change::Missed) => self.wake_every_queue(),
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "long-poll wakeups fell behind the store's changes; waking every poller");
                     self.wake_every_queue();

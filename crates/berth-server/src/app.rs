@@ -8,13 +8,13 @@ use std::time::Duration;
 use anyhow::Context;
 use berth_core::store::Store;
 use berth_core::{Clock, Engine, SystemClock};
-use berth_store::SqliteStore;
+use berth_store::{PostgresStore, SqliteStore};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, Principal};
-use crate::config::{Config, MetricsAt};
+use crate::config::{Config, MetricsAt, StoreChoice};
 use crate::data_dir::DataDir;
 use crate::metrics::Metrics;
 use crate::stomp::StompContext;
@@ -35,20 +35,53 @@ pub struct AppState {
     pub metrics_on_http: bool,
 }
 
-/// Opens the embedded store of a data directory, paired with it (see [`DataDir`]);
-/// `serve_messages` for the server, which then owns the messages (tools that only manage
-/// users leave them to it).
+/// A store opened for the server or a tool, and the clock its rules run on.
+pub struct OpenedStore {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// SQLite: this machine's clock. PostgreSQL: the database's, so that every node tells
+    /// the same time.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Opens the chosen store, paired with the data dir (see [`DataDir`]); `serve_messages`
+/// for the server, which then serves the messages (tools that only manage users leave
+/// them to it).
 ///
 /// # Errors
 /// A database that is missing, empty or another data dir's (unless `start_fresh` for the
-/// first two), or one that cannot be opened.
-pub fn open_store(data_dir: &Path, serve_messages: bool, start_fresh: bool) -> anyhow::Result<SqliteStore> {
-    let dir = DataDir::check(data_dir, start_fresh)?;
-    let path = dir.database();
-    let store = if serve_messages { SqliteStore::open(&path) } else { SqliteStore::open_without_messages(&path) };
-    let store = store.with_context(|| format!("cannot open {}", path.display()))?;
-    dir.pair(store.store_id())?;
-    Ok(store)
+/// first two), that cannot be opened, or (SQLite) that another server serves.
+pub async fn open_store(
+    data_dir: &Path,
+    choice: &StoreChoice,
+    serve_messages: bool,
+    start_fresh: bool,
+    min_free_space: u64,
+) -> anyhow::Result<OpenedStore> {
+    match choice {
+        StoreChoice::Sqlite => {
+            let dir = DataDir::check(data_dir, start_fresh)?;
+            let path = dir.database();
+            let store =
+                if serve_messages { SqliteStore::open(&path) } else { SqliteStore::open_without_messages(&path) };
+            let store = store.with_context(|| format!("cannot open {}", path.display()))?;
+            dir.pair(store.store_id(), &path.display().to_string())?;
+            anyhow::ensure!(
+                !serve_messages || store.owns_messages(),
+                "another berth server is using the data dir {} (one server per data dir)",
+                data_dir.display()
+            );
+            Ok(OpenedStore { store: Arc::new(store.with_min_free_space(min_free_space)), clock: Arc::new(SystemClock) })
+        }
+        StoreChoice::Postgres(options) => {
+            let dir = DataDir::beside_external(data_dir)?;
+            let store = PostgresStore::open(options).await.context("cannot open the PostgreSQL store")?;
+            dir.pair(store.store_id(), "the PostgreSQL database")?;
+            let clock = store.clock();
+            tracing::info!(offset_ms = clock.offset_ms(), "on PostgreSQL's clock");
+            Ok(OpenedStore { store: Arc::new(store), clock })
+        }
+    }
 }
 
 /// Runs the server until `shutdown` fires.
@@ -70,19 +103,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         MetricsAt::Addr(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("cannot bind {addr}"))?),
         MetricsAt::Http | MetricsAt::Off => None,
     };
-    let store =
-        Arc::new(open_store(&config.data_dir, true, config.start_fresh)?.with_min_free_space(config.min_free_space));
-    anyhow::ensure!(
-        store.owns_messages(),
-        "another berth server is using the data dir {} (one server per data dir)",
-        config.data_dir.display()
-    );
+    let OpenedStore { store, clock } =
+        open_store(&config.data_dir, &config.store, true, config.start_fresh, config.min_free_space).await?;
     let scheme = if config.http_tls.is_some() { "https" } else { "http" };
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("{scheme}://{http_addr}"));
 
     let default_tenancy = credentials::bootstrap(store.as_ref(), &config.data_dir, &config.region, &public_url).await?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store_dyn: Arc<dyn Store> = store.clone();
+    let store_dyn = store.clone();
     let engine =
         Arc::new(Engine::new(store_dyn.clone(), clock.clone(), config.region.clone(), shutdown.clone()).await?);
     let auth = if config.insecure_no_auth {

@@ -35,12 +35,105 @@ pub enum CredentialsCommand {
     Create(CreateCredentialsArgs),
 }
 
+/// Where the messages are kept: flags of `serve` and of the tools that open the store.
+#[derive(Args, Debug, Default)]
+pub struct StoreArgs {
+    /// `sqlite` (embedded, in the data dir) or `postgres` (shared by several nodes) [default: sqlite].
+    #[arg(long, env = "BERTH_STORE")]
+    pub store: Option<String>,
+    /// PostgreSQL URL for `--store postgres`, e.g. postgres://berth@127.0.0.1/berth.
+    #[arg(long, env = "BERTH_POSTGRES_URL")]
+    pub postgres_url: Option<String>,
+    /// Most PostgreSQL connections of this node for requests [default: 16].
+    #[arg(long, env = "BERTH_POSTGRES_POOL_SIZE")]
+    pub postgres_pool_size: Option<usize>,
+}
+
+/// Where the messages are kept.
+#[derive(Clone)]
+pub enum StoreChoice {
+    /// The embedded SQLite database in the data dir.
+    Sqlite,
+    /// A PostgreSQL database, shared by every node started on it.
+    Postgres(berth_store::PostgresOptions),
+}
+
+impl std::fmt::Debug for StoreChoice {
+    // Never the URL's password: the configuration is logged at start.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreChoice::Sqlite => f.write_str("Sqlite"),
+            StoreChoice::Postgres(options) => f
+                .debug_struct("Postgres")
+                .field("url", &redact_password(&options.url))
+                .field("pool_size", &options.pool_size)
+                .finish(),
+        }
+    }
+}
+
+/// A PostgreSQL URL or key=value string with its password masked.
+fn redact_password(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+        return url.to_owned();
+    }
+    url.split_whitespace()
+        .map(|pair| if pair.starts_with("password=") { "password=***" } else { pair })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl StoreArgs {
+    /// The store these flags (over the file's keys) choose, or what is wrong with them.
+    fn choose(self, file: &FileConfig, problems: &mut Vec<String>) -> StoreChoice {
+        let url = self.postgres_url.or_else(|| file.postgres_url.clone());
+        let pool_size = self.postgres_pool_size.or(file.postgres_pool_size).unwrap_or(16);
+        match self.store.or_else(|| file.store.clone()).as_deref() {
+            None | Some("sqlite") => StoreChoice::Sqlite,
+            Some("postgres") => match url {
+                Some(url) if pool_size > 0 => StoreChoice::Postgres(berth_store::PostgresOptions { url, pool_size }),
+                Some(_) => {
+                    problems.push("postgres_pool_size must be at least 1".into());
+                    StoreChoice::Sqlite
+                }
+                None => {
+                    problems.push("store postgres needs postgres_url (--postgres-url, BERTH_POSTGRES_URL)".into());
+                    StoreChoice::Sqlite
+                }
+            },
+            Some(other) => {
+                problems.push(format!("store {other:?} is not sqlite or postgres"));
+                StoreChoice::Sqlite
+            }
+        }
+    }
+
+    /// The store these flags choose (for the tools, which read no file).
+    ///
+    /// # Errors
+    /// Invalid store flags.
+    pub fn chosen(self) -> anyhow::Result<StoreChoice> {
+        let mut problems = Vec::new();
+        let choice = self.choose(&FileConfig::default(), &mut problems);
+        anyhow::ensure!(problems.is_empty(), "invalid configuration: {}", problems.join("; "));
+        Ok(choice)
+    }
+}
+
 /// `berth credentials create`
 #[derive(Args, Debug)]
 pub struct CreateCredentialsArgs {
     /// Data directory of the server.
     #[arg(long, env = "BERTH_DATA_DIR", default_value = "./berth-data")]
     pub data_dir: PathBuf,
+    /// The server's store.
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Tenancy name (created if new).
     #[arg(long)]
     pub tenancy: String,
@@ -125,6 +218,9 @@ pub struct ServeArgs {
     /// `off`, or HOST:PORT of its own plain-HTTP listener [default: http].
     #[arg(long, env = "BERTH_METRICS")]
     pub metrics: Option<String>,
+    /// Where the messages are kept.
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// Keys of the TOML file.
@@ -167,6 +263,12 @@ pub struct FileConfig {
     pub http_header_timeout: Option<String>,
     /// `http`, `off` or HOST:PORT.
     pub metrics: Option<String>,
+    /// `sqlite` or `postgres`.
+    pub store: Option<String>,
+    /// PostgreSQL URL.
+    pub postgres_url: Option<String>,
+    /// PostgreSQL connections per node.
+    pub postgres_pool_size: Option<usize>,
 }
 
 const DEFAULT_REGION: &str = "us-ashburn-1";
@@ -204,6 +306,8 @@ pub struct Config {
     pub min_free_space: u64,
     /// Where metrics are served.
     pub metrics: MetricsAt,
+    /// Where the messages are kept.
+    pub store: StoreChoice,
 }
 
 /// Where `GET /metrics` is served.
@@ -286,6 +390,7 @@ impl Config {
         };
         let mut problems = Vec::new();
         let p = &mut problems;
+        let store = args.store.choose(&file, p);
         let shutdown_grace =
             duration("shutdown_grace", args.shutdown_grace.or(file.shutdown_grace), Duration::from_secs(10), p);
         let stomp_idle_timeout = duration(
@@ -325,6 +430,7 @@ impl Config {
             p,
         );
         let config = Config {
+            store,
             data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./berth-data")),
             http_addr: args.http_addr.or(file.http_addr).unwrap_or_else(|| "127.0.0.1:8080".into()),
             stomp_addr: args.stomp_addr.or(file.stomp_addr).unwrap_or_else(|| "127.0.0.1:61613".into()),

@@ -26,13 +26,7 @@ impl DataDir {
     /// A data dir that had a database, whose database is now missing or empty, unless
     /// `start_fresh`; files that cannot be read or moved.
     pub fn check(dir: &Path, start_fresh: bool) -> anyhow::Result<DataDir> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create data dir {}", dir.display()))?;
-        let id_path = dir.join(STORE_ID);
-        let recorded_id = match std::fs::read_to_string(&id_path) {
-            Ok(text) => Some(text.trim().to_owned()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", id_path.display())),
-        };
+        let recorded_id = Self::recorded(dir)?;
         let credentials = dir.join("credentials");
         let database = dir.join(DATABASE);
         let empty = std::fs::metadata(&database).map(|m| m.len() == 0).unwrap_or(true);
@@ -66,24 +60,43 @@ impl DataDir {
         Ok(DataDir { dir: dir.to_owned(), recorded_id: None })
     }
 
+    /// A data dir whose store is a database elsewhere (PostgreSQL): it holds the
+    /// credentials, and is paired with that database all the same.
+    ///
+    /// # Errors
+    /// A data dir that cannot be made, or an id file that cannot be read.
+    pub fn beside_external(dir: &Path) -> anyhow::Result<DataDir> {
+        Ok(DataDir { dir: dir.to_owned(), recorded_id: Self::recorded(dir)? })
+    }
+
+    /// Makes the data dir if missing; the store id it records, if any.
+    fn recorded(dir: &Path) -> anyhow::Result<Option<String>> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create data dir {}", dir.display()))?;
+        let id_path = dir.join(STORE_ID);
+        match std::fs::read_to_string(&id_path) {
+            Ok(text) => Ok(Some(text.trim().to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", id_path.display())),
+        }
+    }
+
     /// The database's path.
     pub fn database(&self) -> PathBuf {
         self.dir.join(DATABASE)
     }
 
-    /// Pairs the opened database with the data dir: records its id if none was, and
-    /// refuses a database made for another data dir.
+    /// Pairs the opened database (named `database` in errors) with the data dir: records
+    /// its id if none was, and refuses a database made for another data dir.
     ///
     /// # Errors
     /// Another store's database, or an id file that cannot be written.
-    pub fn pair(&self, store_id: &str) -> anyhow::Result<()> {
+    pub fn pair(&self, store_id: &str, database: &str) -> anyhow::Result<()> {
         match &self.recorded_id {
             Some(recorded) if recorded == store_id => Ok(()),
             Some(recorded) => anyhow::bail!(
-                "{} is store {store_id}, but data dir {} belongs to store {recorded}: the database was \
-                 copied from or swapped with another data dir. Put the right database back, or use a new \
-                 data dir for this one",
-                self.database().display(),
+                "{database} is store {store_id}, but data dir {} belongs to store {recorded}: the database was \
+                 copied from, swapped with or made anew beside another data dir, whose credentials it lacks. \
+                 Put the right database back, or use a new data dir for this one",
                 self.dir.display()
             ),
             None => {
@@ -102,10 +115,10 @@ mod tests {
     #[test]
     fn a_new_data_dir_records_its_store_and_then_refuses_another() {
         let dir = tempfile::tempdir().unwrap();
-        DataDir::check(dir.path(), false).unwrap().pair("aaa").unwrap();
+        DataDir::check(dir.path(), false).unwrap().pair("aaa", "db").unwrap();
         std::fs::write(dir.path().join(DATABASE), b"not empty").unwrap();
-        DataDir::check(dir.path(), false).unwrap().pair("aaa").unwrap();
-        let err = DataDir::check(dir.path(), false).unwrap().pair("bbb").unwrap_err().to_string();
+        DataDir::check(dir.path(), false).unwrap().pair("aaa", "db").unwrap();
+        let err = DataDir::check(dir.path(), false).unwrap().pair("bbb", "db").unwrap_err().to_string();
         assert!(err.contains("belongs to store aaa"), "{err}");
     }
 
@@ -121,7 +134,7 @@ mod tests {
 
         let fresh = DataDir::check(dir.path(), true).unwrap();
         assert!(!dir.path().join("credentials").exists(), "moved aside");
-        fresh.pair("ccc").unwrap();
+        fresh.pair("ccc", "db").unwrap();
         assert_eq!(std::fs::read_to_string(dir.path().join(STORE_ID)).unwrap(), "ccc\n");
     }
 }

@@ -39,12 +39,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app::run(config, shutdown).await
         }
         Command::Credentials(CredentialsCommand::Create(args)) => {
-            let store = app::open_store(&args.data_dir, false, false)?;
-            let tenancy = credentials::tenancy(&store, &args.tenancy).await?;
-            let issued = credentials::issue(&store, &tenancy, &args.user, &args.out, &args.endpoint, &args.region)
-                .await
-                .context("cannot create credentials")?;
-            berth_core::store::Store::close(&store).await?;
+            let store = app::open_store(&args.data_dir, &args.store.chosen()?, false, false, 0).await?.store;
+            let tenancy = credentials::tenancy(store.as_ref(), &args.tenancy).await?;
+            let issued =
+                credentials::issue(store.as_ref(), &tenancy, &args.user, &args.out, &args.endpoint, &args.region)
+                    .await
+                    .context("cannot create credentials")?;
+            store.close().await?;
             println!("created user {} ({}) in tenancy {}", args.user, issued.user_id, tenancy.name);
             println!("OCI config for the SDK and CLI: {}", args.out.join("oci-config").display());
             Ok(())

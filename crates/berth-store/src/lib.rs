@@ -3,7 +3,10 @@
 //! # Layout
 //! - [`sqlite`]: the embedded default. One writer thread commits many requests per
 //!   transaction (group commit); readers use their own connections (WAL).
+//! - [`postgres`]: several stateless nodes on one PostgreSQL database.
 
+pub mod postgres;
 pub mod sqlite;
 
+pub use postgres::{DatabaseClock, PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;

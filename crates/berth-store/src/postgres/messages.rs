@@ -1,0 +1,389 @@
+//! Message operations, each run inside the caller's transaction.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use berth_core::clock::Timestamp;
+use berth_core::delivery::{after_lease, AfterLease, Ended};
+use berth_core::error::StoreError;
+use berth_core::model::{LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, PurgeTarget, QueueRow, QueueStats};
+use berth_core::store::{Appended, Leased};
+use deadpool_postgres::GenericClient;
+
+use super::{from_json, json, sql};
+
+/// Named channels of the put that have no message in the queue yet.
+const UNSEEN_CHANNELS: &str = "
+    SELECT c FROM unnest($2::text[]) AS c
+    WHERE NOT EXISTS (SELECT 1 FROM messages m
+                      WHERE m.queue = $1 AND NOT m.leased AND m.dlq = ANY(ARRAY[false, true]) AND m.channel = c)
+      AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.queue = $1 AND m.leased AND m.channel = c)";
+
+/// Every channel with a message in the queue: ready ones by a skip scan of the ready index
+/// (one probe per channel and side, not per message), plus those of invisible messages.
+const QUEUE_CHANNELS: &str = "
+    WITH RECURSIVE ready AS (
+        (SELECT dlq, channel FROM messages WHERE queue = $1 AND NOT leased ORDER BY dlq, channel LIMIT 1)
+        UNION ALL
+        SELECT n.dlq, n.channel FROM ready r CROSS JOIN LATERAL (
+            SELECT dlq, channel FROM messages
+            WHERE queue = $1 AND NOT leased AND (dlq, channel) > (r.dlq, r.channel)
+            ORDER BY dlq, channel LIMIT 1) n
+    )
+    SELECT channel FROM ready
+    UNION
+    SELECT channel FROM messages WHERE queue = $1 AND leased";
+
+/// Appends a put's messages in order, unless a new channel would exceed `max_channels`.
+pub(crate) async fn put(
+    c: &impl GenericClient,
+    queue: QueueRow,
+    messages: &[MessageToStore],
+    max_channels: u32,
+) -> Result<Appended, StoreError> {
+    let Some(head) = messages.first() else { return Ok(Appended::Stored(Vec::new())) };
+    let named: Vec<String> = messages
+        .iter()
+        .map(|m| m.message.channel.clone())
+        .filter(|c| !c.is_empty())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !named.is_empty() && !sql::query(c, UNSEEN_CHANNELS, &[&queue, &named]).await?.is_empty() {
+        // A new channel: count under the queue row's lock, so that puts adding channels at
+        // the same time cannot pass the limit together.
+        sql::execute(c, "SELECT 1 FROM queues WHERE row = $1 FOR UPDATE", &[&queue]).await?;
+        let existing: HashSet<String> =
+            sql::query(c, QUEUE_CHANNELS, &[&queue]).await?.iter().map(|row| row.get(0)).collect();
+        let existing_named = existing.iter().filter(|c| !c.is_empty()).count();
+        let new = named.iter().filter(|c| !existing.contains(*c)).count();
+        if new > 0 && existing_named + new > max_channels as usize {
+            return Ok(Appended::ChannelsFull);
+        }
+    }
+    let mut channels = Vec::with_capacity(messages.len());
+    let mut contents = Vec::with_capacity(messages.len());
+    let mut properties = Vec::with_capacity(messages.len());
+    let mut delays = Vec::with_capacity(messages.len());
+    for m in messages {
+        channels.push(m.message.channel.as_str());
+        contents.push(m.message.content.as_str());
+        properties.push(m.message.properties.as_ref().map(json).transpose()?);
+        delays.push(m.delayed_until.map(|at| at.0));
+    }
+    // The engine stamps a put's messages alike.
+    let rows = sql::query(
+        c,
+        "INSERT INTO messages (queue, channel, leased, visible_at, created_at, expire_at, size, content, properties)
+         SELECT $1, u.channel, u.delayed IS NOT NULL, coalesce(u.delayed, $2), $2, $3, octet_length(u.content),
+                u.content, u.properties
+         FROM unnest($4::text[], $5::text[], $6::text[], $7::bigint[]) WITH ORDINALITY
+              AS u(channel, content, properties, delayed, n)
+         ORDER BY u.n
+         RETURNING id",
+        &[&queue, &head.created_at.0, &head.expire_at.0, &channels, &contents, &properties, &delays],
+    )
+    .await?;
+    let mut ids: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
+    // Ids are drawn in insert order; RETURNING's order is not promised.
+    ids.sort_unstable();
+    Ok(Appended::Stored(ids))
+}
+
+/// Leases as the request says (ended leases already settled by the caller).
+pub(crate) async fn lease(c: &impl GenericClient, req: &LeaseRequest) -> Result<Leased, StoreError> {
+    let limit = i64::from(req.max_messages);
+    let candidates = match &req.channel {
+        Some(channel) => {
+            sql::query(
+                c,
+                "SELECT id, size FROM messages
+                 WHERE queue = $1 AND dlq = $2 AND channel = $3 AND NOT leased AND expire_at > $4
+                 ORDER BY id LIMIT $5 FOR UPDATE SKIP LOCKED",
+                &[&req.queue, &req.dead_letter, channel, &req.now.0, &limit],
+            )
+            .await?
+        }
+        // Channels with ready messages in random order, each served oldest first: over
+        // many gets every busy channel comes first equally often.
+        None => {
+            sql::query(
+                c,
+                "WITH RECURSIVE channels AS (
+                     (SELECT channel FROM messages WHERE queue = $1 AND dlq = $2 AND NOT leased
+                      ORDER BY channel LIMIT 1)
+                     UNION ALL
+                     SELECT n.channel FROM channels c CROSS JOIN LATERAL (
+                         SELECT channel FROM messages
+                         WHERE queue = $1 AND dlq = $2 AND NOT leased AND channel > c.channel
+                         ORDER BY channel LIMIT 1) n
+                 )
+                 SELECT p.id, p.size FROM (SELECT channel FROM channels ORDER BY random()) c
+                 CROSS JOIN LATERAL (
+                     SELECT id, size FROM messages m
+                     WHERE m.queue = $1 AND m.dlq = $2 AND m.channel = c.channel AND NOT m.leased
+                       AND m.expire_at > $3
+                     ORDER BY m.id LIMIT $4 FOR UPDATE SKIP LOCKED) p
+                 LIMIT $4",
+                &[&req.queue, &req.dead_letter, &req.now.0, &limit],
+            )
+            .await?
+        }
+    };
+    let mut chosen: Vec<i64> = Vec::with_capacity(candidates.len());
+    let mut bytes = 0usize;
+    for row in &candidates {
+        let size = usize::try_from(row.get::<_, i64>(1)).unwrap_or(usize::MAX);
+        if !chosen.is_empty() && bytes.saturating_add(size) > req.max_bytes {
+            break;
+        }
+        bytes = bytes.saturating_add(size);
+        chosen.push(row.get(0));
+    }
+    if chosen.is_empty() {
+        let next = sql::query_one(
+            c,
+            // A message due for the DLQ becomes visible there: the DLQ side watches both sides.
+            "SELECT min(visible_at) FROM messages WHERE queue = $1 AND leased AND (NOT dlq OR $2)",
+            &[&req.queue, &req.dead_letter],
+        )
+        .await?;
+        return Ok(Leased { messages: Vec::new(), next_visible_at: next.get::<_, Option<i64>>(0).map(Timestamp) });
+    }
+    let token = rand::random::<i64>();
+    let rows = sql::query(
+        c,
+        "UPDATE messages SET leased = true, visible_at = $2, delivery_count = delivery_count + 1, lease_token = $3
+         WHERE id = ANY($1)
+         RETURNING id, content, channel, properties, delivery_count, created_at, expire_at",
+        &[&chosen, &req.visible_after.0, &token],
+    )
+    .await?;
+    let mut by_id = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let properties: Option<String> = row.get(3);
+        let message = LeasedMessage {
+            id: row.get(0),
+            content: row.get(1),
+            channel: row.get(2),
+            properties: properties.as_deref().map(from_json).transpose()?,
+            delivery_count: u32::try_from(row.get::<_, i64>(4)).unwrap_or(u32::MAX),
+            created_at: Timestamp(row.get(5)),
+            expire_at: Timestamp(row.get(6)),
+            visible_after: req.visible_after,
+            lease_token: token,
+        };
+        by_id.insert(message.id, message);
+    }
+    let messages = chosen.iter().filter_map(|id| by_id.remove(id)).collect();
+    Ok(Leased { messages, next_visible_at: None })
+}
+
+/// The columns of each lease as arrays, for `unnest`.
+struct Leases {
+    ids: Vec<i64>,
+    queues: Vec<i64>,
+    tokens: Vec<i64>,
+    dead_letter: Vec<bool>,
+}
+
+impl Leases {
+    fn of<'a>(leases: impl Iterator<Item = &'a LeaseRef>) -> Leases {
+        let mut out = Leases { ids: Vec::new(), queues: Vec::new(), tokens: Vec::new(), dead_letter: Vec::new() };
+        for lease in leases {
+            out.ids.push(lease.message_id);
+            out.queues.push(lease.queue);
+            out.tokens.push(lease.lease_token);
+            out.dead_letter.push(lease.dead_letter);
+        }
+        out
+    }
+}
+
+/// The condition of a current lease, on `m` and the unnested lease `u`, as of `$N` = now.
+macro_rules! current_lease {
+    ($now:literal) => {
+        concat!(
+            "m.id = u.id AND m.queue = u.queue AND m.lease_token = u.token AND m.dlq = u.dlq AND m.leased
+             AND m.visible_at > $",
+            $now,
+            " AND m.expire_at > $",
+            $now
+        )
+    };
+}
+
+pub(crate) async fn extend(
+    c: &impl GenericClient,
+    leases: &[(LeaseRef, Timestamp)],
+    now: Timestamp,
+) -> Result<Vec<bool>, StoreError> {
+    let arrays = Leases::of(leases.iter().map(|(lease, _)| lease));
+    let until: Vec<i64> = leases.iter().map(|(_, until)| until.0).collect();
+    let rows = sql::query(
+        c,
+        concat!(
+            "UPDATE messages m SET visible_at = u.until
+             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bool[], $5::bigint[])
+                  AS u(id, queue, token, dlq, until)
+             WHERE ",
+            current_lease!("6"),
+            " RETURNING m.id, m.lease_token"
+        ),
+        &[&arrays.ids, &arrays.queues, &arrays.tokens, &arrays.dead_letter, &until, &now.0],
+    )
+    .await?;
+    let done: HashSet<(i64, i64)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    Ok(leases.iter().map(|(lease, _)| done.contains(&(lease.message_id, lease.lease_token))).collect())
+}
+
+pub(crate) async fn delete(
+    c: &impl GenericClient,
+    leases: &[LeaseRef],
+    now: Timestamp,
+) -> Result<Vec<bool>, StoreError> {
+    let arrays = Leases::of(leases.iter());
+    let rows = sql::query(
+        c,
+        concat!(
+            "DELETE FROM messages m
+             USING unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bool[]) AS u(id, queue, token, dlq)
+             WHERE ",
+            current_lease!("5"),
+            " RETURNING m.id, m.lease_token"
+        ),
+        &[&arrays.ids, &arrays.queues, &arrays.tokens, &arrays.dead_letter, &now.0],
+    )
+    .await?;
+    // A receipt given twice deletes once.
+    let mut done: HashSet<(i64, i64)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    Ok(leases.iter().map(|lease| done.remove(&(lease.message_id, lease.lease_token))).collect())
+}
+
+/// Counts as GetStats reports them: an ended lease counts where settling it will put it;
+/// messages past retention do not count; delayed messages count no bytes.
+pub(crate) async fn stats(
+    c: &impl GenericClient,
+    queue: QueueRow,
+    channel: Option<&str>,
+    now: Timestamp,
+) -> Result<QueueStats, StoreError> {
+    let threshold = sql::query_opt(c, "SELECT dead_letter_after FROM queues WHERE row = $1", &[&queue])
+        .await?
+        .map_or(0, |row| u32::try_from(row.get::<_, i64>(0)).unwrap_or(0));
+    let ready = sql::query(
+        c,
+        "SELECT dlq, count(*), coalesce(sum(size), 0)::bigint FROM messages
+         WHERE queue = $1 AND NOT leased AND expire_at > $2 AND ($3::text IS NULL OR channel = $3)
+         GROUP BY dlq",
+        &[&queue, &now.0, &channel],
+    )
+    .await?;
+    let invisible = sql::query(
+        c,
+        "SELECT dlq, visible_at <= $2, delivery_count, count(*), coalesce(sum(size), 0)::bigint FROM messages
+         WHERE queue = $1 AND leased AND expire_at > $2 AND ($3::text IS NULL OR channel = $3)
+         GROUP BY 1, 2, 3",
+        &[&queue, &now.0, &channel],
+    )
+    .await?;
+    let mut stats = QueueStats::default();
+    for row in &ready {
+        let (dlq, n, bytes): (bool, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        let counts = if dlq { &mut stats.dead_letter } else { &mut stats.queue };
+        counts.visible += n as u64;
+        counts.size_bytes += bytes as u64;
+    }
+    for row in &invisible {
+        let (dlq, ended, delivery_count, n, bytes): (bool, bool, i64, i64, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        let delivery_count = u32::try_from(delivery_count).unwrap_or(u32::MAX);
+        let (n, bytes) = (n as u64, bytes as u64);
+        if ended {
+            // Not past retention (filtered above): redelivered on its side, or dead-lettered.
+            let ended = Ended { delivery_count, in_dead_letter_queue: dlq, expire_at: Timestamp(i64::MAX) };
+            let fate = after_lease(ended, threshold, now);
+            let counts = if dlq || fate == AfterLease::DeadLetter { &mut stats.dead_letter } else { &mut stats.queue };
+            counts.visible += n;
+            counts.size_bytes += bytes;
+        } else {
+            let counts = if dlq { &mut stats.dead_letter } else { &mut stats.queue };
+            if delivery_count == 0 {
+                counts.delayed += n;
+            } else {
+                counts.in_flight += n;
+                counts.size_bytes += bytes;
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// Named channels with messages, starting with `prefix`, after `after`, sorted.
+pub(crate) async fn channels(
+    c: &impl GenericClient,
+    queue: QueueRow,
+    prefix: &str,
+    after: &str,
+    limit: u32,
+) -> Result<Vec<String>, StoreError> {
+    let rows = sql::query(c, QUEUE_CHANNELS, &[&queue]).await?;
+    let found: BTreeSet<String> = rows
+        .iter()
+        .map(|row| row.get::<_, String>(0))
+        .filter(|name| !name.is_empty() && name.starts_with(prefix) && name.as_str() > after)
+        .collect();
+    Ok(found.into_iter().take(limit as usize).collect())
+}
+
+/// Deletes up to `limit` messages of the target sides (and channels), in any state.
+pub(crate) async fn purge(
+    c: &impl GenericClient,
+    queue: QueueRow,
+    target: PurgeTarget,
+    channels: Option<&[String]>,
+    limit: u32,
+) -> Result<u64, StoreError> {
+    let sides: Vec<bool> = match target {
+        PurgeTarget::Normal => vec![false],
+        PurgeTarget::DeadLetter => vec![true],
+        PurgeTarget::Both => vec![false, true],
+    };
+    let channels: Option<Vec<&str>> = channels.map(|c| c.iter().map(String::as_str).collect());
+    let mut deleted = 0;
+    for leased in [false, true] {
+        let left = i64::from(limit) - deleted as i64;
+        if left <= 0 {
+            break;
+        }
+        deleted += sql::execute(
+            c,
+            "DELETE FROM messages WHERE id IN (
+                 SELECT id FROM messages
+                 WHERE queue = $1 AND leased = $2 AND dlq = ANY($3) AND ($4::text[] IS NULL OR channel = ANY($4))
+                 LIMIT $5)",
+            &[&queue, &leased, &sides, &channels, &left],
+        )
+        .await?;
+    }
+    Ok(deleted)
+}
+
+/// Moves up to `limit` ready DLQ messages (of the channels) back to the queue with
+/// delivery count 0; DLQ messages being consumed keep their leases.
+pub(crate) async fn redrive(
+    c: &impl GenericClient,
+    queue: QueueRow,
+    channels: Option<&[String]>,
+    limit: u32,
+) -> Result<u64, StoreError> {
+    let channels: Option<Vec<&str>> = channels.map(|c| c.iter().map(String::as_str).collect());
+    sql::execute(
+        c,
+        "UPDATE messages SET dlq = false, delivery_count = 0 WHERE id IN (
+             SELECT id FROM messages
+             WHERE queue = $1 AND dlq AND NOT leased AND ($2::text[] IS NULL OR channel = ANY($2))
+             ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)",
+        &[&queue, &channels, &i64::from(limit)],
+    )
+    .await
+}

@@ -1,0 +1,133 @@
+//! The PostgreSQL schema, created on first start and versioned in `berth_meta`.
+//!
+//! A message is a row. `leased` says it is invisible until `visible_at` (a lease, or a
+//! delay when `delivery_count` = 0); an ended one is settled by the next lease call or the
+//! sweep. Partial indexes keep each access path small: ready rows by (queue, side,
+//! channel, id) for leasing in order, invisible rows by (queue, visible_at) for settling,
+//! ready rows by expiry for retention.
+
+use berth_core::error::StoreError;
+use deadpool_postgres::Object;
+
+use super::pg;
+
+/// The layout this build reads and writes. A database with a newer one is refused.
+pub(crate) const LAYOUT: i64 = 1;
+
+/// Advisory lock key held while the schema is made, so that nodes starting at once do not race.
+const SCHEMA_LOCK: i64 = 0x6265_7274_6801; // "berth" + 1
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS berth_meta (
+    key   text PRIMARY KEY,
+    value bytea NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tenancies (
+    id   text PRIMARY KEY,
+    name text NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS users (
+    id                    text PRIMARY KEY,
+    tenancy_id            text NOT NULL,
+    name                  text NOT NULL,
+    fingerprint           text NOT NULL,
+    public_key            bytea NOT NULL,
+    stomp_passcode_sha256 text NOT NULL,
+    UNIQUE (tenancy_id, name)
+);
+-- Identity rows are never reused, so a new queue never inherits an old one's messages.
+CREATE TABLE IF NOT EXISTS queues (
+    row               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id                text NOT NULL UNIQUE,
+    tenancy_id        text NOT NULL,
+    compartment_id    text NOT NULL,
+    display_name      text NOT NULL,
+    state             text NOT NULL,
+    created_at        bigint NOT NULL,
+    updated_at        bigint NOT NULL,
+    version           bigint NOT NULL,
+    dead_letter_after bigint NOT NULL,
+    spec              text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queues_by_tenancy ON queues (tenancy_id, created_at);
+CREATE TABLE IF NOT EXISTS work_requests (
+    seq            bigint GENERATED ALWAYS AS IDENTITY,
+    id             text PRIMARY KEY,
+    tenancy_id     text NOT NULL,
+    compartment_id text NOT NULL,
+    accepted_at    bigint NOT NULL,
+    body           text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS work_requests_by_tenancy ON work_requests (tenancy_id, accepted_at);
+CREATE INDEX IF NOT EXISTS work_requests_by_age ON work_requests (accepted_at);
+CREATE TABLE IF NOT EXISTS retry_tokens (
+    tenancy_id      text NOT NULL,
+    token           text NOT NULL,
+    digest          text NOT NULL,
+    work_request_id text NOT NULL,
+    expires_at      bigint NOT NULL,
+    PRIMARY KEY (tenancy_id, token)
+);
+-- Ids rise in put order and are never reused (clients deduplicate by id).
+CREATE TABLE IF NOT EXISTS messages (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue          bigint NOT NULL,
+    channel        text NOT NULL,
+    dlq            boolean NOT NULL DEFAULT false,
+    leased         boolean NOT NULL,
+    visible_at     bigint NOT NULL,
+    delivery_count bigint NOT NULL DEFAULT 0,
+    lease_token    bigint NOT NULL DEFAULT 0,
+    created_at     bigint NOT NULL,
+    expire_at      bigint NOT NULL,
+    size           bigint NOT NULL,
+    content        text NOT NULL,
+    properties     text
+);
+CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, dlq, channel, id) WHERE NOT leased;
+CREATE INDEX IF NOT EXISTS messages_invisible ON messages (queue, visible_at) WHERE leased;
+CREATE INDEX IF NOT EXISTS messages_expiry ON messages (expire_at) WHERE NOT leased;
+";
+
+/// Makes or checks the schema, and returns the store's id.
+pub(crate) async fn prepare(client: &mut Object) -> Result<String, StoreError> {
+    let tx = client.transaction().await.map_err(pg)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).await.map_err(pg)?;
+    tx.batch_execute(SCHEMA).await.map_err(pg)?;
+    let layout = LAYOUT.to_string();
+    tx.execute(
+        "INSERT INTO berth_meta (key, value) VALUES ('layout', convert_to($1, 'UTF8')) ON CONFLICT DO NOTHING",
+        &[&layout],
+    )
+    .await
+    .map_err(pg)?;
+    let found: String = tx
+        .query_one("SELECT convert_from(value, 'UTF8') FROM berth_meta WHERE key = 'layout'", &[])
+        .await
+        .map_err(pg)?
+        .get(0);
+    let found: i64 = found.parse().map_err(|_| StoreError::Backend(format!("unknown schema layout {found:?}")))?;
+    if found > LAYOUT {
+        return Err(StoreError::Backend(format!(
+            "the database has Berth schema layout {found}, newer than this build's {LAYOUT}: \
+             run a newer berth, or restore the database it had"
+        )));
+    }
+    let mut secret = [0u8; 32];
+    rand::Rng::fill(&mut rand::rngs::OsRng, &mut secret[..]);
+    let id = format!("{:032x}", rand::Rng::gen::<u128>(&mut rand::rngs::OsRng));
+    tx.execute(
+        "INSERT INTO berth_meta (key, value) VALUES ('receipt_secret', $1), ('store_id', convert_to($2, 'UTF8'))
+         ON CONFLICT DO NOTHING",
+        &[&&secret[..], &id],
+    )
+    .await
+    .map_err(pg)?;
+    let store_id: String = tx
+        .query_one("SELECT convert_from(value, 'UTF8') FROM berth_meta WHERE key = 'store_id'", &[])
+        .await
+        .map_err(pg)?
+        .get(0);
+    tx.commit().await.map_err(pg)?;
+    Ok(store_id)
+}

@@ -1,0 +1,90 @@
+//! Ended leases and delays: each locked row's fate is [`after_lease`]'s, by the threshold
+//! the queue row holds in the same transaction.
+
+use std::collections::BTreeSet;
+
+use berth_core::clock::Timestamp;
+use berth_core::delivery::{after_lease, AfterLease, Ended};
+use berth_core::error::StoreError;
+use berth_core::model::QueueRow;
+use berth_core::store::SweepReport;
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+
+use super::sql;
+
+/// What settling did: the counts, and the queues with messages released or dead-lettered
+/// (their pollers should look again).
+#[derive(Debug, Default)]
+pub(crate) struct Settled {
+    pub(crate) report: SweepReport,
+    pub(crate) queues: BTreeSet<QueueRow>,
+}
+
+const DUE_COLUMNS: &str = "m.id, m.queue, m.delivery_count, m.dlq, m.expire_at";
+
+/// Settles up to `limit` ended leases and delays of one queue, oldest end first.
+pub(crate) async fn queue(
+    c: &impl GenericClient,
+    queue: QueueRow,
+    now: Timestamp,
+    limit: u32,
+) -> Result<Settled, StoreError> {
+    let statement = format!(
+        "SELECT {DUE_COLUMNS}, q.dead_letter_after FROM messages m JOIN queues q ON q.row = m.queue
+         WHERE m.queue = $1 AND m.leased AND m.visible_at <= $2
+         ORDER BY m.visible_at LIMIT $3 FOR UPDATE OF m SKIP LOCKED"
+    );
+    let due = sql::query(c, &statement, &[&queue, &now.0, &i64::from(limit)]).await?;
+    apply(c, &due, now).await
+}
+
+/// Settles up to `limit` ended leases and delays of each live queue, `limit` in all.
+pub(crate) async fn all(c: &impl GenericClient, now: Timestamp, limit: u32) -> Result<Settled, StoreError> {
+    let statement = format!(
+        "SELECT d.*, q.dead_letter_after FROM queues q CROSS JOIN LATERAL (
+             SELECT {DUE_COLUMNS} FROM messages m
+             WHERE m.queue = q.row AND m.leased AND m.visible_at <= $1
+             ORDER BY m.visible_at LIMIT $2 FOR UPDATE SKIP LOCKED) d
+         WHERE q.state <> 'DELETED' LIMIT $2"
+    );
+    let due = sql::query(c, &statement, &[&now.0, &i64::from(limit)]).await?;
+    apply(c, &due, now).await
+}
+
+/// Rows of `DUE_COLUMNS` and the queue's threshold, each moved as its fate says.
+async fn apply(c: &impl GenericClient, due: &[Row], now: Timestamp) -> Result<Settled, StoreError> {
+    let mut settled = Settled::default();
+    let (mut expire, mut redeliver, mut dead_letter) = (Vec::new(), Vec::new(), Vec::new());
+    for row in due {
+        let ended = Ended {
+            delivery_count: u32::try_from(row.get::<_, i64>(2)).unwrap_or(u32::MAX),
+            in_dead_letter_queue: row.get(3),
+            expire_at: Timestamp(row.get(4)),
+        };
+        let threshold = u32::try_from(row.get::<_, i64>(5)).unwrap_or(0);
+        let id: i64 = row.get(0);
+        let fate = after_lease(ended, threshold, now);
+        match fate {
+            AfterLease::Expire => expire.push(id),
+            AfterLease::Redeliver => redeliver.push(id),
+            AfterLease::DeadLetter => dead_letter.push(id),
+        }
+        if fate != AfterLease::Expire {
+            settled.queues.insert(row.get(1));
+        }
+    }
+    if !expire.is_empty() {
+        settled.report.expired = sql::execute(c, "DELETE FROM messages WHERE id = ANY($1)", &[&expire]).await?;
+    }
+    if !redeliver.is_empty() {
+        settled.report.released =
+            sql::execute(c, "UPDATE messages SET leased = false WHERE id = ANY($1)", &[&redeliver]).await?;
+    }
+    if !dead_letter.is_empty() {
+        settled.report.dead_lettered =
+            sql::execute(c, "UPDATE messages SET leased = false, dlq = true WHERE id = ANY($1)", &[&dead_letter])
+                .await?;
+    }
+    Ok(settled)
+}

@@ -1,0 +1,65 @@
+//! Background work across all queues, by one node at a time: the node that takes the
+//! store's advisory lock sweeps, the others skip that round.
+
+use berth_core::clock::Timestamp;
+use berth_core::error::StoreError;
+use berth_core::limits::{DELETED_QUEUE_VISIBLE_MS, WORK_REQUEST_RETENTION_MS};
+use deadpool_postgres::GenericClient;
+
+use super::settle::{self, Settled};
+use super::sql;
+
+/// One bounded round: reclaims deleted queues, applies retention, settles ended leases,
+/// forgets old retry tokens and work requests. Nothing if another node is sweeping.
+pub(crate) async fn sweep(
+    c: &impl GenericClient,
+    lock: i64,
+    now: Timestamp,
+    batch: u32,
+) -> Result<Settled, StoreError> {
+    let leader: bool = sql::query_one(c, "SELECT pg_try_advisory_xact_lock($1)", &[&lock]).await?.get(0);
+    if !leader {
+        return Ok(Settled::default());
+    }
+    let batch_rows = i64::from(batch);
+    let mut reclaimed = 0;
+    let deleted = sql::query(c, "SELECT row, updated_at FROM queues WHERE state = 'DELETED'", &[]).await?;
+    for queue in &deleted {
+        let (row, updated_at): (i64, i64) = (queue.get(0), queue.get(1));
+        let removed = sql::execute(
+            c,
+            "DELETE FROM messages WHERE id IN (
+                 (SELECT id FROM messages WHERE queue = $1 AND NOT leased LIMIT $2)
+                 UNION ALL
+                 (SELECT id FROM messages WHERE queue = $1 AND leased LIMIT $2)
+                 LIMIT $2)",
+            &[&row, &batch_rows],
+        )
+        .await?;
+        reclaimed += removed;
+        // GetQueue still answers it as DELETED for a while; then the row goes once empty.
+        if removed == 0 && updated_at <= now.0 - DELETED_QUEUE_VISIBLE_MS {
+            sql::execute(c, "DELETE FROM queues WHERE row = $1", &[&row]).await?;
+        }
+    }
+    let expired = sql::execute(
+        c,
+        "DELETE FROM messages WHERE id IN (
+             SELECT id FROM messages WHERE NOT leased AND expire_at <= $1
+             ORDER BY expire_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        &[&now.0, &batch_rows],
+    )
+    .await?;
+    let mut settled = settle::all(c, now, batch).await?;
+    sql::execute(c, "DELETE FROM retry_tokens WHERE expires_at <= $1", &[&now.0]).await?;
+    reclaimed += sql::execute(
+        c,
+        "DELETE FROM work_requests WHERE id IN (
+             SELECT id FROM work_requests WHERE accepted_at <= $1 ORDER BY accepted_at LIMIT $2)",
+        &[&(now.0 - WORK_REQUEST_RETENTION_MS), &batch_rows],
+    )
+    .await?;
+    settled.report.expired += expired;
+    settled.report.reclaimed += reclaimed;
+    Ok(settled)
+}

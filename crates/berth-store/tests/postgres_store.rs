@@ -1,0 +1,105 @@
+//! The PostgreSQL store: the conformance suite, and what only it does (nodes sharing one
+//! database). Needs a real server: `BERTH_TEST_POSTGRES_URL` (scripts/test starts one).
+//! Each test gets a schema of its own in that database, as a store of its own.
+
+#[macro_use]
+mod conformance;
+
+use std::sync::{Arc, Mutex};
+
+use berth_core::store::Store;
+use berth_store::{PostgresOptions, PostgresStore};
+use conformance::Backend;
+
+/// A schema of its own in the test server's database.
+struct Postgres {
+    options: PostgresOptions,
+    opened: Mutex<Option<Arc<PostgresStore>>>,
+}
+
+/// The test server's URL; the PostgreSQL tests cannot run without one.
+fn server_url() -> String {
+    std::env::var("BERTH_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!("BERTH_TEST_POSTGRES_URL is not set: run scripts/test, which starts a PostgreSQL server for the tests")
+    })
+}
+
+/// A new, empty schema, and options whose connections use it.
+async fn new_schema() -> PostgresOptions {
+    let url = server_url();
+    let schema = format!("t{:016x}", rand::random::<u64>());
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("test server");
+    tokio::spawn(connection);
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    PostgresOptions { url: format!("{url}{separator}options=-csearch_path%3D{schema}"), pool_size: 8 }
+}
+
+#[async_trait::async_trait]
+impl Backend for Postgres {
+    async fn open(&self) -> Arc<dyn Store> {
+        drop(self.opened.lock().unwrap().take());
+        let store = Arc::new(PostgresStore::open(&self.options).await.unwrap());
+        *self.opened.lock().unwrap() = Some(store.clone());
+        store
+    }
+}
+
+async fn postgres() -> Arc<Postgres> {
+    Arc::new(Postgres { options: new_schema().await, opened: Mutex::new(None) })
+}
+
+fn backend() -> Arc<dyn Backend> {
+    // The suite's tests take the backend by value; the schema is made on the test's runtime.
+    Arc::new(Lazy(tokio::sync::OnceCell::new()))
+}
+
+/// A backend whose schema is made at its first open.
+struct Lazy(tokio::sync::OnceCell<Arc<Postgres>>);
+
+#[async_trait::async_trait]
+impl Backend for Lazy {
+    async fn open(&self) -> Arc<dyn Store> {
+        self.0.get_or_init(postgres).await.open().await
+    }
+}
+
+conformance_suite!(backend());
+
+#[tokio::test]
+async fn a_second_store_on_the_same_schema_is_the_same_store() {
+    let backend = postgres().await;
+    let first = PostgresStore::open(&backend.options).await.unwrap();
+    let second = PostgresStore::open(&backend.options).await.unwrap();
+    assert_eq!(first.store_id(), second.store_id());
+    assert_eq!(first.receipt_secret().await.unwrap(), second.receipt_secret().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_put_on_one_node_wakes_a_long_poll_on_another_through_the_database() {
+    // Two stores, as two nodes: the wakeup crosses by NOTIFY, not through memory.
+    use berth_core::engine::{GetMessages, PolicyValues};
+    use berth_core::{Engine, SystemClock};
+    use tokio_util::sync::CancellationToken;
+    let backend = postgres().await;
+    let a: Arc<dyn Store> = Arc::new(PostgresStore::open(&backend.options).await.unwrap());
+    let b: Arc<dyn Store> = Arc::new(PostgresStore::open(&backend.options).await.unwrap());
+    let clock = Arc::new(SystemClock);
+    let node_a = Engine::new(a, clock.clone(), "iad".into(), CancellationToken::new()).await.unwrap();
+    let node_b = Arc::new(Engine::new(b, clock, "iad".into(), CancellationToken::new()).await.unwrap());
+    let spec = berth_core::engine::spec_with_defaults("q".into(), conformance::T.into(), PolicyValues::default());
+    let work = node_a.create_queue(conformance::T, spec.unwrap(), None).await.unwrap();
+    let q = work.resources[0].identifier.clone();
+    let (waiting, wq) = (node_b.clone(), q.clone());
+    let poll = tokio::spawn(async move {
+        let params = GetMessages::new(Some(30), Some(20), Some(5), None, false).unwrap();
+        let started = std::time::Instant::now();
+        let got = waiting.get_messages(conformance::T, &wq, params).await.unwrap();
+        (got.len(), started.elapsed())
+    });
+    conformance::polls_waiting(&node_b, 1).await;
+    node_a.put_messages(conformance::T, &q, vec![conformance::message("across", "")]).await.unwrap();
+    let (got, waited) = tokio::time::timeout(std::time::Duration::from_secs(5), poll).await.expect("woken").unwrap();
+    assert_eq!(got, 1);
+    assert!(waited < std::time::Duration::from_secs(5), "woken by the notification, not a timeout: {waited:?}");
+}
