@@ -155,16 +155,18 @@ def qpath(queue_id: str, *rest: str) -> str:
 POSTGRES_URL = os.environ.get("BERTH_COMPAT_POSTGRES_URL")
 
 
-def store_env() -> dict[str, str]:
-    """The environment a server (and its tools) run with: a new PostgreSQL store each
-    under BERTH_COMPAT_POSTGRES_URL, else the embedded store of its data dir."""
+def store_env(postgres_url: Optional[str] = None) -> dict[str, str]:
+    """The environment a server (and its tools) run with: a new PostgreSQL store on
+    postgres_url (default BERTH_COMPAT_POSTGRES_URL) if any, else the embedded store
+    of its data dir."""
     env = dict(os.environ)
-    if not POSTGRES_URL:
+    postgres_url = postgres_url or POSTGRES_URL
+    if not postgres_url:
         return env
     schema = "c" + secrets.token_hex(8)
-    subprocess.run(["psql", POSTGRES_URL, "-q", "-c", f"CREATE SCHEMA {schema}"], check=True, capture_output=True)
-    sep = "&" if "?" in POSTGRES_URL else "?"
-    env.update(BERTH_STORE="postgres", BERTH_POSTGRES_URL=f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}")
+    subprocess.run(["psql", postgres_url, "-q", "-c", f"CREATE SCHEMA {schema}"], check=True, capture_output=True)
+    sep = "&" if "?" in postgres_url else "?"
+    env.update(BERTH_STORE="postgres", BERTH_POSTGRES_URL=f"{postgres_url}{sep}options=-csearch_path%3D{schema}")
     return env
 
 
@@ -189,7 +191,8 @@ class BerthServer:
     `--stomp-tls-cert` the STOMP port is TLS (see stomp_ca).
     """
 
-    def __init__(self, binary: str, data_dir: Path, log_dir: Path, extra_args: Iterable[str] = ()):
+    def __init__(self, binary: str, data_dir: Path, log_dir: Path, extra_args: Iterable[str] = (),
+                 env: Optional[dict[str, str]] = None):
         self.binary = binary
         self.data_dir = Path(data_dir)
         self.log_dir = Path(log_dir)
@@ -207,7 +210,8 @@ class BerthServer:
         self._threads: list[threading.Thread] = []
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.env = store_env()
+        # Nodes of one store share their env (store_env() makes a new store).
+        self.env = env if env is not None else store_env()
         ALL_SERVERS.append(self)
 
     # -- properties -------------------------------------------------------

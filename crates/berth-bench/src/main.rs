@@ -36,9 +36,10 @@ struct Args {
     /// Credentials JSON written by Berth (admin.json or <user>.json).
     #[arg(long)]
     credentials: PathBuf,
-    /// REST endpoint [default: the credentials' endpoint].
+    /// REST endpoint [default: the credentials' endpoint]. Repeat it for several nodes of
+    /// one store: producers and consumers take them in turn.
     #[arg(long)]
-    endpoint: Option<String>,
+    endpoint: Vec<String>,
     /// Protocol of producers and consumers.
     #[arg(long, value_enum, default_value = "rest")]
     protocol: Protocol,
@@ -100,9 +101,10 @@ struct Args {
     /// measures a rate producers and consumers can sustain (0 = never pause).
     #[arg(long, default_value_t = 20_000)]
     max_backlog: u64,
-    /// Server process id, for CPU time and memory from /proc.
+    /// Server process id, for CPU time and memory from /proc; repeat it for several
+    /// processes (nodes, their database), whose CPU and memory are added up.
     #[arg(long)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
     /// Send unsigned requests (server started with --insecure-no-auth).
     #[arg(long)]
     unsigned: bool,
@@ -114,7 +116,8 @@ struct Args {
 struct Shared {
     args: Args,
     creds: Credentials,
-    rest: RestClient,
+    /// One client per endpoint.
+    rests: Vec<RestClient>,
     queue_id: String,
     record: Recorder,
     /// Producers stop at this.
@@ -128,6 +131,11 @@ struct Shared {
 }
 
 impl Shared {
+    /// The client of the `n`th producer or consumer: endpoints in turn.
+    fn rest(&self, n: usize) -> &RestClient {
+        &self.rests[n % self.rests.len()]
+    }
+
     /// Waits while consumers are `--max-backlog` behind (never while preloading).
     async fn pace(&self) {
         if self.args.max_backlog == 0 || self.args.preload > 0 {
@@ -161,7 +169,7 @@ async fn produce_rest(s: Arc<Shared>, producer: u64) {
         seq += keys.len() as u64;
         let bodies: Vec<String> = keys.iter().map(|k| body(*k, s.args.size)).collect();
         s.record.sending(&keys);
-        match s.rest.put(&s.queue_id, &bodies).await {
+        match s.rest(producer as usize).put(&s.queue_id, &bodies).await {
             Ok(()) => s.record.acked(&keys),
             Err(e) => {
                 s.record.errors_put.fetch_add(1, Ordering::Relaxed);
@@ -174,9 +182,10 @@ async fn produce_rest(s: Arc<Shared>, producer: u64) {
     }
 }
 
-async fn consume_rest(s: Arc<Shared>) {
+async fn consume_rest(s: Arc<Shared>, consumer: usize) {
+    let rest = s.rest(consumer);
     while !s.stop_consuming.is_cancelled() {
-        let got = match s.rest.get(&s.queue_id, s.args.get_limit, s.args.visibility, 1).await {
+        let got = match rest.get(&s.queue_id, s.args.get_limit, s.args.visibility, 1).await {
             Ok(got) => got,
             Err(e) => {
                 s.record.errors_get.fetch_add(1, Ordering::Relaxed);
@@ -191,7 +200,7 @@ async fn consume_rest(s: Arc<Shared>) {
         for g in &got {
             s.record.received(&g.content);
         }
-        match s.rest.delete(&s.queue_id, &got).await {
+        match rest.delete(&s.queue_id, &got).await {
             Ok(0) => {}
             Ok(failed) => {
                 s.record.errors_delete.fetch_add(failed, Ordering::Relaxed);
@@ -291,11 +300,11 @@ fn spawn_producers(s: &Arc<Shared>, producers: u32) -> Vec<tokio::task::JoinHand
 
 fn spawn_consumers(s: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
     (0..s.args.consumers)
-        .map(|_| {
+        .map(|c| {
             let s = s.clone();
             tokio::spawn(async move {
                 match s.args.protocol {
-                    Protocol::Rest => consume_rest(s).await,
+                    Protocol::Rest => consume_rest(s, c as usize).await,
                     Protocol::Stomp => {
                         if let Err(e) = consume_stomp(s).await {
                             eprintln!("STOMP consumer failed: {e:#}");
@@ -317,24 +326,49 @@ async fn preload(s: &Arc<Shared>) {
     eprintln!("preloaded {sent} messages in {:.1} s", started.elapsed().as_secs_f64());
 }
 
-fn endpoint(args: &Args, creds: &Credentials) -> String {
-    args.endpoint.clone().unwrap_or_else(|| creds.endpoint.clone())
+fn endpoints(args: &Args, creds: &Credentials) -> Vec<String> {
+    if args.endpoint.is_empty() {
+        vec![creds.endpoint.clone()]
+    } else {
+        args.endpoint.clone()
+    }
+}
+
+/// CPU seconds of the server processes, added up.
+fn servers_cpu(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|pid| procfs::cpu_seconds(*pid)).sum()
+}
+
+/// Current and peak RSS in MiB of the server processes, added up.
+fn servers_rss(pids: &[u32]) -> Option<(f64, f64)> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter()
+        .map(|pid| procfs::rss_mib(*pid))
+        .try_fold((0.0, 0.0), |sum, rss| rss.map(|(n, p)| (sum.0 + n, sum.1 + p)))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let creds = Credentials::load(&args.credentials)?;
-    let rest = RestClient::new(&creds, &endpoint(&args, &creds), !args.unsigned)?;
+    let rests = endpoints(&args, &creds)
+        .iter()
+        .map(|endpoint| RestClient::new(&creds, endpoint, !args.unsigned))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let queue_id = if args.protocol == Protocol::Stomp && args.stomp_destination.is_some() {
         String::new()
     } else {
-        rest.ensure_queue(&creds.tenancy_id, &args.queue, args.visibility).await?
+        rests[0].ensure_queue(&creds.tenancy_id, &args.queue, args.visibility).await?
     };
     let s = Arc::new(Shared {
         args: args.clone(),
         creds,
-        rest,
+        rests,
         queue_id,
         record: Recorder::default(),
         stop_producing: CancellationToken::new(),
@@ -372,7 +406,7 @@ async fn main() -> anyhow::Result<()> {
     };
 
     tokio::time::sleep(warmup).await;
-    let cpu_before = args.server_pid.and_then(procfs::cpu_seconds);
+    let cpu_before = servers_cpu(&args.server_pid);
     let own_cpu_before = procfs::cpu_seconds(std::process::id());
     let received_before = s.record.received_total();
     s.record.measuring.store(true, Ordering::Relaxed);
@@ -389,9 +423,9 @@ async fn main() -> anyhow::Result<()> {
     }
     s.record.measuring.store(false, Ordering::Relaxed);
     let window = window_start.elapsed().as_secs_f64();
-    let cpu_after = args.server_pid.and_then(procfs::cpu_seconds);
+    let cpu_after = servers_cpu(&args.server_pid);
     let own_cpu_after = procfs::cpu_seconds(std::process::id());
-    let rss = args.server_pid.and_then(procfs::rss_mib);
+    let rss = servers_rss(&args.server_pid);
 
     s.stop_producing.cancel();
     for p in producers {
@@ -410,7 +444,7 @@ async fn main() -> anyhow::Result<()> {
     let r = &s.record;
     // Not received is not lost while it is still in the queue (a drain cut short).
     let unreceived = r.unreceived();
-    let left_in_queue = if s.queue_id.is_empty() { None } else { s.rest.messages_left(&s.queue_id).await.ok() };
+    let left_in_queue = if s.queue_id.is_empty() { None } else { s.rests[0].messages_left(&s.queue_id).await.ok() };
     let lost = unreceived.saturating_sub(left_in_queue.unwrap_or(0));
     let received_window = r.received_measured.load(Ordering::Relaxed);
     let sent_window = r.sent_measured.load(Ordering::Relaxed);

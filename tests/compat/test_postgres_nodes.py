@@ -1,0 +1,192 @@
+"""Several `berth serve` nodes on one PostgreSQL store, any node answering any request:
+wakeups cross nodes, every message is delivered once across nodes, a node killed mid-lease
+costs only its leases' visibility, and a PostgreSQL restart under load is answered 503
+while it lasts and mended without restarting the nodes.
+
+Runs in the compatibility suite's PostgreSQL run (BERTH_COMPAT_POSTGRES_URL); the nodes of
+a test share one store (a schema of its own), each with a data dir of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import oci
+import pytest
+
+from berthlib import POSTGRES_URL, BerthServer, Tenant, berth_bin, get, put, stats, store_env, unique_name, wait_for
+
+pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="needs PostgreSQL (the suite's run on PostgreSQL)")
+
+POSTGRES_SERVER = Path(__file__).resolve().parents[2] / "scripts" / "postgres-server"
+
+
+def start_nodes(tmp_path: Path, n: int, env: dict[str, str] | None = None) -> list[BerthServer]:
+    """n nodes on one new store; the first writes the admin credentials, the others
+    start once it is up (they find the admin user in the store)."""
+    env = env or store_env()
+    nodes = []
+    for i in range(n):
+        node = BerthServer(berth_bin(), tmp_path / f"node{i}", tmp_path / f"logs{i}", env=env)
+        nodes.append(node.start())
+    return nodes
+
+
+def tenant_on(first: BerthServer, node: BerthServer) -> Tenant:
+    """The admin credentials (written by the first node), talking to `node`."""
+    return Tenant.load(first.config_path, first.admin_json_path, node.base)
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    made: list[BerthServer] = []
+
+    def make(n: int, env=None) -> list[BerthServer]:
+        made.extend(start_nodes(tmp_path, n, env))
+        return made[-n:]
+
+    yield make
+    for node in made:
+        if node.running:
+            node.kill()
+
+
+def test_a_long_poll_on_one_node_wakes_at_a_put_on_another(nodes):
+    a, b = nodes(2)
+    on_a, on_b = tenant_on(a, a), tenant_on(a, b)
+    qid = on_a.create_queue(unique_name("across"))
+    waited = []
+    for round_ in range(5):
+        got = {}
+
+        def poll():
+            got["messages"] = get(on_b.qc, qid, timeout_in_seconds=20, visibility_in_seconds=60)
+            got["at"] = time.monotonic()
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        time.sleep(0.5)  # the GetMessages waits on node B
+        put_at = time.monotonic()
+        put(on_a.qc, qid, [f"wake-{round_}"])
+        poller.join(timeout=25)
+        assert [m.content for m in got["messages"]] == [f"wake-{round_}"]
+        waited.append(got["at"] - put_at)
+        on_b.qc.delete_message(qid, got["messages"][0].receipt)
+    print(f"put on A -> long poll on B returned: median {statistics.median(waited) * 1000:.0f} ms, "
+          f"max {max(waited) * 1000:.0f} ms")
+    # Woken by the change feed, not by the end of the 20 s poll.
+    assert max(waited) < 2, waited
+
+
+def test_three_nodes_and_thirty_consumers_deliver_every_message_exactly_once(nodes):
+    # berth-bench counts every message by its key: lost, duplicated or foreign.
+    servers = nodes(3)
+    bench = os.environ.get("BERTH_BENCH_BIN")
+    if not bench:
+        pytest.fail("set BERTH_BENCH_BIN to the berth-bench binary")
+    total = 100_000
+    endpoints = [arg for node in servers for arg in ("--endpoint", node.base)]
+    pids = [arg for node in servers for arg in ("--server-pid", str(node.proc.pid))]
+    done = subprocess.run(
+        [bench, "--credentials", str(servers[0].admin_json_path), *endpoints, *pids,
+         "--queue", "three-nodes", "--producers", "6", "--consumers", "30", "--batch", "20", "--get-limit", "20",
+         "--size", "256", "--visibility", "60", "--total", str(total),
+         "--warmup", "0s", "--duration", "240s", "--drain", "60s"],
+        capture_output=True, text=True, timeout=400,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    [line] = [l for l in done.stdout.splitlines() if l.startswith("BENCH ")]
+    summary = json.loads(line[len("BENCH "):])
+    print(f"3 nodes, 30 consumers: {summary['received_per_s']} msg/s, {summary['received']} received")
+    assert (summary["sent"], summary["received"]) == (total, total), summary
+    # Leases last 60 s, longer than the run: any duplicate would be a double lease.
+    assert (summary["lost"], summary["duplicates"], summary["foreign"]) == (0, 0, 0), summary
+    assert summary["errors"] == {"put": 0, "get": 0, "delete": 0}, summary
+
+
+def test_a_node_killed_mid_lease_costs_only_its_leases_visibility(nodes):
+    a, b = nodes(2)
+    on_a, on_b = tenant_on(a, a), tenant_on(a, b)
+    qid = on_a.create_queue(unique_name("killed"))
+    put(on_a.qc, qid, [f"m{i}" for i in range(6)])
+    leased = get(on_a.qc, qid, limit=3, visibility_in_seconds=4)
+    assert [m.content for m in leased] == ["m0", "m1", "m2"]
+    leased_at = time.monotonic()
+    a.kill()
+    # The other node goes on at once with what was not leased.
+    rest = get(on_b.qc, qid, limit=10, visibility_in_seconds=60)
+    assert [m.content for m in rest] == ["m3", "m4", "m5"]
+    assert get(on_b.qc, qid, limit=10) == [], "the dead node's leases still hold"
+    # Then its leases end as leases do, and node B delivers them again.
+    again = wait_for(lambda: get(on_b.qc, qid, limit=10, visibility_in_seconds=60), timeout=15)
+    assert time.monotonic() - leased_at >= 3.5
+    assert sorted(m.content for m in again) == ["m0", "m1", "m2"]
+    assert {m.delivery_count for m in again} == {2}
+
+
+def test_postgres_restarted_under_load_answers_503_then_recovers_without_losing_acknowledged_puts(tmp_path):
+    # A PostgreSQL server of this test's own, so that stopping it disturbs no other test
+    # (in /tmp: the postgres user cannot enter pytest's root-only tmp_path).
+    pg_dir = Path(tempfile.mkdtemp(prefix="berth-restart-pg."))
+    subprocess.run([str(POSTGRES_SERVER), "start", str(pg_dir)], check=True, timeout=120)
+    node = None
+    try:
+        env = store_env((pg_dir / "url").read_text().strip())
+        node = BerthServer(berth_bin(), tmp_path / "node", tmp_path / "logs", env=env).start()
+        t = node.tenant()
+        qid = t.create_queue(unique_name("restart"))
+        qc = t.qc  # no SDK retries: each answer is seen as it is
+        acknowledged, statuses, stop = [], [], threading.Event()
+
+        def produce():
+            i = 0
+            while not stop.is_set():
+                try:
+                    put(qc, qid, [f"p{i}"])
+                    acknowledged.append(f"p{i}")
+                except oci.exceptions.ServiceError as e:
+                    statuses.append((e.status, e.code))
+                    time.sleep(0.05)
+                except Exception as e:  # a connection reset while the server stops
+                    statuses.append((0, type(e).__name__))
+                    time.sleep(0.05)
+                i += 1
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        wait_for(lambda: len(acknowledged) >= 20, timeout=30, desc="puts before the restart")
+        subprocess.run([str(POSTGRES_SERVER), "stop", str(pg_dir)], check=True, timeout=60)
+        wait_for(lambda: len(statuses) >= 3, timeout=30, desc="answers while PostgreSQL is down")
+        down = node.health()
+        subprocess.run([str(POSTGRES_SERVER), "resume", str(pg_dir)], check=True, timeout=60)
+        before = len(acknowledged)
+        wait_for(lambda: len(acknowledged) >= before + 20, timeout=30, desc="puts after the restart")
+        stop.set()
+        producer.join(timeout=30)
+        assert node.running, "the node survived the restart"
+        assert down.status_code == 503, down.text
+        refused = [s for s in statuses if s[0] != 0]
+        assert refused and all(s == (503, "ServiceUnavailable") for s in refused), statuses
+        # Everything acknowledged is there, once.
+        got = []
+        while True:
+            batch = get(qc, qid, limit=20, visibility_in_seconds=60)
+            if not batch:
+                break
+            got.extend(m.content for m in batch)
+        assert sorted(set(acknowledged) - set(got)) == [], "acknowledged puts lost"
+        assert len(got) == len(set(got))
+        assert stats(qc, qid).queue.visible_messages == 0
+    finally:
+        if node is not None and node.running:
+            node.kill()
+        subprocess.run([str(POSTGRES_SERVER), "stop", str(pg_dir)], timeout=60)
+        shutil.rmtree(pg_dir, ignore_errors=True)
