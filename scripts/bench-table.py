@@ -70,3 +70,27 @@ if pairs:
         f"server CPU {', '.join(f'{c:.2f}' for c in cpu)} (median {med(cpu):.2f})"
     )
 print(f"W5: idle RSS {get('W5-idle', 'server_rss_mib')} MiB; under W1 {get('W1-auth', 'server_rss_mib')} MiB")
+w8 = [label for label in runs if label.startswith("W8-") and not label.startswith("W8-W3-")]
+if w8:
+    print()
+    print("| W8 run | messages/s | Berth CPU µs/msg (all nodes) | PostgreSQL CPU µs/msg | exactly once |")
+    print("|---|---|---|---|---|")
+    for label in w8:
+        run = runs[label]
+        print(f"| {label} | {fmt(run.get('received_per_s'))} | {fmt(run.get('server_cpu_us_per_msg'))} | "
+              f"{fmt(run.get('postgres_cpu_us_per_msg'))} | {run.get('exactly_once')} |")
+    for kind in ("postgres-1node", "postgres-3node"):
+        ratios = []
+        for label in w8:
+            if label.startswith(f"W8-{kind}-"):
+                sqlite = runs.get(f"W8-sqlite-{label.rsplit('-', 1)[1]}", {})
+                if sqlite.get("received_per_s"):
+                    ratios.append(runs[label]["received_per_s"] / sqlite["received_per_s"])
+        if ratios:
+            print(f"W8 {kind}/SQLite throughput, per round: {', '.join(f'{r:.2f}' for r in ratios)} "
+                  f"(median {statistics.median(ratios):.2f})")
+w8w3 = [label for label in runs if label.startswith("W8-W3-")]
+if len(w8w3) == 2:
+    small, large = sorted(w8w3, key=lambda l: int(l.rsplit("-", 1)[1]))
+    rate = lambda l: runs[l].get("received_per_s") or 0
+    print(f"W8-W3 ratio on PostgreSQL (drain rate {large} / {small}): {rate(large) / max(rate(small), 1):.2f}")

@@ -164,7 +164,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // One line for people and scripts: the schemes say whether TLS is on.
     let stomp_scheme = if config.stomp_tls.is_some() { "stomp+tls" } else { "stomp" };
     println!("listening {scheme}={http_addr} {stomp_scheme}={stomp_addr}{metrics_line}");
-    println!("OCI config for the SDK and CLI: {}", config.data_dir.join("credentials").join("oci-config").display());
+    let oci_config = config.data_dir.join("credentials").join("oci-config");
+    if oci_config.exists() {
+        println!("OCI config for the SDK and CLI: {}", oci_config.display());
+    } else {
+        // Another node made the store's admin credentials, in its own data dir.
+        println!("OCI config for the SDK and CLI: in the data dir of the node that first started on this store");
+    }
 
     shutdown.cancelled().await;
     tracing::info!("shutting down: no new connections; draining requests");

@@ -87,6 +87,11 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, dlq, channel, id) WHERE NOT leased;
 CREATE INDEX IF NOT EXISTS messages_invisible ON messages (queue, visible_at) WHERE leased;
 CREATE INDEX IF NOT EXISTS messages_expiry ON messages (expire_at) WHERE NOT leased;
+-- Every message is inserted, updated at each lease and deleted: vacuum by dead rows, not by
+-- table size (whose default 20 % lets a busy queue's table grow with its churn), unthrottled.
+ALTER TABLE messages SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 20000,
+                          autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 20000,
+                          autovacuum_vacuum_cost_delay = 0);
 ";
 
 /// Makes or checks the schema, and returns the store's id.
