@@ -25,7 +25,7 @@ def fmt(value, unit=""):
 print("| workload | messages/s (received) | server CPU µs/msg | load generator CPU µs/msg | latency ack→got p50 / p99 ms | latency send→got p50 / p99 ms | server RSS MiB | exactly once |")
 print("|---|---|---|---|---|---|---|---|")
 for label, run in runs.items():
-    if label == "W5-idle":
+    if label in ("W5-idle", "W8-churn-size"):
         continue
     print(
         f"| {label} | {fmt(run.get('received_per_s'))} | {fmt(run.get('server_cpu_us_per_msg'))} | "
@@ -70,7 +70,7 @@ if pairs:
         f"server CPU {', '.join(f'{c:.2f}' for c in cpu)} (median {med(cpu):.2f})"
     )
 print(f"W5: idle RSS {get('W5-idle', 'server_rss_mib')} MiB; under W1 {get('W1-auth', 'server_rss_mib')} MiB")
-w8 = [label for label in runs if label.startswith("W8-") and not label.startswith("W8-W3-")]
+w8 = [label for label in runs if label.startswith("W8-") and not label.startswith(("W8-W3-", "W8-churn"))]
 if w8:
     print()
     print("| W8 run | messages/s | Berth CPU µs/msg (all nodes) | PostgreSQL CPU µs/msg | exactly once |")
@@ -94,3 +94,15 @@ if len(w8w3) == 2:
     small, large = sorted(w8w3, key=lambda l: int(l.rsplit("-", 1)[1]))
     rate = lambda l: runs[l].get("received_per_s") or 0
     print(f"W8-W3 ratio on PostgreSQL (drain rate {large} / {small}): {rate(large) / max(rate(small), 1):.2f}")
+churn = [run for label, run in runs.items() if label == "W8-churn"]
+sizes = [json.loads(line) for line in open(sys.argv[1]) if '"W8-churn-size"' in line]
+if sizes:
+    print()
+    print("| W8-churn at s | table MB | indexes MB | live rows | dead rows | autovacuums |")
+    print("|---|---|---|---|---|---|")
+    for sample in sizes:
+        print(f"| {sample['t']} | {sample['table_mb']} | {sample['indexes_mb']} | {sample['live']} | "
+              f"{sample['dead']} | {sample['autovacuums']} |")
+    if churn:
+        print(f"W8-churn: {fmt(churn[0].get('received_per_s'))} messages/s over the run, "
+              f"exactly once: {churn[0].get('exactly_once')}")

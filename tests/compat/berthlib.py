@@ -192,8 +192,10 @@ class BerthServer:
     """
 
     def __init__(self, binary: str, data_dir: Path, log_dir: Path, extra_args: Iterable[str] = (),
-                 env: Optional[dict[str, str]] = None):
+                 env: Optional[dict[str, str]] = None, wrapper: Iterable[str] = ()):
         self.binary = binary
+        # A command the server runs under (e.g. faketime).
+        self.wrapper = list(wrapper)
         self.data_dir = Path(data_dir)
         self.log_dir = Path(log_dir)
         self.extra_args = list(extra_args)
@@ -241,7 +243,7 @@ class BerthServer:
         assert not self.running, "already running"
         self.starts += 1
         self.http_addr = self.stomp_addr = None
-        cmd = [self.binary, "serve", "--data-dir", str(self.data_dir),
+        cmd = [*self.wrapper, self.binary, "serve", "--data-dir", str(self.data_dir),
                "--http-addr", "127.0.0.1:0", "--stomp-addr", "127.0.0.1:0", *self.extra_args]
         for p in (self.stdout_log, self.stderr_log):
             with open(p, "a") as f:

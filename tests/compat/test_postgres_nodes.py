@@ -9,6 +9,7 @@ a test share one store (a schema of its own), each with a data dir of its own.
 
 from __future__ import annotations
 
+import email.utils
 import json
 import os
 import shutil
@@ -17,12 +18,14 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import oci
 import pytest
 
-from berthlib import POSTGRES_URL, BerthServer, Tenant, berth_bin, get, put, stats, store_env, unique_name, wait_for
+from berthlib import (POSTGRES_URL, BerthServer, Tenant, berth_bin, delete_queue, get, put, stats, store_env, unique_name,
+                      wait_for)
 
 pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="needs PostgreSQL (the suite's run on PostgreSQL)")
 
@@ -86,6 +89,29 @@ def test_a_long_poll_on_one_node_wakes_at_a_put_on_another(nodes):
     assert max(waited) < 2, waited
 
 
+def test_a_long_poll_on_one_node_ends_404_when_another_deletes_the_queue(nodes):
+    a, b = nodes(2)
+    on_a, on_b = tenant_on(a, a), tenant_on(a, b)
+    qid = on_a.create_queue(unique_name("deleted"))
+    got = {}
+
+    def poll():
+        try:
+            get(on_b.qc, qid, timeout_in_seconds=20)
+        except oci.exceptions.ServiceError as e:
+            got["status"] = e.status
+        got["at"] = time.monotonic()
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    time.sleep(0.5)  # the GetMessages waits on node B
+    deleted_at = time.monotonic()
+    delete_queue(on_a.admin, qid)
+    poller.join(timeout=25)
+    assert got.get("status") == 404
+    assert got["at"] - deleted_at < 5, "ended by the deletion, not by its timeout"
+
+
 def test_three_nodes_and_thirty_consumers_deliver_every_message_exactly_once(nodes):
     # berth-bench counts every message by its key: lost, duplicated or foreign.
     servers = nodes(3)
@@ -130,6 +156,53 @@ def test_a_node_killed_mid_lease_costs_only_its_leases_visibility(nodes):
     assert time.monotonic() - leased_at >= 3.5
     assert sorted(m.content for m in again) == ["m0", "m1", "m2"]
     assert {m.delivery_count for m in again} == {2}
+
+
+CLOCK_AHEAD_S = 8
+
+
+def test_nodes_whose_clocks_differ_agree_on_lease_times(tmp_path):
+    """Node B's clock runs 8 s ahead (libfaketime): leases it hands out and extends end
+    when node A (and the database) say, as both take time from the database."""
+    assert shutil.which("faketime"), "needs Debian's faketime (scripts/test installs it)"
+    env = store_env()
+    a = BerthServer(berth_bin(), tmp_path / "a", tmp_path / "logs-a", env=env).start()
+    ahead = ["faketime", "-f", f"+{CLOCK_AHEAD_S}s"]
+    b = BerthServer(berth_bin(), tmp_path / "b", tmp_path / "logs-b", env={**env, "FAKETIME_DONT_FAKE_MONOTONIC": "1"},
+                    wrapper=ahead).start()
+    try:
+        # B's own clock is off indeed: its HTTP Date header says so.
+        with urllib.request.urlopen(f"{b.base}/health", timeout=5) as response:
+            b_date = email.utils.parsedate_to_datetime(response.headers["Date"]).timestamp()
+        assert abs(b_date - time.time() - CLOCK_AHEAD_S) < 2, "faketime did not move node B's clock"
+        on_a, on_b = tenant_on(a, a), tenant_on(a, b)
+        qid = on_a.create_queue(unique_name("clocks"))
+        put(on_a.qc, qid, ["m0", "m1"])
+
+        # Leased on B for 5 s: B says it ends in 5 s of real time, and A agrees.
+        leased_at = time.time()
+        [m0] = get(on_b.qc, qid, limit=1, visibility_in_seconds=5)
+        assert m0.content == "m0"
+        assert abs(m0.visible_after.timestamp() - (leased_at + 5)) < 1.5, m0.visible_after
+        [m1] = get(on_a.qc, qid, limit=10, visibility_in_seconds=60)
+        assert m1.content == "m1", "m0 is leased on both nodes' reading"
+        again = wait_for(lambda: get(on_a.qc, qid, limit=10, visibility_in_seconds=60), timeout=15)
+        ended_after = time.time() - leased_at
+        assert [m.content for m in again] == ["m0"]
+        assert 4.5 <= ended_after < 5 + CLOCK_AHEAD_S / 2, f"the lease ended after {ended_after:.1f} s, not 5 s"
+
+        # Leased on A, extended and deleted on B with A's receipt.
+        extended_at = time.time()
+        updated = on_b.qc.update_message(qid, again[0].receipt, oci.queue.models.UpdateMessageDetails(
+            visibility_in_seconds=10)).data
+        assert abs(updated.visible_after.timestamp() - (extended_at + 10)) < 1.5, updated.visible_after
+        on_b.qc.delete_message(qid, again[0].receipt)
+        on_a.qc.delete_message(qid, m1.receipt)
+        assert stats(on_b.qc, qid).queue.visible_messages == 0
+        assert get(on_a.qc, qid, limit=10) == []
+    finally:
+        for node in (a, b):
+            node.kill()
 
 
 def test_postgres_restarted_under_load_answers_503_then_recovers_without_losing_acknowledged_puts(tmp_path):

@@ -245,7 +245,8 @@ pub trait Store: Send + Sync + 'static {
     async fn redrive(&self, queue: QueueRow, channels: Option<Vec<String>>, settle: Settle) -> StoreResult<u64>;
     /// One bounded round of background work across all queues.
     async fn sweep(&self, now: Timestamp, batch: u32) -> StoreResult<SweepReport>;
-    /// Backend upkeep that must stay off the commit path (SQLite: WAL checkpoints).
+    /// Backend upkeep that must stay off the commit path (SQLite: WAL checkpoints;
+    /// PostgreSQL: vacuuming the messages table as its churn needs).
     async fn housekeeping(&self) -> StoreResult<()> {
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! Background work: retention, expired leases and dead-lettering, reclaiming deleted
 //! queues and space, each in bounded batches so no sweep holds the writer for long; and the
-//! store's housekeeping (WAL checkpoints) off the writer's commit path.
+//! store's housekeeping (SQLite: WAL checkpoints; PostgreSQL: vacuum) off the commit path.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Rows per kind of work in one sweep.
 const SWEEP_BATCH: u32 = 1_000;
-/// How often the store's housekeeping (WAL checkpoints) runs.
+/// How often the store's housekeeping runs.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
 /// Pause between sweeps when the last one found little to do.
 const IDLE_PAUSE: Duration = Duration::from_secs(1);

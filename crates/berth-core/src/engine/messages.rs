@@ -217,6 +217,7 @@ impl Engine {
         let interest = Interest { dead_letter: params.dead_letter, channel: params.channel.clone() };
         let notify = self.wakeups.of(queue.row, interest);
         let mut first = true;
+        let mut woken_before = false;
         loop {
             // Registered before asking the store, so a put that lands in between still wakes us.
             let woken = notify.notified();
@@ -254,12 +255,18 @@ impl Engine {
             if now >= deadline || self.shutdown.is_cancelled() || stop.is_cancelled() {
                 return Ok(Vec::new());
             }
+            if woken_before {
+                // Woken for nothing: perhaps by the queue's deletion on another node, which
+                // this node's cache may not know yet.
+                self.queues.forget(tenancy_id, queue_id);
+                self.active_queue(tenancy_id, queue_id).await?;
+            }
             let next = leased.next_visible_at.map_or(deadline, |at| at.min(deadline));
             let pause = now.until(next).max(MIN_POLL_PAUSE);
             let _waiting = Waiting::begin(&self.waiting_polls);
             tokio::select! {
-                _ = woken => {}
-                _ = tokio::time::sleep(pause) => {}
+                _ = woken => woken_before = true,
+                _ = tokio::time::sleep(pause) => woken_before = false,
                 _ = self.shutdown.cancelled() => return Ok(Vec::new()),
                 _ = stop.cancelled() => return Ok(Vec::new()),
             }

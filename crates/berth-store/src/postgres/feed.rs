@@ -7,8 +7,7 @@
 //! Each node listens on one dedicated connection; while it cannot, its pollers look again
 //! every [`FALLBACK_POLL`] instead (a lost notification delays a poll, never loses a message).
 
-use std::collections::BTreeMap;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use super::connection;
+use super::floors::Floors;
 
 /// How often pollers look again while this node cannot listen.
 const FALLBACK_POLL: Duration = Duration::from_secs(1);
@@ -44,13 +44,47 @@ struct Payload {
     /// Queues whose every poller should look again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     changed: Vec<QueueRow>,
+    /// For each queue of `ready`: the first id put, and whether the default channel had any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    first: Vec<(QueueRow, i64, bool)>,
 }
 
 impl Payload {
-    fn changes(self) -> impl Iterator<Item = Change> {
-        let ready = self.ready.into_iter().map(|(queue, count, channels)| Change::Ready { queue, count, channels });
-        ready.chain(self.changed.into_iter().map(|queue| Change::Changed { queue }))
+    /// Follows the payload's puts in `floors` and passes its changes to the feed.
+    fn deliver(self, floors: &Floors, feed: &broadcast::Sender<Change>) {
+        let first: HashMap<QueueRow, (i64, bool)> =
+            self.first.into_iter().map(|(queue, id, default)| (queue, (id, default))).collect();
+        for (queue, count, channels) in self.ready {
+            match first.get(&queue) {
+                Some(&(id, default)) => {
+                    let mut put: Vec<&str> = channels.iter().map(String::as_str).collect();
+                    if default {
+                        put.push("");
+                    }
+                    floors.put(queue, id, &put);
+                }
+                // From a node that does not send ids.
+                None => floors.follow(&Change::Changed { queue }),
+            }
+            let _ = feed.send(Change::Ready { queue, count, channels });
+        }
+        for queue in self.changed {
+            pass(Change::Changed { queue }, floors, feed);
+        }
     }
+}
+
+/// Passes another node's change to this node's floors and feed.
+fn pass(change: Change, floors: &Floors, feed: &broadcast::Sender<Change>) {
+    floors.follow(&change);
+    let _ = feed.send(change);
+}
+
+/// A committed change for the other nodes, with a put's first id and whether it had
+/// messages in the default channel.
+pub(crate) struct Pushed {
+    pub(crate) change: Change,
+    pub(crate) first: Option<(i64, bool)>,
 }
 
 /// Sends this node's changes to the others.
@@ -58,7 +92,7 @@ pub(crate) struct Notifier {
     node: String,
     channel: String,
     // std Mutex: held only to push or take, never across an await.
-    pending: Mutex<Vec<Change>>,
+    pending: Mutex<Vec<Pushed>>,
     wake: Notify,
 }
 
@@ -68,7 +102,7 @@ impl Notifier {
     }
 
     /// Queues a committed change for the other nodes.
-    pub(crate) fn push(&self, change: Change) {
+    pub(crate) fn push(&self, change: Pushed) {
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).push(change);
         self.wake.notify_one();
     }
@@ -98,15 +132,26 @@ impl Notifier {
     }
 
     /// The changes merged per queue, as payloads under PostgreSQL's size limit.
-    fn payloads(&self, changes: Vec<Change>) -> Vec<String> {
+    fn payloads(&self, changes: Vec<Pushed>) -> Vec<String> {
         let mut ready: BTreeMap<QueueRow, (usize, BTreeSet<String>)> = BTreeMap::new();
+        let mut first: BTreeMap<QueueRow, (i64, bool)> = BTreeMap::new();
         let mut changed: BTreeSet<QueueRow> = BTreeSet::new();
-        for change in changes {
+        for Pushed { change, first: put } in changes {
             match change {
                 Change::Ready { queue, count, channels } => {
                     let entry = ready.entry(queue).or_default();
                     entry.0 += count;
                     entry.1.extend(channels);
+                    match put {
+                        Some((id, default)) => {
+                            let entry = first.entry(queue).or_insert((id, default));
+                            *entry = (entry.0.min(id), entry.1 || default);
+                        }
+                        // Without an id the receivers forget the queue's floors.
+                        None => {
+                            changed.insert(queue);
+                        }
+                    }
                 }
                 Change::Changed { queue } => {
                     changed.insert(queue);
@@ -127,7 +172,7 @@ impl Notifier {
             *size = 0;
         };
         for (queue, (count, channels)) in ready {
-            let entry_size = 32 + channels.iter().map(|c| c.len() + 3).sum::<usize>();
+            let entry_size = 64 + channels.iter().map(|c| c.len() + 3).sum::<usize>();
             if size + entry_size > MAX_PAYLOAD {
                 flush(&mut payload, &mut size);
             }
@@ -137,6 +182,9 @@ impl Notifier {
                 payload.changed.push(queue);
             } else {
                 payload.ready.push((queue, count, channels.into_iter().collect()));
+                if let Some(&(id, default)) = first.get(&queue) {
+                    payload.first.push((queue, id, default));
+                }
             }
         }
         for queue in changed {
@@ -158,18 +206,19 @@ pub(crate) async fn listen(
     node: String,
     channel: String,
     feed: broadcast::Sender<Change>,
+    floors: Arc<Floors>,
     stop: CancellationToken,
 ) {
     loop {
         let listened = tokio::select! {
             () = stop.cancelled() => return,
-            outcome = listen_once(&config, &node, &channel, &feed) => outcome,
+            outcome = listen_once(&config, &node, &channel, &feed, &floors) => outcome,
         };
         if let Err(e) = listened {
             tracing::warn!(error = %e, "the change feed's connection to PostgreSQL dropped; reconnecting");
         }
         // Until listening again, pollers look every FALLBACK_POLL.
-        let _ = feed.send(Change::Missed);
+        pass(Change::Missed, &floors, &feed);
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(FALLBACK_POLL) => {}
@@ -182,6 +231,7 @@ async fn listen_once(
     node: &str,
     channel: &str,
     feed: &broadcast::Sender<Change>,
+    floors: &Floors,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
     let (notifications, mut received) = mpsc::unbounded_channel();
@@ -202,12 +252,15 @@ async fn listen_once(
     });
     client.batch_execute(&format!("LISTEN \"{channel}\"")).await?;
     // Changes committed while this node was not listening were missed.
-    let _ = feed.send(Change::Missed);
+    pass(Change::Missed, floors, feed);
     while let Some(text) = received.recv().await {
         match serde_json::from_str::<Payload>(&text) {
             Ok(payload) if payload.node == node => {}
-            Ok(payload) => payload.changes().for_each(|change| drop(feed.send(change))),
-            Err(e) => tracing::warn!(error = %e, "an unreadable change notification; waking every poller"),
+            Ok(payload) => payload.deliver(floors, feed),
+            Err(e) => {
+                tracing::warn!(error = %e, "an unreadable change notification; waking every poller");
+                pass(Change::Missed, floors, feed);
+            }
         }
     }
     drop(client);

@@ -1,6 +1,7 @@
 //! Message operations, each run inside the caller's transaction.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Instant;
 
 use berth_core::clock::Timestamp;
 use berth_core::delivery::{after_lease, AfterLease, Ended};
@@ -9,6 +10,7 @@ use berth_core::model::{LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, P
 use berth_core::store::{Appended, Leased};
 use deadpool_postgres::GenericClient;
 
+use super::floors::{Floors, Pick, Scan};
 use super::{from_json, json, sql};
 
 /// Named channels of the put that have no message in the queue yet.
@@ -89,47 +91,75 @@ pub(crate) async fn put(
     Ok(Appended::Stored(ids))
 }
 
-/// Leases as the request says (ended leases already settled by the caller).
-pub(crate) async fn lease(c: &impl GenericClient, req: &LeaseRequest) -> Result<Leased, StoreError> {
+/// The channels of the side with ready messages, by a skip scan of the ready index.
+const READY_CHANNELS: &str = "
+    WITH RECURSIVE channels AS (
+        (SELECT channel FROM messages WHERE queue = $1 AND dlq = $2 AND NOT leased ORDER BY channel LIMIT 1)
+        UNION ALL
+        SELECT n.channel FROM channels c CROSS JOIN LATERAL (
+            SELECT channel FROM messages
+            WHERE queue = $1 AND dlq = $2 AND NOT leased AND channel > c.channel
+            ORDER BY channel LIMIT 1) n
+    )
+    SELECT channel FROM channels";
+
+/// Up to `$5` ready messages of the scan's channels, each channel from its floor and
+/// oldest first, the channels in random order: over many gets every busy channel comes
+/// first equally often.
+const PICK: &str = "
+    SELECT p.id, p.size, c.channel
+    FROM (SELECT * FROM unnest($3::text[], $4::bigint[]) AS u(channel, floor) ORDER BY random()) c
+    CROSS JOIN LATERAL (
+        SELECT id, size FROM messages m
+        WHERE m.queue = $1 AND m.dlq = $2 AND m.channel = c.channel AND NOT m.leased AND m.id >= c.floor
+          AND m.expire_at > $6
+        ORDER BY m.id LIMIT $5 FOR UPDATE SKIP LOCKED) p
+    LIMIT $5";
+
+/// Leases as the request says (ended leases already settled by the caller; `rescan` when
+/// that released any, as they lie below the floors). Returns what to record in `floors`
+/// once committed.
+pub(crate) async fn lease(
+    c: &impl GenericClient,
+    req: &LeaseRequest,
+    floors: &Floors,
+    rescan: bool,
+) -> Result<(Leased, Pick), StoreError> {
     let limit = i64::from(req.max_messages);
-    let candidates = match &req.channel {
-        Some(channel) => {
-            sql::query(
-                c,
-                "SELECT id, size FROM messages
-                 WHERE queue = $1 AND dlq = $2 AND channel = $3 AND NOT leased AND expire_at > $4
-                 ORDER BY id LIMIT $5 FOR UPDATE SKIP LOCKED",
-                &[&req.queue, &req.dead_letter, channel, &req.now.0, &limit],
-            )
-            .await?
+    let pick = |scan: Scan| async move {
+        let rows =
+            sql::query(c, PICK, &[&req.queue, &req.dead_letter, &scan.channels, &scan.floors, &limit, &req.now.0])
+                .await?;
+        Ok::<_, StoreError>((scan, rows))
+    };
+    let hinted =
+        if rescan { None } else { floors.scan(req.queue, req.dead_letter, req.channel.as_deref(), Instant::now()) };
+    let mut above_floors = None;
+    if let Some(scan) = hinted.filter(Scan::skips) {
+        let (scan, rows) = pick(scan).await?;
+        // Too few above the floors: older ones may lie below them.
+        if rows.len() as i64 >= limit {
+            above_floors = Some((scan, rows));
         }
-        // Channels with ready messages in random order, each served oldest first: over
-        // many gets every busy channel comes first equally often.
+    }
+    let full = above_floors.is_none();
+    let (scan, candidates) = match above_floors {
+        Some(found) => found,
         None => {
-            sql::query(
-                c,
-                "WITH RECURSIVE channels AS (
-                     (SELECT channel FROM messages WHERE queue = $1 AND dlq = $2 AND NOT leased
-                      ORDER BY channel LIMIT 1)
-                     UNION ALL
-                     SELECT n.channel FROM channels c CROSS JOIN LATERAL (
-                         SELECT channel FROM messages
-                         WHERE queue = $1 AND dlq = $2 AND NOT leased AND channel > c.channel
-                         ORDER BY channel LIMIT 1) n
-                 )
-                 SELECT p.id, p.size FROM (SELECT channel FROM channels ORDER BY random()) c
-                 CROSS JOIN LATERAL (
-                     SELECT id, size FROM messages m
-                     WHERE m.queue = $1 AND m.dlq = $2 AND m.channel = c.channel AND NOT m.leased
-                       AND m.expire_at > $3
-                     ORDER BY m.id LIMIT $4 FOR UPDATE SKIP LOCKED) p
-                 LIMIT $4",
-                &[&req.queue, &req.dead_letter, &req.now.0, &limit],
-            )
-            .await?
+            let scan = floors.full_scan(req.queue);
+            let channels = match &req.channel {
+                Some(channel) => vec![channel.clone()],
+                None => sql::query(c, READY_CHANNELS, &[&req.queue, &req.dead_letter])
+                    .await?
+                    .iter()
+                    .map(|row| row.get(0))
+                    .collect(),
+            };
+            pick(scan.of(channels)).await?
         }
     };
     let mut chosen: Vec<i64> = Vec::with_capacity(candidates.len());
+    let mut taken: HashMap<String, i64> = HashMap::new();
     let mut bytes = 0usize;
     for row in &candidates {
         let size = usize::try_from(row.get::<_, i64>(1)).unwrap_or(usize::MAX);
@@ -137,8 +167,13 @@ pub(crate) async fn lease(c: &impl GenericClient, req: &LeaseRequest) -> Result<
             break;
         }
         bytes = bytes.saturating_add(size);
-        chosen.push(row.get(0));
+        let id: i64 = row.get(0);
+        chosen.push(id);
+        let highest = taken.entry(row.get(2)).or_insert(id);
+        *highest = (*highest).max(id);
     }
+    let gave_back = chosen.len() < candidates.len();
+    let pick = Pick { scan, full, listed: full && req.channel.is_none(), taken, gave_back };
     if chosen.is_empty() {
         let next = sql::query_one(
             c,
@@ -147,7 +182,8 @@ pub(crate) async fn lease(c: &impl GenericClient, req: &LeaseRequest) -> Result<
             &[&req.queue, &req.dead_letter],
         )
         .await?;
-        return Ok(Leased { messages: Vec::new(), next_visible_at: next.get::<_, Option<i64>>(0).map(Timestamp) });
+        let leased = Leased { messages: Vec::new(), next_visible_at: next.get::<_, Option<i64>>(0).map(Timestamp) };
+        return Ok((leased, pick));
     }
     let token = rand::random::<i64>();
     let rows = sql::query(
@@ -175,7 +211,7 @@ pub(crate) async fn lease(c: &impl GenericClient, req: &LeaseRequest) -> Result<
         by_id.insert(message.id, message);
     }
     let messages = chosen.iter().filter_map(|id| by_id.remove(id)).collect();
-    Ok(Leased { messages, next_visible_at: None })
+    Ok((Leased { messages, next_visible_at: None }, pick))
 }
 
 /// The columns of each lease as arrays, for `unnest`.

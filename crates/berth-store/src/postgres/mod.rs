@@ -10,6 +10,7 @@
 
 mod clock;
 mod feed;
+mod floors;
 mod identity;
 mod messages;
 mod queues;
@@ -18,11 +19,14 @@ mod settle;
 mod sql;
 mod store_impl;
 mod sweep;
+mod vacuum;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::error::StoreError;
+use berth_core::model::QueueRow;
 use berth_core::store::{Change, CHANGE_FEED_CAPACITY};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio::sync::broadcast;
@@ -52,6 +56,8 @@ pub struct PostgresStore {
     sweep_lock: i64,
     changes: broadcast::Sender<Change>,
     feed: Arc<feed::Notifier>,
+    /// Where this node's leases start scanning.
+    floors: Arc<floors::Floors>,
     clock: Arc<DatabaseClock>,
     stop: CancellationToken,
 }
@@ -86,13 +92,14 @@ impl PostgresStore {
         let channel = feed::channel_of(&store_id);
         let feed = Arc::new(feed::Notifier::new(node.clone(), channel.clone()));
         tokio::spawn(feed.clone().send(pool.clone(), stop.clone()));
-        tokio::spawn(feed::listen(config, node, channel, changes.clone(), stop.clone()));
+        let floors = Arc::new(floors::Floors::default());
+        tokio::spawn(feed::listen(config, node, channel, changes.clone(), floors.clone(), stop.clone()));
         let clock = Arc::new(DatabaseClock::default());
         clock.sync(&pool).await?;
         tokio::spawn(clock.clone().keep_in_sync(pool.clone(), stop.clone()));
         // Stores that share a database (in schemas of their own) sweep apart.
         let sweep_lock = i64::from_str_radix(&store_id[..15.min(store_id.len())], 16).unwrap_or(0);
-        Ok(PostgresStore { pool, store_id, sweep_lock, changes, feed, clock, stop })
+        Ok(PostgresStore { pool, store_id, sweep_lock, changes, feed, floors, clock, stop })
     }
 
     /// The database's id, made when Berth first created its schema there.
@@ -108,9 +115,18 @@ impl PostgresStore {
     /// Announces changes once committed: to this node's pollers at once, to others' by NOTIFY.
     fn announce(&self, changes: Vec<Change>) {
         for change in changes {
+            self.floors.follow(&change);
             let _ = self.changes.send(change.clone());
-            self.feed.push(change);
+            self.feed.push(feed::Pushed { change, first: None });
         }
+    }
+
+    /// Announces a committed put of messages with ids from `first` in these channels.
+    fn announce_put(&self, queue: QueueRow, first: i64, channels: BTreeSet<&str>, change: Change) {
+        self.floors.put(queue, first, &channels.iter().copied().collect::<Vec<_>>());
+        self.floors.follow(&change);
+        let _ = self.changes.send(change.clone());
+        self.feed.push(feed::Pushed { change, first: Some((first, channels.contains(""))) });
     }
 
     async fn client(&self) -> Result<Object, StoreError> {

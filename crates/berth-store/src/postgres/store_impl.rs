@@ -1,6 +1,9 @@
 //! `Store` for `PostgresStore`: each method is one transaction (or one read), and its
 //! changes are announced once it committed.
 
+use std::collections::BTreeSet;
+use std::time::Instant;
+
 use async_trait::async_trait;
 use berth_core::clock::Timestamp;
 use berth_core::error::StoreError;
@@ -13,7 +16,7 @@ use berth_core::store::{
 };
 use tokio::sync::broadcast;
 
-use super::{identity, messages, pg, queues, settle, sql, sweep, PostgresStore};
+use super::{identity, messages, pg, queues, settle, sql, sweep, vacuum, PostgresStore};
 
 /// Ended leases settled per lease call; the sweep handles any surplus.
 const SETTLE_PER_LEASE: u32 = 256;
@@ -83,7 +86,12 @@ impl Store for PostgresStore {
     }
 
     async fn save_queue(&self, queue: &Queue, expected_version: i64, work: &WorkRequest) -> StoreResult<bool> {
-        Ok(transaction!(self, |tx| queues::save_queue(&tx, queue, expected_version, work).await?))
+        let saved = transaction!(self, |tx| queues::save_queue(&tx, queue, expected_version, work).await?);
+        if saved {
+            // Other nodes' pollers of a deleted queue wake and find it gone.
+            self.announce(changed([queue.row]));
+        }
+        Ok(saved)
     }
 
     async fn insert_work_request(&self, work: &WorkRequest) -> StoreResult<()> {
@@ -112,8 +120,11 @@ impl Store for PostgresStore {
         max_channels: u32,
     ) -> StoreResult<Appended> {
         let appended = transaction!(self, |tx| messages::put(&tx, queue, &messages, max_channels).await?);
-        if let Appended::Stored(_) = appended {
-            self.announce(vec![Change::of_put(queue, &messages)]);
+        if let Appended::Stored(ids) = &appended {
+            if let Some(&first) = ids.first() {
+                let channels: BTreeSet<&str> = messages.iter().map(|m| m.message.channel.as_str()).collect();
+                self.announce_put(queue, first, channels, Change::of_put(queue, &messages));
+            }
         }
         Ok(appended)
     }
@@ -123,12 +134,26 @@ impl Store for PostgresStore {
     }
 
     async fn lease(&self, request: LeaseRequest) -> StoreResult<Leased> {
-        let (leased, settled) = transaction!(self, |tx| {
-            let settled = settle::queue(&tx, request.queue, request.now, SETTLE_PER_LEASE).await?;
-            (messages::lease(&tx, &request).await?, settled)
-        });
-        self.announce(changed(settled.queues));
-        Ok(leased)
+        let leased = async {
+            Ok(transaction!(self, |tx| {
+                let settled = settle::queue(&tx, request.queue, request.now, SETTLE_PER_LEASE).await?;
+                let rescan = !settled.queues.is_empty();
+                (messages::lease(&tx, &request, &self.floors, rescan).await?, settled)
+            }))
+        };
+        match leased.await {
+            Ok(((leased, pick), settled)) => {
+                self.floors.record(request.queue, request.dead_letter, &pick, Instant::now());
+                let gave_back = pick.gave_back.then_some(request.queue);
+                self.announce(changed(settled.queues.into_iter().chain(gave_back)));
+                Ok(leased)
+            }
+            Err(e) => {
+                // Messages it locked are ready again, below floors other leases set past them.
+                self.floors.follow(&Change::Changed { queue: request.queue });
+                Err(e)
+            }
+        }
     }
 
     async fn extend_leases(&self, leases: Vec<(LeaseRef, Timestamp)>, now: Timestamp) -> StoreResult<Vec<bool>> {
@@ -205,6 +230,13 @@ impl Store for PostgresStore {
         Ok(settled.report)
     }
 
+    async fn housekeeping(&self) -> StoreResult<()> {
+        if vacuum::if_due(&self.client().await?).await? {
+            tracing::debug!("vacuumed the messages table");
+        }
+        Ok(())
+    }
+
     async fn check_writable(&self) -> StoreResult<()> {
         let client = self.client().await?;
         let primary: bool = sql::query_one(&client, "SELECT NOT pg_is_in_recovery()", &[]).await?.get(0);
@@ -224,6 +256,6 @@ impl Store for PostgresStore {
 
 /// `Changed` once for each queue.
 fn changed(queues: impl IntoIterator<Item = QueueRow>) -> Vec<Change> {
-    let queues: std::collections::BTreeSet<QueueRow> = queues.into_iter().collect();
+    let queues: BTreeSet<QueueRow> = queues.into_iter().collect();
     queues.into_iter().map(|queue| Change::Changed { queue }).collect()
 }

@@ -191,6 +191,47 @@ pub(crate) async fn leased_message_is_invisible_until_its_lease_ends_then_redeli
     assert_eq!(again[0].message.delivery_count, 2);
 }
 
+pub(crate) async fn messages_given_back_come_out_before_newer_ones_in_a_long_backlog(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
+    let q = r.queue(PolicyValues::default()).await;
+    let numbers: Vec<String> = (1..=100).map(|n| n.to_string()).collect();
+    for batch in numbers.chunks(20) {
+        r.put(&q, &batch.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    }
+    let first = r.get(&q, 20, 10).await;
+    for _ in 0..2 {
+        assert_eq!(r.get(&q, 20, 30).await.len(), 20);
+    }
+    // Given back by a zero visibility: before the 40 newer ones still waiting.
+    let given_back = first[..5].iter().map(|d| (d.receipt.clone(), 0)).collect();
+    for updated in r.engine.update_messages(T, &q, given_back).await.unwrap() {
+        updated.unwrap();
+    }
+    let expected: Vec<String> = (1..=5).chain(61..=75).map(|n| n.to_string()).collect();
+    assert_eq!(contents(&r.get(&q, 20, 30).await), expected);
+    // Their lease ended: before the newer ones too, whether the get or a sweep ends it.
+    r.advance(11);
+    let expected: Vec<String> = (6..=20).chain(76..=80).map(|n| n.to_string()).collect();
+    assert_eq!(contents(&r.get(&q, 20, 30).await), expected);
+    let short = r.get(&q, 5, 10).await;
+    assert_eq!(contents(&short), ["81", "82", "83", "84", "85"]);
+    r.advance(11);
+    assert_eq!(r.store.sweep(r.clock_now(), 100).await.unwrap().released, 5);
+    let expected: Vec<String> = (81..=90).map(|n| n.to_string()).collect();
+    assert_eq!(contents(&r.get(&q, 10, 30).await), expected);
+    // One channel alike.
+    let in_x: Vec<String> = (1..=40).map(|n| format!("x{n}")).collect();
+    for batch in in_x.chunks(20) {
+        r.put_in(&q, "x", &batch.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    }
+    let first = r.get_with(&q, 10, 10, Some("x"), false).await;
+    assert_eq!(r.get_with(&q, 10, 30, Some("x"), false).await.len(), 10);
+    r.advance(11);
+    let expected: Vec<String> = (1..=10).map(|n| format!("x{n}")).collect();
+    assert_eq!(contents(&r.get_with(&q, 10, 30, Some("x"), false).await), expected);
+    assert_eq!(first.len(), 10);
+}
+
 pub(crate) async fn receipt_from_expired_lease_is_rejected_for_update_and_delete(backend: Arc<dyn Backend>) {
     let r = rig(backend).await;
     let q = r.queue(PolicyValues::default()).await;
@@ -820,6 +861,10 @@ macro_rules! conformance_suite {
         #[tokio::test]
         async fn leased_message_is_invisible_until_its_lease_ends_then_redelivered_first() {
             conformance::leased_message_is_invisible_until_its_lease_ends_then_redelivered_first($backend).await
+        }
+        #[tokio::test]
+        async fn messages_given_back_come_out_before_newer_ones_in_a_long_backlog() {
+            conformance::messages_given_back_come_out_before_newer_ones_in_a_long_backlog($backend).await
         }
         #[tokio::test]
         async fn receipt_from_expired_lease_is_rejected_for_update_and_delete() {

@@ -1,0 +1,29 @@
+//! Vacuuming the messages table as often as its churn needs.
+//!
+//! Every message leaves two dead row versions behind (its lease's update and its delete),
+//! and autovacuum visits a database at most once a minute by default: at 20,000 messages
+//! a second that is gigabytes of dead rows for a backlog of megabytes, and every scan
+//! walks them. So each node's housekeeping vacuums the table itself once enough dead rows
+//! piled up. `SKIP_LOCKED` makes it skip while another node's (or autovacuum's) vacuum of
+//! the table runs, so nodes never queue up behind each other.
+
+use berth_core::error::StoreError;
+use deadpool_postgres::GenericClient;
+
+use super::{pg, sql};
+
+/// Dead rows that make a vacuum due (autovacuum's per-table threshold in schema.rs alike).
+const DEAD_ROWS: i64 = 20_000;
+
+/// Vacuums the messages table if enough dead rows piled up; whether it did.
+pub(crate) async fn if_due(c: &impl GenericClient) -> Result<bool, StoreError> {
+    let dead: Option<i64> =
+        sql::query_opt(c, "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'messages'::regclass", &[])
+            .await?
+            .map(|row| row.get(0));
+    if dead.unwrap_or(0) < DEAD_ROWS {
+        return Ok(false);
+    }
+    c.batch_execute("VACUUM (SKIP_LOCKED) messages").await.map_err(pg)?;
+    Ok(true)
+}
