@@ -62,6 +62,38 @@ def nodes(tmp_path):
             node.kill()
 
 
+def test_nodes_started_at_once_on_a_new_store_make_one_admin(tmp_path):
+    env = store_env()
+    servers = [BerthServer(berth_bin(), tmp_path / f"n{i}", tmp_path / f"logs{i}", env=env) for i in range(3)]
+    failed = []
+
+    def start(server):
+        try:
+            server.start()
+        except Exception as e:  # noqa: BLE001 - reported below
+            failed.append(e)
+
+    starting = [threading.Thread(target=start, args=(s,)) for s in servers]
+    for thread in starting:
+        thread.start()
+    for thread in starting:
+        thread.join(timeout=120)
+    try:
+        assert not failed and all(s.running for s in servers), failed
+        made = [s for s in servers if s.admin_json_path.exists()]
+        assert len(made) == 1, "exactly one node wrote the admin's credentials"
+        for s in servers:
+            if s is not made[0]:
+                assert not any(s.credentials_dir.glob("*")), "no credentials naming a user that does not exist"
+        qid = tenant_on(made[0], servers[0]).create_queue(unique_name("at-once"))
+        for s in servers:
+            assert stats(tenant_on(made[0], s).qc, qid).queue.visible_messages == 0
+    finally:
+        for s in servers:
+            if s.running:
+                s.kill()
+
+
 def test_a_long_poll_on_one_node_wakes_at_a_put_on_another(nodes):
     a, b = nodes(2)
     on_a, on_b = tenant_on(a, a), tenant_on(a, b)

@@ -159,8 +159,8 @@ pub trait Store: Send + Sync + 'static {
     async fn ensure_tenancy(&self, name: &str, new_id: &str) -> StoreResult<Tenancy>;
     /// The tenancy with this name.
     async fn tenancy_by_name(&self, name: &str) -> StoreResult<Option<Tenancy>>;
-    /// Adds a user; fails if the name is taken in its tenancy.
-    async fn insert_user(&self, user: &User) -> StoreResult<()>;
+    /// Adds a user, unless the name is taken in its tenancy: whether it did.
+    async fn insert_user(&self, user: &User) -> StoreResult<bool>;
     /// The user with this API key.
     async fn user_by_key(&self, tenancy_id: &str, user_id: &str, fingerprint: &str) -> StoreResult<Option<User>>;
     /// The user with this name in the named tenancy.

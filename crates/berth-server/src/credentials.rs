@@ -136,7 +136,13 @@ pub async fn issue(
         endpoint: endpoint.to_owned(),
     };
     create_file(&json_file, &serde_json::to_vec_pretty(&issued)?, true)?;
-    store.insert_user(&user).await?;
+    if !store.insert_user(&user).await? {
+        // Another process added the name meanwhile: these files would name no user.
+        for path in [&issued.key_file, &config_file, &json_file] {
+            let _ = std::fs::remove_file(path);
+        }
+        anyhow::bail!("user {user_name:?} already exists in tenancy {:?}", tenancy.name);
+    }
     Ok(issued)
 }
 
@@ -160,8 +166,16 @@ pub async fn bootstrap(store: &dyn Store, data_dir: &Path, region: &str, endpoin
         if dir.join("oci-config").exists() {
             tracing::warn!(dir = %dir.display(), "credentials exist but the store has no admin user; leaving them alone");
         } else {
-            issue(store, &tenancy, ADMIN_USER, &dir, endpoint, region).await?;
-            tracing::info!(dir = %dir.display(), "created the default tenancy and its admin credentials");
+            match issue(store, &tenancy, ADMIN_USER, &dir, endpoint, region).await {
+                Ok(_) => tracing::info!(dir = %dir.display(), "created the default tenancy and its admin credentials"),
+                // Nodes started at once on a new database: one of them made the admin.
+                Err(_) if store.user_by_name(DEFAULT_TENANCY, ADMIN_USER).await?.is_some() => {
+                    tracing::info!(
+                        "another node created the admin user at the same time; its data dir holds the credentials"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(tenancy)

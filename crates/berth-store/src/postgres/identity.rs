@@ -23,15 +23,15 @@ pub(crate) async fn tenancy_by_name(c: &impl GenericClient, name: &str) -> Resul
     Ok(row.map(|row| Tenancy { id: row.get(0), name: row.get(1) }))
 }
 
-pub(crate) async fn insert_user(c: &impl GenericClient, user: &User) -> Result<(), StoreError> {
-    sql::execute(
+pub(crate) async fn insert_user(c: &impl GenericClient, user: &User) -> Result<bool, StoreError> {
+    let inserted = sql::execute(
         c,
         "INSERT INTO users (id, tenancy_id, name, fingerprint, public_key, stomp_passcode_sha256)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenancy_id, name) DO NOTHING",
         &[&user.id, &user.tenancy_id, &user.name, &user.fingerprint, &user.public_key_der, &user.stomp_passcode_sha256],
     )
     .await?;
-    Ok(())
+    Ok(inserted == 1)
 }
 
 const USER_COLUMNS: &str = "u.id, u.tenancy_id, u.name, u.fingerprint, u.public_key, u.stomp_passcode_sha256";

@@ -91,7 +91,7 @@ CREATE INDEX IF NOT EXISTS messages_expiry ON messages (expire_at) WHERE NOT lea
 -- table size (whose default 20 % lets a busy queue's table grow with its churn), unthrottled.
 ALTER TABLE messages SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 20000,
                           autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 20000,
-                          autovacuum_vacuum_cost_delay = 0);
+                          autovacuum_vacuum_cost_delay = 0, vacuum_truncate = false);
 ";
 
 /// Makes or checks the schema, and returns the store's id.

@@ -46,7 +46,7 @@ impl Store for PostgresStore {
         identity::tenancy_by_name(&self.client().await?, name).await
     }
 
-    async fn insert_user(&self, user: &User) -> StoreResult<()> {
+    async fn insert_user(&self, user: &User) -> StoreResult<bool> {
         identity::insert_user(&self.client().await?, user).await
     }
 

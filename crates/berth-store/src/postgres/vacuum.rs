@@ -24,6 +24,8 @@ pub(crate) async fn if_due(c: &impl GenericClient) -> Result<bool, StoreError> {
     if dead.unwrap_or(0) < DEAD_ROWS {
         return Ok(false);
     }
-    c.batch_execute("VACUUM (SKIP_LOCKED) messages").await.map_err(pg)?;
+    // No truncation: it takes the table's exclusive lock, stalling every put and get, only
+    // for the next puts to extend the table again.
+    c.batch_execute("VACUUM (SKIP_LOCKED, TRUNCATE false) messages").await.map_err(pg)?;
     Ok(true)
 }

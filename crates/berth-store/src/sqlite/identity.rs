@@ -35,13 +35,13 @@ pub(crate) fn tenancy_by_name(conn: &Connection, name: &str) -> rusqlite::Result
         .optional()
 }
 
-pub(crate) fn insert_user(conn: &Connection, user: &User) -> rusqlite::Result<()> {
-    conn.execute(
+pub(crate) fn insert_user(conn: &Connection, user: &User) -> rusqlite::Result<bool> {
+    let inserted = conn.execute(
         "INSERT INTO users (id, tenancy_id, name, fingerprint, public_key, stomp_passcode_sha256)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tenancy_id, name) DO NOTHING",
         params![user.id, user.tenancy_id, user.name, user.fingerprint, user.public_key_der, user.stomp_passcode_sha256],
     )?;
-    Ok(())
+    Ok(inserted == 1)
 }
 
 const USER_COLUMNS: &str = "u.id, u.tenancy_id, u.name, u.fingerprint, u.public_key, u.stomp_passcode_sha256";

@@ -32,7 +32,7 @@ impl Store for SqliteStore {
         self.read(move |c| identity::tenancy_by_name(c, &name)).await
     }
 
-    async fn insert_user(&self, user: &User) -> StoreResult<()> {
+    async fn insert_user(&self, user: &User) -> StoreResult<bool> {
         let user = user.clone();
         self.write(move |c| identity::insert_user(c, &user)).await
     }

@@ -232,6 +232,25 @@ pub(crate) async fn messages_given_back_come_out_before_newer_ones_in_a_long_bac
     assert_eq!(first.len(), 10);
 }
 
+pub(crate) async fn a_user_name_is_taken_once_per_tenancy(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
+    let one = r.store.ensure_tenancy("one", "ocid1.tenancy.oc1..one").await.unwrap();
+    let two = r.store.ensure_tenancy("two", "ocid1.tenancy.oc1..two").await.unwrap();
+    let user = |id: &str, tenancy: &berth_core::model::Tenancy| berth_core::model::User {
+        id: id.into(),
+        tenancy_id: tenancy.id.clone(),
+        name: "admin".into(),
+        fingerprint: format!("fp-{id}"),
+        public_key_der: vec![1, 2, 3],
+        stomp_passcode_sha256: "00".into(),
+    };
+    assert!(r.store.insert_user(&user("u1", &one)).await.unwrap());
+    assert!(!r.store.insert_user(&user("u2", &one)).await.unwrap(), "the name is taken in tenancy one");
+    assert!(r.store.insert_user(&user("u3", &two)).await.unwrap(), "but free in tenancy two");
+    let kept = r.store.user_by_name("one", "admin").await.unwrap().unwrap();
+    assert_eq!(kept.id, "u1", "the first one stays");
+}
+
 pub(crate) async fn receipt_from_expired_lease_is_rejected_for_update_and_delete(backend: Arc<dyn Backend>) {
     let r = rig(backend).await;
     let q = r.queue(PolicyValues::default()).await;
@@ -865,6 +884,10 @@ macro_rules! conformance_suite {
         #[tokio::test]
         async fn messages_given_back_come_out_before_newer_ones_in_a_long_backlog() {
             conformance::messages_given_back_come_out_before_newer_ones_in_a_long_backlog($backend).await
+        }
+        #[tokio::test]
+        async fn a_user_name_is_taken_once_per_tenancy() {
+            conformance::a_user_name_is_taken_once_per_tenancy($backend).await
         }
         #[tokio::test]
         async fn receipt_from_expired_lease_is_rejected_for_update_and_delete() {
