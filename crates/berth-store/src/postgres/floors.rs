@@ -80,8 +80,8 @@ pub(crate) struct Pick {
     pub(crate) listed: bool,
     /// Each channel's highest id leased.
     pub(crate) taken: HashMap<String, i64>,
-    /// Locked candidates not taken (past the byte limit): ready again at the commit, maybe
-    /// below floors that other leases set meanwhile.
+    /// Locked candidates not taken (past the byte limit, or of a pick done again from the
+    /// start): ready again at the commit, maybe below floors other leases set meanwhile.
     pub(crate) gave_back: bool,
 }
 

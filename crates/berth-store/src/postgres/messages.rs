@@ -135,11 +135,15 @@ pub(crate) async fn lease(
     let hinted =
         if rescan { None } else { floors.scan(req.queue, req.dead_letter, req.channel.as_deref(), Instant::now()) };
     let mut above_floors = None;
+    // Rows a discarded pick locked: ready again at the commit unless chosen after all.
+    let mut locked_before = Vec::new();
     if let Some(scan) = hinted.filter(Scan::skips) {
         let (scan, rows) = pick(scan).await?;
         // Too few above the floors: older ones may lie below them.
         if rows.len() as i64 >= limit {
             above_floors = Some((scan, rows));
+        } else {
+            locked_before = rows.iter().map(|row| row.get::<_, i64>(0)).collect();
         }
     }
     let full = above_floors.is_none();
@@ -172,7 +176,7 @@ pub(crate) async fn lease(
         let highest = taken.entry(row.get(2)).or_insert(id);
         *highest = (*highest).max(id);
     }
-    let gave_back = chosen.len() < candidates.len();
+    let gave_back = chosen.len() < candidates.len() || locked_before.iter().any(|id| !chosen.contains(id));
     let pick = Pick { scan, full, listed: full && req.channel.is_none(), taken, gave_back };
     if chosen.is_empty() {
         let next = sql::query_one(
