@@ -74,10 +74,10 @@ pub(crate) struct Scan {
 #[derive(Debug)]
 pub(crate) struct Pick {
     pub(crate) scan: Scan,
-    /// Scanned from the start: it vouches for its channels.
-    pub(crate) full: bool,
     /// Scanned every channel from the start: it vouches for the list of the side's channels.
     pub(crate) listed: bool,
+    /// Found fewer candidates than it asked for: it read every channel of the scan to its end.
+    pub(crate) exhausted: bool,
     /// Each channel's highest id leased.
     pub(crate) taken: HashMap<String, i64>,
     /// Locked candidates not taken (past the byte limit, or of a pick done again from the
@@ -112,9 +112,12 @@ impl Floors {
                 let floor = side.channels.get(channel).filter(|floor| fresh(floor.scanned_at))?;
                 (vec![channel.to_owned()], vec![floor.id])
             }
-            None if side.listed_at.is_some_and(fresh) => {
-                side.channels.iter().map(|(channel, floor)| (channel.clone(), floor.id)).unzip()
-            }
+            // Channels no full scan vouched for lately are read from the start.
+            None if side.listed_at.is_some_and(fresh) => side
+                .channels
+                .iter()
+                .map(|(channel, floor)| (channel.clone(), if fresh(floor.scanned_at) { floor.id } else { 0 }))
+                .unzip(),
             None => return None,
         };
         Some(Scan { channels, floors: ids, generation: floors.generation })
@@ -127,54 +130,65 @@ impl Floors {
         Scan { channels: Vec::new(), floors: Vec::new(), generation }
     }
 
-    /// Records what a committed lease of the queue's side took.
+    /// Records what a committed lease of the queue's side took. A channel the scan read from
+    /// the start vouches for its floor if the scan took from it or ran out of candidates:
+    /// that floor replaces the known one, lower or not.
     pub(crate) fn record(&self, queue: QueueRow, dlq: bool, pick: &Pick, now: Instant) {
-        let Pick { scan, full, listed, taken, .. } = pick;
-        let (full, listed) = (*full, *listed);
+        let Pick { scan, listed, exhausted, taken, .. } = pick;
         let mut map = self.lock();
         let Some(floors) = map.get_mut(&queue) else { return };
-        if floors.forgotten > scan.generation || floors.dropped > scan.generation {
+        // Main-side puts never touch the DLQ side.
+        if floors.forgotten > scan.generation || (!dlq && floors.dropped > scan.generation) {
             return;
         }
-        // What the scan saw, lowered by the puts it may not have seen.
-        let mut seen: HashMap<String, i64> = scan
+        // What the scan saw: a floor, and whether the scan vouches for it.
+        let mut seen: HashMap<String, (i64, bool)> = scan
             .channels
             .iter()
             .zip(&scan.floors)
-            .map(|(channel, &floor)| (channel.clone(), taken.get(channel).map_or(floor, |&id| id + 1)))
+            .map(|(channel, &floor)| {
+                let vouched = floor == 0 && (*exhausted || taken.contains_key(channel));
+                (channel.clone(), (taken.get(channel).map_or(floor, |&id| id + 1), vouched))
+            })
             .collect();
+        // Lowered by the puts it may not have seen.
         if !dlq {
             for (_, channel, first_id) in floors.puts.iter().filter(|(generation, _, _)| *generation > scan.generation)
             {
                 match seen.get_mut(channel) {
-                    Some(floor) => *floor = (*floor).min(*first_id),
+                    Some((floor, _)) => *floor = (*floor).min(*first_id),
                     // A channel new since the list was made.
-                    None if listed => drop(seen.insert(channel.clone(), *first_id)),
+                    None if *listed => drop(seen.insert(channel.clone(), (*first_id, true))),
                     None => {}
                 }
             }
         }
         let side = match floors.sides.entry(dlq) {
             Entry::Occupied(side) => side.into_mut(),
-            Entry::Vacant(_) if !full => return,
-            Entry::Vacant(side) => side.insert(Side { listed_at: None, channels: HashMap::new() }),
+            Entry::Vacant(side) if !scan.skips() => side.insert(Side { listed_at: None, channels: HashMap::new() }),
+            Entry::Vacant(_) => return,
         };
-        for (channel, id) in seen {
+        let mut lowered = false;
+        for (channel, (id, vouched)) in seen {
             match side.channels.entry(channel) {
-                Entry::Occupied(floor) => {
+                Entry::Occupied(floor) if vouched => {
                     let floor = floor.into_mut();
-                    // Another scan may have recorded a higher floor meanwhile, as truly.
-                    floor.id = floor.id.max(id);
-                    if full {
-                        floor.scanned_at = now;
-                    }
+                    lowered |= id < floor.id;
+                    *floor = Floor { id, scanned_at: now };
                 }
-                Entry::Vacant(floor) if full => drop(floor.insert(Floor { id, scanned_at: now })),
+                // Another scan may have recorded a higher floor meanwhile, as truly.
+                Entry::Occupied(floor) => floor.into_mut().id = floor.get().id.max(id),
+                // A floor of 0 needs no one to vouch for it.
+                Entry::Vacant(floor) if vouched || id == 0 => drop(floor.insert(Floor { id, scanned_at: now })),
                 Entry::Vacant(_) => {}
             }
         }
-        if listed {
+        if *listed {
             side.listed_at = Some(now);
+        }
+        if lowered {
+            // A floor was too high: scans under way may have trusted it.
+            floors.forget_scans_under_way();
         }
     }
 
@@ -226,9 +240,14 @@ impl Floors {
 impl QueueFloors {
     /// Messages of the queue may have become ready below its floors.
     fn forget(&mut self) {
+        self.forget_scans_under_way();
+        self.sides.clear();
+    }
+
+    /// Scans begun until now record nothing.
+    fn forget_scans_under_way(&mut self) {
         self.generation += 1;
         self.forgotten = self.generation;
-        self.sides.clear();
     }
 }
 
@@ -238,9 +257,9 @@ mod tests {
 
     const Q: QueueRow = 7;
 
-    fn pick(scan: Scan, full: bool, listed: bool, took: &[(&str, i64)]) -> Pick {
+    fn pick(scan: Scan, listed: bool, exhausted: bool, took: &[(&str, i64)]) -> Pick {
         let taken = took.iter().map(|(c, id)| ((*c).to_owned(), *id)).collect();
-        Pick { scan, full, listed, taken, gave_back: false }
+        Pick { scan, listed, exhausted, taken, gave_back: false }
     }
 
     /// A full scan of every channel that took these highest ids.
@@ -271,7 +290,7 @@ mod tests {
         let floors = Floors::default();
         let now = Instant::now();
         let scan = floors.full_scan(Q).of(vec!["a".into()]);
-        floors.record(Q, false, &pick(scan, true, false, &[("a", 9)]), now);
+        floors.record(Q, false, &pick(scan, false, false, &[("a", 9)]), now);
         assert_eq!(floor_of(&floors, "a", now), Some(10));
         assert_eq!(floors.scan(Q, false, None, now), None);
     }
@@ -355,10 +374,38 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_from_the_start_lowers_a_floor_that_was_too_high() {
+        let floors = Floors::default();
+        let now = Instant::now();
+        listed(&floors, &[""], &[("", 99)], now);
+        let under_way = floors.scan(Q, false, None, now).unwrap();
+        // Ids 50.. were ready again unannounced (a lease rolled back on another node).
+        let scan = floors.full_scan(Q).of(vec!["".into()]);
+        floors.record(Q, false, &pick(scan, true, false, &[("", 59)]), now);
+        assert_eq!(floor_of(&floors, "", now), Some(60));
+        floors.record(Q, false, &pick(under_way, false, false, &[("", 119)]), now);
+        assert_eq!(floor_of(&floors, "", now), Some(60), "a scan from the old floor records nothing");
+    }
+
+    #[test]
+    fn every_listed_channel_is_scanned_and_those_not_read_to_the_end_from_the_start() {
+        let floors = Floors::default();
+        let now = Instant::now();
+        listed(&floors, &["", "a"], &[("", 10), ("a", 10)], now);
+        // Later a full scan fills its limit from "" alone: "a" was not read, nor vouched for.
+        let later = now + RESCAN_AFTER / 2;
+        let scan = floors.full_scan(Q).of(vec!["".into(), "a".into()]);
+        floors.record(Q, false, &pick(scan, true, false, &[("", 30)]), later);
+        let scan = floors.scan(Q, false, None, now + RESCAN_AFTER).unwrap();
+        let of = |c: &str| scan.floors[scan.channels.iter().position(|x| x == c).unwrap()];
+        assert_eq!((of(""), of("a")), (31, 0));
+    }
+
+    #[test]
     fn concurrent_scans_keep_the_higher_floor() {
         let floors = Floors::default();
         let now = Instant::now();
-        listed(&floors, &[""], &[], now);
+        listed(&floors, &[""], &[("", 5)], now);
         let first = floors.scan(Q, false, None, now).unwrap();
         let second = floors.scan(Q, false, None, now).unwrap();
         floors.record(Q, false, &pick(second, false, false, &[("", 40)]), now);

@@ -177,7 +177,8 @@ pub(crate) async fn lease(
         *highest = (*highest).max(id);
     }
     let gave_back = chosen.len() < candidates.len() || locked_before.iter().any(|id| !chosen.contains(id));
-    let pick = Pick { scan, full, listed: full && req.channel.is_none(), taken, gave_back };
+    let exhausted = (candidates.len() as i64) < limit;
+    let pick = Pick { scan, listed: full && req.channel.is_none(), exhausted, taken, gave_back };
     if chosen.is_empty() {
         let next = sql::query_one(
             c,

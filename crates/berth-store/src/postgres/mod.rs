@@ -58,6 +58,7 @@ pub struct PostgresStore {
     feed: Arc<feed::Notifier>,
     /// Where this node's leases start scanning.
     floors: Arc<floors::Floors>,
+    vacuum: vacuum::Vacuum,
     clock: Arc<DatabaseClock>,
     stop: CancellationToken,
 }
@@ -99,7 +100,8 @@ impl PostgresStore {
         tokio::spawn(clock.clone().keep_in_sync(pool.clone(), stop.clone()));
         // Stores that share a database (in schemas of their own) sweep apart.
         let sweep_lock = i64::from_str_radix(&store_id[..15.min(store_id.len())], 16).unwrap_or(0);
-        Ok(PostgresStore { pool, store_id, sweep_lock, changes, feed, floors, clock, stop })
+        let vacuum = vacuum::Vacuum::default();
+        Ok(PostgresStore { pool, store_id, sweep_lock, changes, feed, floors, vacuum, clock, stop })
     }
 
     /// The database's id, made when Berth first created its schema there.
@@ -115,18 +117,20 @@ impl PostgresStore {
     /// Announces changes once committed: to this node's pollers at once, to others' by NOTIFY.
     fn announce(&self, changes: Vec<Change>) {
         for change in changes {
-            self.floors.follow(&change);
-            let _ = self.changes.send(change.clone());
-            self.feed.push(feed::Pushed { change, first: None });
+            self.publish(feed::Pushed { change, first: None });
         }
     }
 
     /// Announces a committed put of messages with ids from `first` in these channels.
     fn announce_put(&self, queue: QueueRow, first: i64, channels: BTreeSet<&str>, change: Change) {
         self.floors.put(queue, first, &channels.iter().copied().collect::<Vec<_>>());
-        self.floors.follow(&change);
-        let _ = self.changes.send(change.clone());
-        self.feed.push(feed::Pushed { change, first: Some((first, channels.contains(""))) });
+        self.publish(feed::Pushed { change, first: Some((first, channels.contains(""))) });
+    }
+
+    fn publish(&self, pushed: feed::Pushed) {
+        self.floors.follow(&pushed.change);
+        let _ = self.changes.send(pushed.change.clone());
+        self.feed.push(pushed);
     }
 
     async fn client(&self) -> Result<Object, StoreError> {

@@ -94,24 +94,39 @@ ALTER TABLE messages SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_
                           autovacuum_vacuum_cost_delay = 0, vacuum_truncate = false);
 ";
 
+/// The layout of the schema found, if Berth made one here.
+async fn layout(tx: &deadpool_postgres::Transaction<'_>) -> Result<Option<i64>, StoreError> {
+    let made: bool = tx.query_one("SELECT to_regclass('berth_meta') IS NOT NULL", &[]).await.map_err(pg)?.get(0);
+    if !made {
+        return Ok(None);
+    }
+    let row = tx
+        .query_opt("SELECT convert_from(value, 'UTF8') FROM berth_meta WHERE key = 'layout'", &[])
+        .await
+        .map_err(pg)?;
+    let Some(found) = row.map(|row| row.get::<_, String>(0)) else { return Ok(None) };
+    found.parse().map(Some).map_err(|_| StoreError::Backend(format!("unknown schema layout {found:?}")))
+}
+
 /// Makes or checks the schema, and returns the store's id.
 pub(crate) async fn prepare(client: &mut Object) -> Result<String, StoreError> {
     let tx = client.transaction().await.map_err(pg)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).await.map_err(pg)?;
-    tx.batch_execute(SCHEMA).await.map_err(pg)?;
-    let layout = LAYOUT.to_string();
-    tx.execute(
-        "INSERT INTO berth_meta (key, value) VALUES ('layout', convert_to($1, 'UTF8')) ON CONFLICT DO NOTHING",
-        &[&layout],
-    )
-    .await
-    .map_err(pg)?;
-    let found: String = tx
-        .query_one("SELECT convert_from(value, 'UTF8') FROM berth_meta WHERE key = 'layout'", &[])
-        .await
-        .map_err(pg)?
-        .get(0);
-    let found: i64 = found.parse().map_err(|_| StoreError::Backend(format!("unknown schema layout {found:?}")))?;
+    // A schema made already takes no DDL: that would lock tables that other nodes' puts,
+    // gets and vacuums are using.
+    let found = match layout(&tx).await? {
+        Some(found) => found,
+        None => {
+            tx.batch_execute(SCHEMA).await.map_err(pg)?;
+            tx.execute(
+                "INSERT INTO berth_meta (key, value) VALUES ('layout', convert_to($1, 'UTF8')) ON CONFLICT DO NOTHING",
+                &[&LAYOUT.to_string()],
+            )
+            .await
+            .map_err(pg)?;
+            LAYOUT
+        }
+    };
     if found > LAYOUT {
         return Err(StoreError::Backend(format!(
             "the database has Berth schema layout {found}, newer than this build's {LAYOUT}: \

@@ -16,7 +16,7 @@ use berth_core::store::{
 };
 use tokio::sync::broadcast;
 
-use super::{identity, messages, pg, queues, settle, sql, sweep, vacuum, PostgresStore};
+use super::{identity, messages, pg, queues, settle, sql, sweep, PostgresStore};
 
 /// Ended leases settled per lease call; the sweep handles any surplus.
 const SETTLE_PER_LEASE: u32 = 256;
@@ -134,26 +134,19 @@ impl Store for PostgresStore {
     }
 
     async fn lease(&self, request: LeaseRequest) -> StoreResult<Leased> {
-        let leased = async {
-            Ok(transaction!(self, |tx| {
-                let settled = settle::queue(&tx, request.queue, request.now, SETTLE_PER_LEASE).await?;
-                let rescan = !settled.queues.is_empty();
-                (messages::lease(&tx, &request, &self.floors, rescan).await?, settled)
-            }))
-        };
-        match leased.await {
-            Ok(((leased, pick), settled)) => {
-                self.floors.record(request.queue, request.dead_letter, &pick, Instant::now());
-                let gave_back = pick.gave_back.then_some(request.queue);
-                self.announce(changed(settled.queues.into_iter().chain(gave_back)));
-                Ok(leased)
-            }
-            Err(e) => {
-                // Messages it locked are ready again, below floors other leases set past them.
-                self.floors.follow(&Change::Changed { queue: request.queue });
-                Err(e)
-            }
-        }
+        // Until it committed: if it fails or is dropped, the messages it locked are ready
+        // again, below floors that other leases set past them.
+        let unfinished = Unfinished { store: self, queue: request.queue };
+        let ((leased, pick), settled) = transaction!(self, |tx| {
+            let settled = settle::queue(&tx, request.queue, request.now, SETTLE_PER_LEASE).await?;
+            let rescan = !settled.queues.is_empty();
+            (messages::lease(&tx, &request, &self.floors, rescan).await?, settled)
+        });
+        std::mem::forget(unfinished);
+        self.floors.record(request.queue, request.dead_letter, &pick, Instant::now());
+        let gave_back = pick.gave_back.then_some(request.queue);
+        self.announce(changed(settled.queues.into_iter().chain(gave_back)));
+        Ok(leased)
     }
 
     async fn extend_leases(&self, leases: Vec<(LeaseRef, Timestamp)>, now: Timestamp) -> StoreResult<Vec<bool>> {
@@ -207,20 +200,21 @@ impl Store for PostgresStore {
         channels: Option<Vec<String>>,
         to_settle: Settle,
     ) -> StoreResult<u64> {
-        Ok(transaction!(self, |tx| {
-            settle::queue(&tx, queue, to_settle.now, to_settle.batch).await?;
-            messages::purge(&tx, queue, target, channels.as_deref(), to_settle.batch).await?
-        }))
+        let (settled, purged) = transaction!(self, |tx| {
+            let settled = settle::queue(&tx, queue, to_settle.now, to_settle.batch).await?;
+            (settled, messages::purge(&tx, queue, target, channels.as_deref(), to_settle.batch).await?)
+        });
+        self.announce(changed(settled.queues));
+        Ok(purged)
     }
 
     async fn redrive(&self, queue: QueueRow, channels: Option<Vec<String>>, to_settle: Settle) -> StoreResult<u64> {
-        let moved = transaction!(self, |tx| {
-            settle::queue(&tx, queue, to_settle.now, to_settle.batch).await?;
-            messages::redrive(&tx, queue, channels.as_deref(), to_settle.batch).await?
+        let (settled, moved) = transaction!(self, |tx| {
+            let settled = settle::queue(&tx, queue, to_settle.now, to_settle.batch).await?;
+            (settled, messages::redrive(&tx, queue, channels.as_deref(), to_settle.batch).await?)
         });
-        if moved > 0 {
-            self.announce(changed([queue]));
-        }
+        let redriven = (moved > 0).then_some(queue);
+        self.announce(changed(settled.queues.into_iter().chain(redriven)));
         Ok(moved)
     }
 
@@ -231,10 +225,7 @@ impl Store for PostgresStore {
     }
 
     async fn housekeeping(&self) -> StoreResult<()> {
-        if vacuum::if_due(&self.client().await?).await? {
-            tracing::debug!("vacuumed the messages table");
-        }
-        Ok(())
+        self.vacuum.if_due(&self.client().await?).await
     }
 
     async fn check_writable(&self) -> StoreResult<()> {
@@ -251,6 +242,19 @@ impl Store for PostgresStore {
         self.stop.cancel();
         self.pool.close();
         Ok(())
+    }
+}
+
+/// A lease under way: dropped before it committed, it tells every node that its queue's
+/// messages may be ready below their floors.
+struct Unfinished<'a> {
+    store: &'a PostgresStore,
+    queue: QueueRow,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        self.store.announce(changed([self.queue]));
     }
 }
 

@@ -7,6 +7,9 @@
 //! piled up. `SKIP_LOCKED` makes it skip while another node's (or autovacuum's) vacuum of
 //! the table runs, so nodes never queue up behind each other.
 
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use berth_core::error::StoreError;
 use deadpool_postgres::GenericClient;
 
@@ -14,18 +17,35 @@ use super::{pg, sql};
 
 /// Dead rows that make a vacuum due (autovacuum's per-table threshold in schema.rs alike).
 const DEAD_ROWS: i64 = 20_000;
+/// Least time between two vacuums of one node: dead rows a long transaction elsewhere keeps
+/// from being removed must not keep it vacuuming back to back.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Vacuums the messages table if enough dead rows piled up; whether it did.
-pub(crate) async fn if_due(c: &impl GenericClient) -> Result<bool, StoreError> {
-    let dead: Option<i64> =
-        sql::query_opt(c, "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'messages'::regclass", &[])
-            .await?
-            .map(|row| row.get(0));
-    if dead.unwrap_or(0) < DEAD_ROWS {
-        return Ok(false);
+/// When this node last vacuumed.
+#[derive(Default)]
+pub(crate) struct Vacuum {
+    // std Mutex: held only to read or set the time, never across an await.
+    last: Mutex<Option<Instant>>,
+}
+
+impl Vacuum {
+    /// Vacuums the messages table if enough dead rows piled up.
+    pub(crate) async fn if_due(&self, c: &impl GenericClient) -> Result<(), StoreError> {
+        if self.last.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|at| at.elapsed() < MIN_INTERVAL) {
+            return Ok(());
+        }
+        let dead: Option<i64> =
+            sql::query_opt(c, "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = to_regclass('messages')", &[])
+                .await?
+                .map(|row| row.get(0));
+        if dead.unwrap_or(0) < DEAD_ROWS {
+            return Ok(());
+        }
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        // No truncation: it takes the table's exclusive lock, stalling every put and get, only
+        // for the next puts to extend the table again.
+        c.batch_execute("VACUUM (SKIP_LOCKED, TRUNCATE false) messages").await.map_err(pg)?;
+        tracing::debug!(dead_rows = dead, "vacuumed the messages table");
+        Ok(())
     }
-    // No truncation: it takes the table's exclusive lock, stalling every put and get, only
-    // for the next puts to extend the table again.
-    c.batch_execute("VACUUM (SKIP_LOCKED, TRUNCATE false) messages").await.map_err(pg)?;
-    Ok(true)
 }
