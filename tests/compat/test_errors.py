@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import oci
 import pytest
 from oci.queue.models import (ChangeQueueCompartmentDetails, CreateQueueDetails, PurgeQueueDetails,
                               PutMessagesDetails, UpdateMessageDetails, UpdateQueueDetails)
 
 from berthlib import (API, MAX_GET_LIMIT, MAX_MESSAGE_BYTES, MAX_PUT_MESSAGES, MAX_PUT_TOTAL_BYTES, NOT_FOUND,
-                      assert_error, entry, fake_compartment_id, fake_queue_id, get, put, qpath, raises_service_error,
-                      unique_name, wait_for_counts)
+                      BerthServer, assert_error, berth_bin, entry, fake_compartment_id, fake_queue_id, get, put, qpath,
+                      raises_service_error, store_env, unique_name, wait_for, wait_for_counts)
 
 
 # --------------------------------------------------------------------------
@@ -192,3 +193,23 @@ def test_every_response_carries_opc_request_id(raw, server, tenant, queue_id):
         assert r.headers.get("opc-request-id"), f"{r.request.method} {r.request.url} -> {r.status_code} lacks opc-request-id"
     for r in responses[4:]:
         assert_error(r, r.status_code)
+
+
+# --------------------------------------------------------------------------
+# Logs
+# --------------------------------------------------------------------------
+
+def test_log_lines_of_a_request_carry_its_opc_request_id(tmp_path):
+    env = {**store_env(), "RUST_LOG": "berth_server=debug"}
+    server = BerthServer(berth_bin(), tmp_path / "data", tmp_path / "logs", env=env).start()
+    try:
+        tenant = server.tenant()
+        with pytest.raises(oci.exceptions.ServiceError) as refused:
+            tenant.admin.get_queue(fake_queue_id(), opc_request_id="trace-me-4711")
+        assert refused.value.status == 404
+        assert refused.value.request_id == "trace-me-4711"
+        lines = wait_for(lambda: [line for line in server.stderr_log.read_text().splitlines()
+                                  if "request refused" in line] or None, timeout=5)
+        assert any("id=trace-me-4711" in line for line in lines), lines
+    finally:
+        server.kill()

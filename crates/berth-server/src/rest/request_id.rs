@@ -1,10 +1,12 @@
-//! `opc-request-id` on every response: the client's id when it sent one, else a new one.
+//! `opc-request-id` on every response: the client's id when it sent one, else a new one;
+//! and on every log line written while the request is served (a `request` span).
 
 use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 use rand::Rng;
+use tracing::Instrument;
 
 /// The request id of the current request, for handlers and logs.
 #[derive(Debug, Clone)]
@@ -19,7 +21,13 @@ pub async fn assign(mut request: Request, next: Next) -> Response {
         .cloned()
         .unwrap_or_else(new_id);
     request.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = next.run(request).await;
+    let span = tracing::info_span!(
+        "request",
+        id = %id.to_str().unwrap_or_default(),
+        method = %request.method(),
+        path = %request.uri().path()
+    );
+    let mut response = next.run(request).instrument(span).await;
     response.headers_mut().insert("opc-request-id", id);
     response
 }
