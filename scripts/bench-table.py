@@ -94,7 +94,7 @@ if len(w8w3) == 2:
     small, large = sorted(w8w3, key=lambda l: int(l.rsplit("-", 1)[1]))
     rate = lambda l: runs[l].get("received_per_s") or 0
     print(f"W8-W3 ratio on PostgreSQL (drain rate {large} / {small}): {rate(large) / max(rate(small), 1):.2f}")
-churn = [run for label, run in runs.items() if label == "W8-churn"]
+churn = runs.get("W8-churn")
 sizes = [json.loads(line) for line in open(sys.argv[1]) if '"W8-churn-size"' in line]
 if sizes:
     print()
@@ -104,5 +104,5 @@ if sizes:
         print(f"| {sample['t']} | {sample['table_mb']} | {sample['indexes_mb']} | {sample['live']} | "
               f"{sample['dead']} | {sample['autovacuums']} |")
     if churn:
-        print(f"W8-churn: {fmt(churn[0].get('received_per_s'))} messages/s over the run, "
-              f"exactly once: {churn[0].get('exactly_once')}")
+        print(f"W8-churn: {fmt(churn.get('received_per_s'))} messages/s over the run, "
+              f"exactly once: {churn.get('exactly_once')}")
