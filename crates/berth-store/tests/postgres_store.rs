@@ -103,3 +103,49 @@ async fn a_put_on_one_node_wakes_a_long_poll_on_another_through_the_database() {
     assert_eq!(got, 1);
     assert!(waited < std::time::Duration::from_secs(5), "woken by the notification, not a timeout: {waited:?}");
 }
+
+/// The test server's CA (scripts/postgres-server signs the server's certificate, made for
+/// 127.0.0.1 only, with it).
+fn server_ca() -> String {
+    std::env::var("BERTH_TEST_POSTGRES_CA").unwrap_or_else(|_| {
+        panic!("BERTH_TEST_POSTGRES_CA is not set: run scripts/test, which starts a PostgreSQL server with TLS")
+    })
+}
+
+/// Opens a store with these TLS keys; on success, whether all its connections are encrypted.
+async fn open_with(tls_keys: &str, host: &str) -> Result<bool, String> {
+    let options = new_schema().await;
+    let app = format!("berth-tls-{:08x}", rand::random::<u32>());
+    let url = format!("{}&application_name={app}&{tls_keys}", options.url).replace("127.0.0.1", host);
+    let store = PostgresStore::open(&PostgresOptions { url, ..options }).await.map_err(|e| e.to_string())?;
+    let (client, connection) = tokio_postgres::connect(&server_url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a
+             JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap();
+    drop(store);
+    let (all, encrypted): (i64, i64) = (row.get(0), row.get(1));
+    assert!(all >= 2, "the store holds a pooled and a listening connection: {all}");
+    Ok(all == encrypted)
+}
+
+#[tokio::test]
+async fn tls_to_postgres_follows_libpq_sslmode() {
+    let ca = server_ca();
+    assert_eq!(open_with("sslmode=disable", "127.0.0.1").await, Ok(false));
+    assert_eq!(open_with("sslmode=prefer", "127.0.0.1").await, Ok(true), "prefer takes TLS when offered");
+    assert_eq!(open_with("sslmode=require", "localhost").await, Ok(true), "require checks no certificate");
+    assert_eq!(open_with(&format!("sslmode=verify-full&sslrootcert={ca}"), "127.0.0.1").await, Ok(true));
+    assert_eq!(open_with(&format!("sslmode=verify-ca&sslrootcert={ca}"), "localhost").await, Ok(true));
+    let wrong_host = open_with(&format!("sslmode=verify-full&sslrootcert={ca}"), "localhost").await;
+    assert!(wrong_host.as_ref().is_err_and(|e| e.contains("certificate not valid for name")), "{wrong_host:?}");
+    // The server's own certificate is no CA: nothing it signs (itself included) is trusted.
+    let leaf = ca.replace("ca.pem", "server.pem");
+    let untrusted = open_with(&format!("sslmode=require&sslrootcert={leaf}"), "127.0.0.1").await;
+    assert!(untrusted.as_ref().is_err_and(|e| e.contains("invalid peer certificate")), "{untrusted:?}");
+}

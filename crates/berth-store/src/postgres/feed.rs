@@ -17,7 +17,8 @@ use deadpool_postgres::Pool;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, Notify};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
 use super::connection;
@@ -203,6 +204,7 @@ impl Notifier {
 /// fires; reconnects when the connection drops, meanwhile waking pollers now and then.
 pub(crate) async fn listen(
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     node: String,
     channel: String,
     feed: broadcast::Sender<Change>,
@@ -212,7 +214,7 @@ pub(crate) async fn listen(
     loop {
         let listened = tokio::select! {
             () = stop.cancelled() => return,
-            outcome = listen_once(&config, &node, &channel, &feed, &floors) => outcome,
+            outcome = listen_once(&config, tls.clone(), &node, &channel, &feed, &floors) => outcome,
         };
         if let Err(e) = listened {
             tracing::warn!(error = %e, "the change feed's connection to PostgreSQL dropped; reconnecting");
@@ -228,12 +230,13 @@ pub(crate) async fn listen(
 
 async fn listen_once(
     config: &tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     node: &str,
     channel: &str,
     feed: &broadcast::Sender<Change>,
     floors: &Floors,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(tls).await?;
     let (notifications, mut received) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

@@ -19,6 +19,7 @@ mod settle;
 mod sql;
 mod store_impl;
 mod sweep;
+mod tls;
 mod vacuum;
 
 use std::collections::BTreeSet;
@@ -30,7 +31,6 @@ use berth_core::model::QueueRow;
 use berth_core::store::{Change, CHANGE_FEED_CAPACITY};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio::sync::broadcast;
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 pub use clock::DatabaseClock;
@@ -69,12 +69,16 @@ impl PostgresStore {
     /// # Errors
     /// A bad URL, a database that cannot be reached, or a schema this build cannot read.
     pub async fn open(options: &PostgresOptions) -> Result<PostgresStore, StoreError> {
-        let mut config: tokio_postgres::Config =
-            options.url.parse().map_err(|e| StoreError::Backend(format!("bad PostgreSQL URL: {e}")))?;
+        let tls::Connection { mut config, tls } = tls::connection(&options.url)?;
         config.connect_timeout(CONNECTION_WAIT);
-        config.application_name("berth");
-        let manager =
-            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        if config.get_application_name().is_none() {
+            config.application_name("berth");
+        }
+        let manager = Manager::from_config(
+            config.clone(),
+            tls.clone(),
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .runtime(Runtime::Tokio1)
@@ -94,7 +98,7 @@ impl PostgresStore {
         let feed = Arc::new(feed::Notifier::new(node.clone(), channel.clone()));
         tokio::spawn(feed.clone().send(pool.clone(), stop.clone()));
         let floors = Arc::new(floors::Floors::default());
-        tokio::spawn(feed::listen(config, node, channel, changes.clone(), floors.clone(), stop.clone()));
+        tokio::spawn(feed::listen(config, tls, node, channel, changes.clone(), floors.clone(), stop.clone()));
         let clock = Arc::new(DatabaseClock::default());
         clock.sync(&pool).await?;
         tokio::spawn(clock.clone().keep_in_sync(pool.clone(), stop.clone()));
@@ -151,7 +155,7 @@ async fn connection(pool: &Pool) -> Result<Object, StoreError> {
 pub(crate) fn pg(error: tokio_postgres::Error) -> StoreError {
     let Some(db) = error.as_db_error() else {
         // No answer from the server: the connection broke or could not be made.
-        return StoreError::Unavailable(format!("PostgreSQL: {error}"));
+        return StoreError::Unavailable(format!("PostgreSQL: {}", with_causes(&error)));
     };
     let code = db.code().code();
     let text = format!("PostgreSQL {code}: {}", db.message());
@@ -163,6 +167,18 @@ pub(crate) fn pg(error: tokio_postgres::Error) -> StoreError {
         }
         _ => StoreError::Backend(text),
     }
+}
+
+/// An error and what caused it, as one line: the driver's own text names only its kind
+/// ("error performing TLS handshake"), its cause says why.
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        text.push_str(&format!(": {next}"));
+        cause = next.source();
+    }
+    text
 }
 
 /// A value that must fit a column, or a backend fault.
