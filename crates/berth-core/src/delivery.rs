@@ -40,9 +40,80 @@ pub fn after_lease(message: Ended, max_deliveries: u32, now: Timestamp) -> After
     }
 }
 
+/// Where a message stands now, as GetStats counts it and a peek shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Deliverable now.
+    Visible,
+    /// Leased, until its lease ends.
+    InFlight,
+    /// Not delivered yet: its delivery delay has not ended.
+    Delayed,
+}
+
+/// A message as a store holds it, settled or not.
+#[derive(Debug, Clone, Copy)]
+pub struct Held {
+    /// Whether it is invisible (leased or delayed) until `visible_at`.
+    pub invisible: bool,
+    /// When it becomes (or became) visible.
+    pub visible_at: Timestamp,
+    /// Deliveries so far.
+    pub delivery_count: u32,
+    /// Whether it is in the dead letter queue.
+    pub in_dead_letter_queue: bool,
+    /// When retention removes it.
+    pub expire_at: Timestamp,
+}
+
+/// Where a held message stands as of `now`, and whether on the DLQ side: an ended lease
+/// stands where settling it will put it; `None` once retention has removed it.
+pub fn standing(message: Held, max_deliveries: u32, now: Timestamp) -> Option<(Standing, bool)> {
+    if message.expire_at <= now {
+        return None;
+    }
+    let dlq = message.in_dead_letter_queue;
+    if !message.invisible {
+        return Some((Standing::Visible, dlq));
+    }
+    if message.visible_at > now {
+        let standing = if message.delivery_count == 0 { Standing::Delayed } else { Standing::InFlight };
+        return Some((standing, dlq));
+    }
+    let ended =
+        Ended { delivery_count: message.delivery_count, in_dead_letter_queue: dlq, expire_at: message.expire_at };
+    match after_lease(ended, max_deliveries, now) {
+        AfterLease::Expire => None,
+        AfterLease::Redeliver => Some((Standing::Visible, dlq)),
+        AfterLease::DeadLetter => Some((Standing::Visible, true)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn held(invisible: bool, visible_at: i64, delivery_count: u32, dlq: bool) -> Held {
+        Held {
+            invisible,
+            visible_at: Timestamp(visible_at),
+            delivery_count,
+            in_dead_letter_queue: dlq,
+            expire_at: Timestamp(2_000),
+        }
+    }
+
+    #[test]
+    fn a_message_stands_where_settling_would_put_it() {
+        assert_eq!(standing(held(false, 0, 1, false), 3, NOW), Some((Standing::Visible, false)));
+        assert_eq!(standing(held(true, 1_500, 1, false), 3, NOW), Some((Standing::InFlight, false)));
+        assert_eq!(standing(held(true, 1_500, 0, false), 3, NOW), Some((Standing::Delayed, false)));
+        assert_eq!(standing(held(true, 900, 1, false), 3, NOW), Some((Standing::Visible, false)), "lease ended");
+        assert_eq!(standing(held(true, 900, 3, false), 3, NOW), Some((Standing::Visible, true)), "due for the DLQ");
+        assert_eq!(standing(held(true, 900, 3, true), 3, NOW), Some((Standing::Visible, true)));
+        let past_retention = Held { expire_at: NOW, ..held(false, 0, 0, false) };
+        assert_eq!(standing(past_retention, 3, NOW), None);
+    }
 
     const NOW: Timestamp = Timestamp(1_000);
 

@@ -245,6 +245,50 @@ pub struct LeaseRequest {
     pub visible_after: Timestamp,
 }
 
+/// What a peek lists: messages of one side of a queue from an id on, in id order.
+#[derive(Debug, Clone)]
+pub struct PeekRequest {
+    /// The queue.
+    pub queue: QueueRow,
+    /// The dead letter queue instead.
+    pub dead_letter: bool,
+    /// Only this channel (exact id).
+    pub channel: Option<String>,
+    /// Leased messages too.
+    pub in_flight: bool,
+    /// Delayed messages too.
+    pub delayed: bool,
+    /// Only ids above this one (the previous page's last).
+    pub after: i64,
+    /// At most this many messages.
+    pub limit: u32,
+    /// The current time.
+    pub now: Timestamp,
+}
+
+/// A message as a peek shows it: no receipt, nothing changed by looking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeekedMessage {
+    /// Message id.
+    pub id: i64,
+    /// Content.
+    pub content: String,
+    /// Channel id, empty for the default channel.
+    pub channel: String,
+    /// Custom properties.
+    pub properties: Option<BTreeMap<String, String>>,
+    /// Deliveries so far.
+    pub delivery_count: u32,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Retention end.
+    pub expire_at: Timestamp,
+    /// When it became or becomes visible (its lease or delay end).
+    pub visible_at: Timestamp,
+    /// Where it stands now.
+    pub standing: crate::delivery::Standing,
+}
+
 /// Message counts of one queue or DLQ.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MessageCounts {

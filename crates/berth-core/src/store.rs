@@ -11,8 +11,8 @@ use tokio::sync::broadcast;
 use crate::clock::Timestamp;
 use crate::error::StoreError;
 use crate::model::{
-    LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, PurgeTarget, Queue, QueueFilter, QueueRow, QueueSpec,
-    QueueStats, Tenancy, User, WorkRequest,
+    LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, PeekRequest, PeekedMessage, PurgeTarget, Queue, QueueFilter,
+    QueueRow, QueueSpec, QueueStats, Tenancy, User, WorkRequest,
 };
 
 /// Result of a store call.
@@ -223,6 +223,9 @@ pub trait Store: Send + Sync + 'static {
     /// Message counts of the queue and its DLQ, optionally of one channel (an ended lease
     /// counts where settling it will put it, by the queue's threshold as the store holds it).
     async fn stats(&self, queue: QueueRow, channel: Option<&str>, now: Timestamp) -> StoreResult<QueueStats>;
+    /// Messages of one side of a queue as [`crate::delivery::standing`] places them now, in
+    /// id order, without leasing or changing them (bodies that cannot be read are left out).
+    async fn peek(&self, request: PeekRequest) -> StoreResult<Vec<PeekedMessage>>;
     /// Ids of non-empty channels (queue or DLQ) starting with `prefix`, after `after`, sorted.
     async fn channels(
         &self,

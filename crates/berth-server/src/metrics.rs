@@ -198,6 +198,7 @@ fn operation(method: &Method, path: &str) -> String {
         ("DELETE", "/queues/{queue_id}/messages/{receipt}") => "DeleteMessage",
         ("GET", "/queues/{queue_id}/stats") => "GetStats",
         ("GET", "/queues/{queue_id}/channels") => "ListChannels",
+        ("GET", "/queues/{queue_id}/peek") => "Peek",
         ("GET", "/workRequests") => "ListWorkRequests",
         ("GET", "/workRequests/{id}") => "GetWorkRequest",
         ("GET", "/workRequests/{id}/errors") => "ListWorkRequestErrors",

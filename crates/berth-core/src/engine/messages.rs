@@ -8,7 +8,9 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Timestamp;
 use crate::error::QueueError;
 use crate::limits;
-use crate::model::{LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, NewMessage, Page, QueueStats};
+use crate::model::{
+    LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, NewMessage, Page, PeekRequest, PeekedMessage, QueueStats,
+};
 use crate::store::{Appended, Settle};
 use crate::wakeup::Interest;
 
@@ -54,6 +56,27 @@ impl GetMessages {
         }
         Ok(GetMessages { visibility_secs, timeout_secs, limit, channel, dead_letter })
     }
+}
+
+/// Messages a page of peek shows by default, and at most.
+const PEEK_LIMIT_DEFAULT: u32 = 20;
+const PEEK_LIMIT_MAX: u32 = 100;
+
+/// What a peek asks for, as the client gave it.
+#[derive(Debug, Clone, Default)]
+pub struct Peek {
+    /// The dead letter queue instead.
+    pub dead_letter: bool,
+    /// Only this channel.
+    pub channel: Option<String>,
+    /// Leased messages too.
+    pub in_flight: bool,
+    /// Delayed messages too.
+    pub delayed: bool,
+    /// At most this many (default 20, at most 100).
+    pub limit: Option<i64>,
+    /// The previous page's cursor.
+    pub page: Option<String>,
 }
 
 /// A leased message and the receipt that names its lease.
@@ -368,6 +391,44 @@ impl Engine {
         let queue = self.active_queue(tenancy_id, queue_id).await?;
         let now = self.clock.now();
         Ok(self.store.stats(queue.row, channel, now).await?)
+    }
+
+    /// Peek (Berth extension): messages of the queue or its DLQ in id order, bodies included,
+    /// leasing nothing and changing no delivery count. The page cursor is the last id shown.
+    ///
+    /// # Errors
+    /// `QueueNotFound`, `InvalidParameter` for a bad limit, channel or cursor, or a store failure.
+    pub async fn peek(&self, tenancy_id: &str, queue_id: &str, peek: Peek) -> Result<Page<PeekedMessage>, QueueError> {
+        let queue = self.active_queue(tenancy_id, queue_id).await?;
+        let limit =
+            limits::in_range("limit", peek.limit.unwrap_or(PEEK_LIMIT_DEFAULT.into()), 1, PEEK_LIMIT_MAX.into())?;
+        if let Some(channel) = &peek.channel {
+            limits::channel_id(channel)?;
+        }
+        let after = match peek.page.as_deref() {
+            None => 0,
+            Some(page) => page
+                .parse::<i64>()
+                .ok()
+                .filter(|id| *id >= 0)
+                .ok_or_else(|| QueueError::InvalidParameter("page is not a cursor this server issued".into()))?,
+        };
+        let request = PeekRequest {
+            queue: queue.row,
+            dead_letter: peek.dead_letter,
+            channel: peek.channel,
+            in_flight: peek.in_flight,
+            delayed: peek.delayed,
+            after,
+            limit: limit + 1,
+            now: self.clock.now(),
+        };
+        let mut items = self.store.peek(request).await?;
+        let next = (items.len() > limit as usize).then(|| {
+            items.truncate(limit as usize);
+            items.last().map(|m| m.id.to_string()).unwrap_or_default()
+        });
+        Ok(Page { items, next })
     }
 
     /// ListChannels: non-empty channel ids with the given prefix, sorted, paged.

@@ -21,7 +21,7 @@ use crate::wakeup::Wakeups;
 use counters::Counters;
 
 pub use counters::MessageTotals;
-pub use messages::{Delivered, GetMessages, PutResult};
+pub use messages::{Delivered, GetMessages, Peek, PutResult};
 pub use queues::{page_window, paged, spec_with_defaults, PolicyValues, QueueChange, PURGE_BATCH};
 
 /// A queue's state for metrics.

@@ -7,15 +7,15 @@ use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use berth_core::engine::GetMessages;
+use berth_core::engine::{GetMessages, Peek};
 use berth_core::model::NewMessage;
 use berth_core::QueueError;
 use serde::Deserialize;
 
 use super::dto::{
-    time, BatchEntry, BatchResult, Collection, DeleteMessagesDetails, Empty, GetMessagesResponse, PutMessage,
-    PutMessages, PutMessagesDetails, RedriveDetails, Redriven, Stats, UpdateMessageDetails, UpdateMessagesDetails,
-    UpdatedMessage,
+    time, BatchEntry, BatchResult, Collection, DeleteMessagesDetails, Empty, GetMessagesResponse, PeekResponse,
+    PutMessage, PutMessages, PutMessagesDetails, RedriveDetails, Redriven, Stats, UpdateMessageDetails,
+    UpdateMessagesDetails, UpdatedMessage,
 };
 use super::error::ApiError;
 use super::extract::{parse_json, OciJson, OciPath, OciQuery};
@@ -227,6 +227,40 @@ pub async fn list_channels(
         .await?;
     let next = page.next.map(|last| URL_SAFE_NO_PAD.encode(last));
     Ok((next_page_header(next)?, Json(Collection { items: page.items })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeekQuery {
+    #[serde(default)]
+    dead_letter_queue: bool,
+    channel_id: Option<String>,
+    #[serde(default)]
+    include_in_flight: bool,
+    #[serde(default)]
+    include_delayed: bool,
+    limit: Option<i64>,
+    page: Option<String>,
+}
+
+/// Berth extension: `GET /queues/{id}/peek` lists messages without leasing them.
+pub async fn peek(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    OciPath(queue_id): OciPath<String>,
+    OciQuery(q): OciQuery<PeekQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let peek = Peek {
+        dead_letter: q.dead_letter_queue,
+        channel: q.channel_id,
+        in_flight: q.include_in_flight,
+        delayed: q.include_delayed,
+        limit: q.limit,
+        page: q.page,
+    };
+    let page = app.engine.peek(&who.tenancy_id, &queue_id, peek).await?;
+    let messages = page.items.into_iter().map(Into::into).collect();
+    Ok((next_page_header(page.next)?, Json(PeekResponse { messages })))
 }
 
 /// Berth extension: `POST /queues/{id}/actions/redrive`, body optional.

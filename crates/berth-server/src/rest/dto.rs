@@ -4,8 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use berth_core::delivery::Standing;
 use berth_core::engine::Delivered;
-use berth_core::model::{MessageCounts, Queue, QueueStats, WorkEntry, WorkRequest};
+use berth_core::model::{MessageCounts, PeekedMessage, Queue, QueueStats, WorkEntry, WorkRequest};
 use berth_core::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +21,54 @@ pub type FreeformTags = BTreeMap<String, String>;
 pub type DefinedTags = BTreeMap<String, BTreeMap<String, serde_json::Value>>;
 
 // ---------- data plane ----------
+
+/// Berth extension: a message as a peek shows it (no receipt).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeekMessage {
+    pub id: i64,
+    pub content: String,
+    pub delivery_count: u32,
+    /// `VISIBLE`, `IN_FLIGHT` or `DELAYED`.
+    pub state: &'static str,
+    pub visible_after: String,
+    pub expire_after: String,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<MessageMetadata>,
+}
+
+impl From<PeekedMessage> for PeekMessage {
+    fn from(m: PeekedMessage) -> Self {
+        PeekMessage {
+            id: m.id,
+            content: m.content,
+            delivery_count: m.delivery_count,
+            state: match m.standing {
+                Standing::Visible => "VISIBLE",
+                Standing::InFlight => "IN_FLIGHT",
+                Standing::Delayed => "DELAYED",
+            },
+            visible_after: time(m.visible_at),
+            expire_after: time(m.expire_at),
+            created_at: time(m.created_at),
+            metadata: metadata(m.channel, m.properties),
+        }
+    }
+}
+
+/// A message's metadata, absent when it has neither a channel nor properties.
+fn metadata(channel: String, properties: Option<BTreeMap<String, String>>) -> Option<MessageMetadata> {
+    (!channel.is_empty() || properties.is_some()).then(|| MessageMetadata {
+        channel_id: (!channel.is_empty()).then_some(channel),
+        custom_properties: properties,
+    })
+}
+
+#[derive(Serialize)]
+pub struct PeekResponse {
+    pub messages: Vec<PeekMessage>,
+}
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -80,10 +129,7 @@ pub struct GetMessage {
 impl From<Delivered> for GetMessage {
     fn from(d: Delivered) -> Self {
         let m = d.message;
-        let metadata = (!m.channel.is_empty() || m.properties.is_some()).then(|| MessageMetadata {
-            channel_id: (!m.channel.is_empty()).then_some(m.channel),
-            custom_properties: m.properties,
-        });
+        let metadata = metadata(m.channel, m.properties);
         GetMessage {
             id: m.id,
             content: m.content,

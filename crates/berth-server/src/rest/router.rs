@@ -40,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{q}/messages/{{receipt}}"), put(update_message).delete(delete_message))
         .route(&format!("{q}/stats"), get(get_stats))
         .route(&format!("{q}/channels"), get(list_channels))
+        .route(&format!("{q}/peek"), get(peek))
         .route("/20210201/workRequests", get(list_work_requests))
         .route("/20210201/workRequests/{id}", get(get_work_request))
         .route("/20210201/workRequests/{id}/errors", get(list_work_request_errors))

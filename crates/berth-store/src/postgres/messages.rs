@@ -4,9 +4,12 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
 use berth_core::clock::Timestamp;
-use berth_core::delivery::{after_lease, AfterLease, Ended};
+use berth_core::delivery::{after_lease, standing, AfterLease, Ended, Held, Standing};
 use berth_core::error::StoreError;
-use berth_core::model::{LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, PurgeTarget, QueueRow, QueueStats};
+use berth_core::model::{
+    LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, PeekRequest, PeekedMessage, PurgeTarget, QueueRow,
+    QueueStats,
+};
 use berth_core::store::{Appended, Leased};
 use deadpool_postgres::GenericClient;
 
@@ -374,6 +377,69 @@ pub(crate) async fn channels(
         .filter(|name| !name.is_empty() && name.starts_with(prefix) && name.as_str() > after)
         .collect();
     Ok(found.into_iter().take(limit as usize).collect())
+}
+
+/// Rows a peek may show, in id order: those on its side and, for the DLQ, ended leases of
+/// the main side (settling may move them there); [`standing`] decides.
+const PEEK_CANDIDATES: &str = "
+    SELECT id, channel, dlq, leased, visible_at, delivery_count, created_at, expire_at, content, properties
+    FROM messages
+    WHERE queue = $1 AND id > $2 AND ($3::text IS NULL OR channel = $3) AND expire_at > $5
+      AND (dlq = $4 OR ($4 AND leased AND visible_at <= $5))
+      AND (NOT leased OR visible_at <= $5 OR $6)
+    ORDER BY id LIMIT $7";
+
+/// Messages of one side of a queue where they stand now, read without locking them.
+pub(crate) async fn peek(c: &impl GenericClient, request: &PeekRequest) -> Result<Vec<PeekedMessage>, StoreError> {
+    let threshold = sql::query_opt(c, "SELECT dead_letter_after FROM queues WHERE row = $1", &[&request.queue])
+        .await?
+        .map_or(0, |row| u32::try_from(row.get::<_, i64>(0)).unwrap_or(0));
+    let (now, limit) = (request.now, i64::from(request.limit));
+    let invisible_too = request.in_flight || request.delayed;
+    let mut shown = Vec::new();
+    let mut after = request.after;
+    loop {
+        let params: sql::Params<'_> =
+            &[&request.queue, &after, &request.channel, &request.dead_letter, &now.0, &invisible_too, &limit];
+        let rows = sql::query(c, PEEK_CANDIDATES, params).await?;
+        for row in &rows {
+            let held = Held {
+                invisible: row.get(3),
+                visible_at: Timestamp(row.get(4)),
+                delivery_count: u32::try_from(row.get::<_, i64>(5)).unwrap_or(u32::MAX),
+                in_dead_letter_queue: row.get(2),
+                expire_at: Timestamp(row.get(7)),
+            };
+            let Some((stands, dlq)) = standing(held, threshold, now) else { continue };
+            let wanted = match stands {
+                Standing::Visible => true,
+                Standing::InFlight => request.in_flight,
+                Standing::Delayed => request.delayed,
+            };
+            if dlq != request.dead_letter || !wanted {
+                continue;
+            }
+            let properties: Option<String> = row.get(9);
+            shown.push(PeekedMessage {
+                id: row.get(0),
+                content: row.get(8),
+                channel: row.get(1),
+                properties: properties.as_deref().map(from_json).transpose()?,
+                delivery_count: held.delivery_count,
+                created_at: Timestamp(row.get(6)),
+                expire_at: held.expire_at,
+                visible_at: held.visible_at,
+                standing: stands,
+            });
+            if shown.len() as i64 == limit {
+                return Ok(shown);
+            }
+        }
+        match rows.last() {
+            Some(last) if rows.len() as i64 == limit => after = last.get(0),
+            _ => return Ok(shown),
+        }
+    }
 }
 
 /// Deletes up to `limit` messages of the target sides (and channels), in any state.

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use berth_core::clock::Timestamp;
 use berth_core::error::StoreError;
 use berth_core::model::{
-    LeaseRef, LeaseRequest, MessageToStore, PurgeTarget, Queue, QueueFilter, QueueRow, QueueStats, Tenancy, User,
-    WorkRequest,
+    LeaseRef, LeaseRequest, MessageToStore, PeekRequest, PeekedMessage, PurgeTarget, Queue, QueueFilter, QueueRow,
+    QueueStats, Tenancy, User, WorkRequest,
 };
 use berth_core::store::{
     Appended, Change, Created, Leased, NewQueue, RetryToken, Settle, Store, StoreResult, SweepReport,
@@ -180,6 +180,10 @@ impl Store for PostgresStore {
         let stats = messages::stats(&tx, queue, channel, now).await?;
         tx.commit().await.map_err(pg)?;
         Ok(stats)
+    }
+
+    async fn peek(&self, request: PeekRequest) -> StoreResult<Vec<PeekedMessage>> {
+        messages::peek(&self.client().await?, &request).await
     }
 
     async fn channels(

@@ -2,7 +2,8 @@
 //! writer job; [`persist`] writes what the index changed in the same transaction.
 
 use berth_core::clock::Timestamp;
-use berth_core::model::{LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, PurgeTarget, QueueRow};
+use berth_core::delivery::Standing;
+use berth_core::model::{LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, PeekedMessage, PurgeTarget, QueueRow};
 use berth_core::store::{Appended, Leased, Settle, SweepReport};
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -194,6 +195,31 @@ pub(crate) fn lease(conn: &Connection, index: &mut Index, req: &LeaseRequest) ->
     let next_visible_at =
         if messages.is_empty() { index.next_visible_at(req.queue, req.dead_letter).map(Timestamp) } else { None };
     Ok((Leased { messages, next_visible_at }, report.released + report.dead_lettered > 0))
+}
+
+/// The bodies of the messages a peek shows; those that cannot be read are left out (the
+/// next lease of one takes it out of the queue).
+pub(crate) fn peek(conn: &Connection, shown: &[(Picked, Standing, i64)]) -> rusqlite::Result<Vec<PeekedMessage>> {
+    let picked: Vec<Picked> = shown.iter().map(|(p, _, _)| p.clone()).collect();
+    let (read, _) = read_bodies(conn, &picked, Timestamp(0))?;
+    let mut standings = shown.iter().map(|(p, stands, visible_at)| (p.id, (*stands, *visible_at))).peekable();
+    let mut messages = Vec::with_capacity(read.len());
+    for m in read {
+        // Both in id order; skip the unreadable ones.
+        let Some((_, (standing, visible_at))) = standings.find(|(id, _)| *id == m.id) else { continue };
+        messages.push(PeekedMessage {
+            id: m.id,
+            content: m.content,
+            channel: m.channel,
+            properties: m.properties,
+            delivery_count: m.delivery_count,
+            created_at: m.created_at,
+            expire_at: m.expire_at,
+            visible_at: Timestamp(visible_at),
+            standing,
+        });
+    }
+    Ok(messages)
 }
 
 /// Whether a read failed for the row itself, which no retry mends.

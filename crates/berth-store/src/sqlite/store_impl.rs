@@ -4,8 +4,8 @@ use async_trait::async_trait;
 use berth_core::clock::Timestamp;
 use berth_core::error::StoreError;
 use berth_core::model::{
-    LeaseRef, LeaseRequest, MessageToStore, PurgeTarget, Queue, QueueFilter, QueueRow, QueueStats, Tenancy, User,
-    WorkRequest,
+    LeaseRef, LeaseRequest, MessageToStore, PeekRequest, PeekedMessage, PurgeTarget, Queue, QueueFilter, QueueRow,
+    QueueStats, Tenancy, User, WorkRequest,
 };
 use berth_core::store::{
     Appended, Change, Created, Leased, NewQueue, RetryToken, Settle, Store, StoreResult, SweepReport,
@@ -165,6 +165,13 @@ impl Store for SqliteStore {
     async fn stats(&self, queue: QueueRow, channel: Option<&str>, now: Timestamp) -> StoreResult<QueueStats> {
         let channel = channel.map(str::to_owned);
         self.read_index(move |index| index.stats(queue, channel.as_deref(), now.0)).await
+    }
+
+    async fn peek(&self, request: PeekRequest) -> StoreResult<Vec<PeekedMessage>> {
+        // On the writer, which writes nothing for it: a reader could miss the bodies of a
+        // put the index holds but that is not committed yet, and page past them.
+        let job = move |c: &Connection, index: &mut Index| messages::peek(c, &index.peek(&request)).map_err(backend);
+        self.write_messages(job, |_| Vec::new()).await
     }
 
     async fn channels(

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_core::engine::{spec_with_defaults, GetMessages, PolicyValues, QueueChange};
+use berth_core::delivery::Standing;
+use berth_core::engine::{spec_with_defaults, GetMessages, Peek, PolicyValues, QueueChange};
 use berth_core::model::{NewMessage, PurgeTarget};
 use berth_core::store::Store;
 use berth_core::{Engine, ManualClock, QueueError, Timestamp};
@@ -857,10 +858,68 @@ pub(crate) async fn waiting_get_on_a_deleted_queue_ends_with_not_found(backend: 
     assert!(matches!(outcome, Err(QueueError::QueueNotFound)), "{outcome:?}");
 }
 
+/// A peek's page as (content, standing, delivery count), and its cursor.
+async fn peeked(r: &Rig, q: &str, peek: Peek) -> (Vec<(String, Standing, u32)>, Option<String>) {
+    let page = r.engine.peek(T, q, peek).await.unwrap();
+    let shown = page.items.into_iter().map(|m| (m.content, m.standing, m.delivery_count)).collect();
+    (shown, page.next)
+}
+
+pub(crate) async fn peek_shows_messages_where_they_stand_without_leasing_them(backend: Arc<dyn Backend>) {
+    use Standing::{Delayed, InFlight, Visible};
+    let v = |c: &str, n: u32| (c.to_string(), Visible, n);
+    let r = rig(backend).await;
+    let q = r.queue(PolicyValues { dead_letter_after: Some(2), retention: Some(100), ..PolicyValues::default() }).await;
+    r.put_in(&q, "a", &["a1", "a2"]).await;
+    r.put_in(&q, "b", &["b1"]).await;
+    let delayed = NewMessage { delay_secs: Some(30), ..message("d", "") };
+    r.engine.put_messages(T, &q, vec![delayed]).await.unwrap();
+    assert_eq!(contents(&r.get_with(&q, 1, 10, Some("a"), false).await), ["a1"]);
+
+    assert_eq!(peeked(&r, &q, Peek::default()).await, (vec![v("a2", 0), v("b1", 0)], None));
+    let everything = Peek { in_flight: true, delayed: true, ..Peek::default() };
+    let all = vec![("a1".into(), InFlight, 1), v("a2", 0), v("b1", 0), ("d".into(), Delayed, 0)];
+    assert_eq!(peeked(&r, &q, everything.clone()).await, (all, None));
+    let in_b = Peek { channel: Some("b".into()), in_flight: true, ..Peek::default() };
+    assert_eq!(peeked(&r, &q, in_b).await.0, [v("b1", 0)]);
+    // Pages of one: the cursor leads on, and the last page has none.
+    let (first, next) = peeked(&r, &q, Peek { limit: Some(1), ..Peek::default() }).await;
+    assert_eq!(first, [v("a2", 0)]);
+    let (second, next) = peeked(&r, &q, Peek { limit: Some(1), page: next, ..Peek::default() }).await;
+    assert_eq!((second, next), (vec![v("b1", 0)], None));
+
+    // An ended lease stands where settling will put it: back in the queue, then (at the
+    // threshold) in the DLQ; looking leases nothing and counts no delivery.
+    r.advance(11);
+    assert_eq!(peeked(&r, &q, Peek::default()).await.0, [v("a1", 1), v("a2", 0), v("b1", 0)]);
+    let again = r.get_with(&q, 1, 10, Some("a"), false).await;
+    assert_eq!((contents(&again), again[0].message.delivery_count), (vec!["a1"], 2));
+    r.advance(11);
+    assert_eq!(peeked(&r, &q, Peek::default()).await.0, [v("a2", 0), v("b1", 0)]);
+    let dlq = Peek { dead_letter: true, ..Peek::default() };
+    assert_eq!(peeked(&r, &q, dlq.clone()).await.0, [v("a1", 2)]);
+    assert_eq!(r.engine.stats(T, &q, None).await.unwrap().dead_letter.visible, 1);
+    let mut rest = contents(&r.get(&q, 5, 10).await).into_iter().map(String::from).collect::<Vec<_>>();
+    rest.sort();
+    assert_eq!(rest, ["a2", "b1"], "peeked messages are still there to get");
+
+    r.advance(100);
+    assert_eq!(peeked(&r, &q, everything).await.0, []);
+    assert_eq!(peeked(&r, &q, Peek { in_flight: true, ..dlq }).await.0, [], "past retention");
+    let bad = Peek { page: Some("x".into()), ..Peek::default() };
+    assert!(matches!(r.engine.peek(T, &q, bad).await, Err(QueueError::InvalidParameter(_))));
+    let too_many = Peek { limit: Some(101), ..Peek::default() };
+    assert!(matches!(r.engine.peek(T, &q, too_many).await, Err(QueueError::InvalidParameter(_))));
+}
+
 /// One `#[tokio::test]` per rule, each on a fresh store from `$backend` (an expression
 /// giving an `Arc<dyn Backend>`).
 macro_rules! conformance_suite {
     ($backend:expr) => {
+        #[tokio::test]
+        async fn peek_shows_messages_where_they_stand_without_leasing_them() {
+            conformance::peek_shows_messages_where_they_stand_without_leasing_them($backend).await
+        }
         #[tokio::test]
         async fn a_queue_made_after_a_deleted_one_is_reclaimed_keeps_its_own_policy() {
             conformance::a_queue_made_after_a_deleted_one_is_reclaimed_keeps_its_own_policy($backend).await

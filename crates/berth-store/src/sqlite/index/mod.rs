@@ -21,6 +21,7 @@ use berth_core::model::{LeaseRef, MessageCounts, PurgeTarget, QueueRow, QueueSta
 use berth_core::store::SweepReport;
 
 mod lease;
+mod peek;
 mod settle;
 mod stats;
 
