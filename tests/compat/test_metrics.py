@@ -83,3 +83,34 @@ def test_metrics_can_be_switched_off_or_served_on_their_own_address(fresh_server
     assert requests.get(apart.base + "/metrics", timeout=10).status_code == 404, "not on the API port"
     samples = scrape(f"http://{addr}")
     assert ("berth_stomp_connections", frozenset()) in samples
+
+
+def test_redeliveries_dead_letters_and_expiry_are_counted_per_queue(server, qc, make_queue):
+    qid = make_queue(dead_letter_queue_delivery_count=2, retention_in_seconds=10)
+    put(qc, qid, ["twice"])
+    [first] = get(qc, qid, visibility_in_seconds=1)
+    [again] = get(qc, qid, visibility_in_seconds=1, timeout_in_seconds=5)
+    assert (first.delivery_count, again.delivery_count) == (1, 2)
+
+    def moved():
+        s = scrape(server.base)
+        counted = (of_queue(s, "berth_queue_messages_dead_lettered_total", qid),
+                   of_queue(s, "berth_queue_messages_expired_total", qid))
+        return s if counted == (1, 1) else None
+    # Its second lease ends: to the DLQ (settled by the sweep); at 10 s its retention ends.
+    samples = wait_for(moved, 30, interval=0.5, desc="one dead-lettered and one expired message")
+    assert of_queue(samples, "berth_queue_messages_delivered_total", qid) == 2
+    assert of_queue(samples, "berth_queue_messages_redelivered_total", qid) == 1
+
+
+def test_store_commits_are_counted_with_their_size_and_latency(server, qc, make_queue):
+    qid = make_queue()
+    before = scrape(server.base)
+    put(qc, qid, ["one"])
+    after = scrape(server.base)
+    commits = ("berth_store_commits_total", frozenset())
+    assert after[commits] >= before[commits] + 1
+    for histogram in ("berth_store_writes_per_commit", "berth_store_commit_duration_seconds"):
+        key = (histogram + "_count", frozenset())
+        assert after[key] >= before[key] + 1, histogram
+        assert after[(histogram + "_sum", frozenset())] > 0, histogram

@@ -5,6 +5,8 @@
 //! the only process serving its data (the SQLite store locks its database for that).
 //! Time is always passed in (`now`); backends never read a clock.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
@@ -148,6 +150,25 @@ impl SweepReport {
     }
 }
 
+/// Messages a store's own rules moved out of a queue's way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Moved {
+    /// Removed: their retention ended.
+    pub expired: u64,
+    /// Moved to the dead letter queue: their last delivery ended undeleted.
+    pub dead_lettered: u64,
+}
+
+/// Told what a store did, for metrics: called after each commit on the thread or task that
+/// committed, so it must be cheap and must not block.
+pub trait StoreObserver: Send + Sync + 'static {
+    /// A transaction committed, carrying `writes` (a SQLite group commit carries several
+    /// requests' writes); its COMMIT took `took`.
+    fn committed(&self, writes: usize, took: std::time::Duration);
+    /// Retention and the dead-letter rule moved messages of a queue.
+    fn settled(&self, queue: QueueRow, moved: Moved);
+}
+
 /// The storage backend.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -255,6 +276,9 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Whether the store can carry out writes now (`/health`): `Unavailable` when it cannot.
     async fn check_writable(&self) -> StoreResult<()>;
+    /// Reports every later commit and settling to `observer` (one observer; a later call
+    /// is ignored).
+    fn observe(&self, observer: Arc<dyn StoreObserver>);
     /// Flushes and closes; later calls fail.
     async fn close(&self) -> StoreResult<()>;
 }

@@ -125,6 +125,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let auth = Arc::new(auth);
     let metrics = Arc::new(Metrics::default());
+    store.observe(metrics.store_observer());
     let stomp_ctx = Arc::new(StompContext {
         engine: engine.clone(),
         auth: auth.clone(),

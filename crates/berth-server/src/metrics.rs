@@ -1,16 +1,19 @@
 //! Prometheus metrics (`GET /metrics`, OpenMetrics text): requests by operation and status
-//! with their latency, STOMP connections and frames, and per queue its counts (read from
-//! the store at scrape time) and what this node moved through it.
+//! with their latency, STOMP connections and frames, the store's commits, and per queue its
+//! counts (read from the store at scrape time) and what this node moved through it.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use berth_core::engine::QueueMetrics;
+use berth_core::model::QueueRow;
+use berth_core::store::{Moved, StoreObserver};
 use berth_core::Engine;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -73,6 +76,7 @@ pub struct Metrics {
     latency: LatencyFamily,
     stomp_connections: Gauge,
     stomp_frames: Family<FrameLabels, Counter>,
+    store: Arc<StoreMetrics>,
     queues: QueueCollector,
     /// One scrape at a time: each puts its snapshot into the collector, then encodes.
     scraping: tokio::sync::Mutex<()>,
@@ -100,7 +104,19 @@ impl Default for Metrics {
         registry.register("berth_stomp_connections", "Open STOMP connections", stomp_connections.clone());
         let stomp_frames = Family::<FrameLabels, Counter>::default();
         registry.register("berth_stomp_frames_received", "STOMP frames received by command", stomp_frames.clone());
-        let queues = QueueCollector::default();
+        let store = Arc::new(StoreMetrics::default());
+        registry.register("berth_store_commits", "Transactions the store committed", store.commits.clone());
+        registry.register(
+            "berth_store_writes_per_commit",
+            "Writes a commit carried (SQLite's group commit carries several requests'; PostgreSQL one)",
+            store.writes_per_commit.clone(),
+        );
+        registry.register(
+            "berth_store_commit_duration_seconds",
+            "How long COMMIT took (SQLite: its fsync)",
+            store.commit_seconds.clone(),
+        );
+        let queues = QueueCollector { settled: store.clone(), ..QueueCollector::default() };
         registry.register_collector(Box::new(queues.clone()));
         Metrics {
             registry,
@@ -108,6 +124,7 @@ impl Default for Metrics {
             latency,
             stomp_connections,
             stomp_frames,
+            store,
             queues,
             scraping: tokio::sync::Mutex::new(()),
         }
@@ -126,6 +143,11 @@ impl Metrics {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).map_err(|_| ApiError::Panic)?;
         Ok(text)
+    }
+
+    /// What the store tells of its commits and settling.
+    pub fn store_observer(&self) -> Arc<dyn StoreObserver> {
+        self.store.clone()
     }
 
     /// A STOMP connection opened; it counts until the guard drops.
@@ -208,10 +230,50 @@ fn operation(method: &Method, path: &str) -> String {
     name.to_owned()
 }
 
+/// What the store reported after its commits.
+#[derive(Debug)]
+struct StoreMetrics {
+    commits: Counter,
+    writes_per_commit: Histogram,
+    commit_seconds: Histogram,
+    /// Retention and dead-lettering per queue row, since start (rows of queues no longer
+    /// live are dropped at the next scrape, before a row can be reused).
+    settled: Mutex<HashMap<QueueRow, Moved>>,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        StoreMetrics {
+            commits: Counter::default(),
+            // 1 to 256, SQLite's most per commit.
+            writes_per_commit: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
+            // 50 µs to about 1.6 s.
+            commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            settled: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl StoreObserver for StoreMetrics {
+    fn committed(&self, writes: usize, took: Duration) {
+        self.commits.inc();
+        self.writes_per_commit.observe(writes as f64);
+        self.commit_seconds.observe(took.as_secs_f64());
+    }
+
+    fn settled(&self, queue: QueueRow, moved: Moved) {
+        let mut settled = self.settled.lock().unwrap_or_else(|e| e.into_inner());
+        let total = settled.entry(queue).or_default();
+        total.expired += moved.expired;
+        total.dead_lettered += moved.dead_lettered;
+    }
+}
+
 /// Per-queue metrics, from the snapshot the scrape took just before encoding.
 #[derive(Clone, Debug, Default)]
 struct QueueCollector {
     snapshot: Arc<Mutex<Vec<QueueMetrics>>>,
+    settled: Arc<StoreMetrics>,
 }
 
 impl Collector for QueueCollector {
@@ -221,8 +283,14 @@ impl Collector for QueueCollector {
         let put = Family::<QueueLabels, Counter>::default();
         let delivered = Family::<QueueLabels, Counter>::default();
         let deleted = Family::<QueueLabels, Counter>::default();
+        let redelivered = Family::<QueueLabels, Counter>::default();
+        let expired = Family::<QueueLabels, Counter>::default();
+        let dead_lettered = Family::<QueueLabels, Counter>::default();
         let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
-        for q in self.snapshot.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let snapshot = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        let mut settled = self.settled.settled.lock().unwrap_or_else(|e| e.into_inner());
+        settled.retain(|row, _| snapshot.iter().any(|q| q.queue.row == *row));
+        for q in snapshot.iter() {
             let queue = QueueLabels {
                 tenancy: q.tenancy_name.clone(),
                 queue_id: q.queue.id.clone(),
@@ -252,7 +320,12 @@ impl Collector for QueueCollector {
             put.get_or_create(&queue).inc_by(q.totals.put);
             delivered.get_or_create(&queue).inc_by(q.totals.delivered);
             deleted.get_or_create(&queue).inc_by(q.totals.deleted);
+            redelivered.get_or_create(&queue).inc_by(q.totals.redelivered);
+            let moved = settled.get(&q.queue.row).copied().unwrap_or_default();
+            expired.get_or_create(&queue).inc_by(moved.expired);
+            dead_lettered.get_or_create(&queue).inc_by(moved.dead_lettered);
         }
+        drop((snapshot, settled));
         let mut emit = |name: &str, help: &str, metric: &dyn EncodeMetric| {
             metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
         };
@@ -264,7 +337,18 @@ impl Collector for QueueCollector {
             "Deliveries (leases) through this node, redeliveries included",
             &delivered,
         )?;
-        emit("berth_queue_messages_deleted", "Messages deleted by receipt through this node", &deleted)
+        emit("berth_queue_messages_deleted", "Messages deleted by receipt through this node", &deleted)?;
+        emit(
+            "berth_queue_messages_redelivered",
+            "Deliveries through this node of messages delivered before",
+            &redelivered,
+        )?;
+        emit("berth_queue_messages_expired", "Messages this node's store removed at retention's end", &expired)?;
+        emit(
+            "berth_queue_messages_dead_lettered",
+            "Messages this node's store moved to the DLQ (last delivery ended undeleted)",
+            &dead_lettered,
+        )
     }
 }
 

@@ -12,6 +12,8 @@ pub struct MessageTotals {
     pub put: u64,
     /// Deliveries (leases handed out), redeliveries included.
     pub delivered: u64,
+    /// Deliveries of messages delivered before (delivery count above 1).
+    pub redelivered: u64,
     /// Messages deleted by their receipt.
     pub deleted: u64,
 }
@@ -20,6 +22,7 @@ pub struct MessageTotals {
 struct Tally {
     put: AtomicU64,
     delivered: AtomicU64,
+    redelivered: AtomicU64,
     deleted: AtomicU64,
 }
 
@@ -36,6 +39,7 @@ pub(crate) struct Counters {
 pub(crate) enum Counted {
     Put,
     Delivered,
+    Redelivered,
     Deleted,
 }
 
@@ -55,6 +59,7 @@ impl Counters {
         let counter = match what {
             Counted::Put => &tally.put,
             Counted::Delivered => &tally.delivered,
+            Counted::Redelivered => &tally.redelivered,
             Counted::Deleted => &tally.deleted,
         };
         counter.fetch_add(n as u64, Ordering::Relaxed);
@@ -65,6 +70,7 @@ impl Counters {
         queues.get(queue_id).map_or_else(MessageTotals::default, |t| MessageTotals {
             put: t.put.load(Ordering::Relaxed),
             delivered: t.delivered.load(Ordering::Relaxed),
+            redelivered: t.redelivered.load(Ordering::Relaxed),
             deleted: t.deleted.load(Ordering::Relaxed),
         })
     }
@@ -80,9 +86,10 @@ mod tests {
         counters.add("q1", Counted::Put, 3);
         counters.add("q1", Counted::Put, 2);
         counters.add("q1", Counted::Delivered, 4);
+        counters.add("q1", Counted::Redelivered, 1);
         counters.add("q2", Counted::Deleted, 1);
-        assert_eq!(counters.totals("q1"), MessageTotals { put: 5, delivered: 4, deleted: 0 });
-        assert_eq!(counters.totals("q2"), MessageTotals { put: 0, delivered: 0, deleted: 1 });
+        assert_eq!(counters.totals("q1"), MessageTotals { put: 5, delivered: 4, redelivered: 1, deleted: 0 });
+        assert_eq!(counters.totals("q2"), MessageTotals { deleted: 1, ..MessageTotals::default() });
         assert_eq!(counters.totals("q3"), MessageTotals::default());
     }
 }

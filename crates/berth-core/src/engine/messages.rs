@@ -271,6 +271,8 @@ impl Engine {
                 .await
                 .map_err(failed)?;
             if !leased.messages.is_empty() {
+                let redelivered = leased.messages.iter().filter(|m| m.delivery_count > 1).count();
+                self.counters.add(&queue.id, Counted::Redelivered, redelivered);
                 let messages = leased.messages.into_iter();
                 self.counters.add(&queue.id, Counted::Delivered, messages.len());
                 return Ok(messages.map(|m| self.delivered(queue.row, params.dead_letter, m)).collect());

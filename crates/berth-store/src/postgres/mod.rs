@@ -23,12 +23,12 @@ mod tls;
 mod vacuum;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use berth_core::error::StoreError;
 use berth_core::model::QueueRow;
-use berth_core::store::{Change, CHANGE_FEED_CAPACITY};
+use berth_core::store::{Change, Moved, StoreObserver, CHANGE_FEED_CAPACITY};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +61,7 @@ pub struct PostgresStore {
     vacuum: vacuum::Vacuum,
     clock: Arc<DatabaseClock>,
     stop: CancellationToken,
+    observer: OnceLock<Arc<dyn StoreObserver>>,
 }
 
 impl PostgresStore {
@@ -105,7 +106,8 @@ impl PostgresStore {
         // Stores that share a database (in schemas of their own) sweep apart.
         let sweep_lock = i64::from_str_radix(&store_id[..15.min(store_id.len())], 16).unwrap_or(0);
         let vacuum = vacuum::Vacuum::default();
-        Ok(PostgresStore { pool, store_id, sweep_lock, changes, feed, floors, vacuum, clock, stop })
+        let observer = OnceLock::new();
+        Ok(PostgresStore { pool, store_id, sweep_lock, changes, feed, floors, vacuum, clock, stop, observer })
     }
 
     /// The database's id, made when Berth first created its schema there.
@@ -135,6 +137,22 @@ impl PostgresStore {
         self.floors.follow(&pushed.change);
         let _ = self.changes.send(pushed.change.clone());
         self.feed.push(pushed);
+    }
+
+    /// A transaction committed (one write: each request is a transaction of its own).
+    fn committed(&self, took: Duration) {
+        if let Some(observer) = self.observer.get() {
+            observer.committed(1, took);
+        }
+    }
+
+    /// What settling moved, once committed.
+    fn report(&self, moved: &std::collections::HashMap<QueueRow, Moved>) {
+        if let Some(observer) = self.observer.get() {
+            for (queue, moved) in moved {
+                observer.settled(*queue, *moved);
+            }
+        }
     }
 
     async fn client(&self) -> Result<Object, StoreError> {

@@ -1,13 +1,13 @@
 //! Ended leases and delays: each locked row's fate is [`after_lease`]'s, by the threshold
 //! the queue row holds in the same transaction.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use berth_core::clock::Timestamp;
 use berth_core::delivery::{after_lease, AfterLease, Ended};
 use berth_core::error::StoreError;
 use berth_core::model::QueueRow;
-use berth_core::store::SweepReport;
+use berth_core::store::{Moved, SweepReport};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
@@ -19,6 +19,8 @@ use super::sql;
 pub(crate) struct Settled {
     pub(crate) report: SweepReport,
     pub(crate) queues: BTreeSet<QueueRow>,
+    /// What retention and the dead-letter rule moved, per queue (for metrics).
+    pub(crate) moved: HashMap<QueueRow, Moved>,
 }
 
 const DUE_COLUMNS: &str = "m.id, m.queue, m.delivery_count, m.dlq, m.expire_at";
@@ -66,9 +68,15 @@ async fn apply(c: &impl GenericClient, due: &[Row], now: Timestamp) -> Result<Se
         let id: i64 = row.get(0);
         let fate = after_lease(ended, threshold, now);
         match fate {
-            AfterLease::Expire => expire.push(id),
+            AfterLease::Expire => {
+                expire.push(id);
+                settled.moved.entry(row.get(1)).or_default().expired += 1;
+            }
             AfterLease::Redeliver => redeliver.push(id),
-            AfterLease::DeadLetter => dead_letter.push(id),
+            AfterLease::DeadLetter => {
+                dead_letter.push(id);
+                settled.moved.entry(row.get(1)).or_default().dead_lettered += 1;
+            }
         }
         if fate != AfterLease::Expire {
             settled.queues.insert(row.get(1));

@@ -2,6 +2,7 @@
 //! changes are announced once it committed.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -12,7 +13,7 @@ use berth_core::model::{
     QueueStats, Tenancy, User, WorkRequest,
 };
 use berth_core::store::{
-    Appended, Change, Created, Leased, NewQueue, RetryToken, Settle, Store, StoreResult, SweepReport,
+    Appended, Change, Created, Leased, NewQueue, RetryToken, Settle, Store, StoreObserver, StoreResult, SweepReport,
 };
 use tokio::sync::broadcast;
 
@@ -27,7 +28,9 @@ macro_rules! transaction {
         let mut client = $store.client().await?;
         let $tx = client.transaction().await.map_err(pg)?;
         let outcome = $body;
+        let started = std::time::Instant::now();
         $tx.commit().await.map_err(pg)?;
+        $store.committed(started.elapsed());
         outcome
     }};
 }
@@ -145,6 +148,7 @@ impl Store for PostgresStore {
         std::mem::forget(unfinished);
         self.floors.record(request.queue, request.dead_letter, &pick, Instant::now());
         let gave_back = pick.gave_back.then_some(request.queue);
+        self.report(&settled.moved);
         self.announce(changed(settled.queues.into_iter().chain(gave_back)));
         Ok(leased)
     }
@@ -208,6 +212,7 @@ impl Store for PostgresStore {
             let settled = settle::queue(&tx, queue, to_settle.now, to_settle.batch).await?;
             (settled, messages::purge(&tx, queue, target, channels.as_deref(), to_settle.batch).await?)
         });
+        self.report(&settled.moved);
         self.announce(changed(settled.queues));
         Ok(purged)
     }
@@ -218,12 +223,14 @@ impl Store for PostgresStore {
             (settled, messages::redrive(&tx, queue, channels.as_deref(), to_settle.batch).await?)
         });
         let redriven = (moved > 0).then_some(queue);
+        self.report(&settled.moved);
         self.announce(changed(settled.queues.into_iter().chain(redriven)));
         Ok(moved)
     }
 
     async fn sweep(&self, now: Timestamp, batch: u32) -> StoreResult<SweepReport> {
         let settled = transaction!(self, |tx| sweep::sweep(&tx, self.sweep_lock, now, batch).await?);
+        self.report(&settled.moved);
         self.announce(changed(settled.queues));
         Ok(settled.report)
     }
@@ -240,6 +247,10 @@ impl Store for PostgresStore {
         } else {
             Err(StoreError::Unavailable("the PostgreSQL server is a read-only standby".into()))
         }
+    }
+
+    fn observe(&self, observer: Arc<dyn StoreObserver>) {
+        let _ = self.observer.set(observer);
     }
 
     async fn close(&self) -> StoreResult<()> {

@@ -42,15 +42,19 @@ pub(crate) async fn sweep(
             sql::execute(c, "DELETE FROM queues WHERE row = $1", &[&row]).await?;
         }
     }
-    let expired = sql::execute(
+    let expired = sql::query(
         c,
         "DELETE FROM messages WHERE id IN (
              SELECT id FROM messages WHERE NOT leased AND expire_at <= $1
-             ORDER BY expire_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+             ORDER BY expire_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING queue",
         &[&now.0, &batch_rows],
     )
     .await?;
     let mut settled = settle::all(c, now, batch).await?;
+    for row in &expired {
+        settled.moved.entry(row.get(0)).or_default().expired += 1;
+    }
     sql::execute(c, "DELETE FROM retry_tokens WHERE expires_at <= $1", &[&now.0]).await?;
     reclaimed += sql::execute(
         c,
@@ -59,7 +63,7 @@ pub(crate) async fn sweep(
         &[&(now.0 - WORK_REQUEST_RETENTION_MS), &batch_rows],
     )
     .await?;
-    settled.report.expired += expired;
+    settled.report.expired += expired.len() as u64;
     settled.report.reclaimed += reclaimed;
     Ok(settled)
 }

@@ -20,10 +20,10 @@ mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use berth_core::error::StoreError;
-use berth_core::store::{Change, CHANGE_FEED_CAPACITY};
+use berth_core::store::{Change, StoreObserver, CHANGE_FEED_CAPACITY};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::broadcast;
 
@@ -54,6 +54,8 @@ pub struct SqliteStore {
     /// The change feed: sent after each commit that made messages ready (one process
     /// serves the messages, so this is every node's feed).
     changes: broadcast::Sender<Change>,
+    /// Told of each commit, on the writer thread.
+    observer: Arc<OnceLock<Arc<dyn StoreObserver>>>,
 }
 
 /// The index and whether it may disagree with the database.
@@ -165,7 +167,18 @@ impl SqliteStore {
                 }
             })
         };
-        let writer = Arc::new(Writer::spawn(conn, on_rollback)?);
+        let observer = Arc::new(OnceLock::<Arc<dyn StoreObserver>>::new());
+        let on_commit: writer::OnCommit = {
+            let (index, observer) = (index.clone(), observer.clone());
+            Box::new(move |writes, took| {
+                let Some(observer) = observer.get() else { return };
+                observer.committed(writes, took);
+                for (queue, moved) in Shared::lock(&index).index.take_moved() {
+                    observer.settled(queue, moved);
+                }
+            })
+        };
+        let writer = Arc::new(Writer::spawn(conn, writer::Hooks { on_rollback, on_commit })?);
         let readers = Arc::new(Readers { path: path.to_owned(), idle: Mutex::new(Vec::new()) });
         let checkpointer = Connection::open(path).map_err(backend)?;
         configure(&checkpointer)?;
@@ -178,6 +191,7 @@ impl SqliteStore {
             store_id,
             room: Arc::new(room::Room::new(path, DEFAULT_MIN_FREE_SPACE)),
             changes: broadcast::channel(CHANGE_FEED_CAPACITY).0,
+            observer,
         })
     }
 

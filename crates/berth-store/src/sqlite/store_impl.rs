@@ -1,5 +1,7 @@
 //! `Store` for `SqliteStore`: each method is one read or one write job.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use berth_core::clock::Timestamp;
 use berth_core::error::StoreError;
@@ -8,7 +10,7 @@ use berth_core::model::{
     QueueStats, Tenancy, User, WorkRequest,
 };
 use berth_core::store::{
-    Appended, Change, Created, Leased, NewQueue, RetryToken, Settle, Store, StoreResult, SweepReport,
+    Appended, Change, Created, Leased, NewQueue, RetryToken, Settle, Store, StoreObserver, StoreResult, SweepReport,
 };
 use rusqlite::Connection;
 use tokio::sync::broadcast;
@@ -223,6 +225,10 @@ impl Store for SqliteStore {
         Err(StoreError::Unavailable(
             "the SQLite writer cannot write (it stopped, or cannot begin a transaction); see the log".into(),
         ))
+    }
+
+    fn observe(&self, observer: Arc<dyn StoreObserver>) {
+        let _ = self.observer.set(observer);
     }
 
     async fn close(&self) -> StoreResult<()> {

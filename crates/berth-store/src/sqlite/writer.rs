@@ -21,6 +21,14 @@ type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// Called on the writer thread, with its connection, after a transaction was rolled back.
 pub(crate) type OnRollback = Box<dyn Fn(&Connection) + Send>;
+/// Called on the writer thread after a commit: how many jobs it carried, how long COMMIT took.
+pub(crate) type OnCommit = Box<dyn Fn(usize, std::time::Duration) + Send>;
+
+/// What the store does around the writer's transactions.
+pub(crate) struct Hooks {
+    pub(crate) on_rollback: OnRollback,
+    pub(crate) on_commit: OnCommit,
+}
 
 pub(crate) struct Writer {
     state: Arc<State>,
@@ -41,13 +49,13 @@ struct State {
 }
 
 impl Writer {
-    pub(crate) fn spawn(conn: Connection, on_rollback: OnRollback) -> Result<Self, StoreError> {
+    pub(crate) fn spawn(conn: Connection, hooks: Hooks) -> Result<Self, StoreError> {
         let (tx, rx) = sync_channel::<Job>(QUEUE_DEPTH);
         let state = Arc::new(State::default());
         let reported = state.clone();
         let thread = thread::Builder::new()
             .name("berth-sqlite-writer".into())
-            .spawn(move || run_writer(conn, rx, &reported, &on_rollback))
+            .spawn(move || run_writer(conn, rx, &reported, &hooks))
             .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
         Ok(Writer { state, jobs: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
     }
@@ -134,9 +142,9 @@ impl Drop for Writer {
     }
 }
 
-fn run_writer(conn: Connection, jobs: Receiver<Job>, state: &State, on_rollback: &OnRollback) {
+fn run_writer(conn: Connection, jobs: Receiver<Job>, state: &State, hooks: &Hooks) {
     while let Ok(first) = jobs.recv() {
-        commit_batch(&conn, first, &jobs, state, on_rollback);
+        commit_batch(&conn, first, &jobs, state, hooks);
     }
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
 }
@@ -152,7 +160,8 @@ fn run_writer(conn: Connection, jobs: Receiver<Job>, state: &State, on_rollback:
 /// rolled back by itself (a full disk, an I/O error), is undone with the whole transaction:
 /// the jobs before it in the batch fail too (retryable), and the rest run in a new one.
 /// A job that panics (a bug) is treated the same way; its caller gets `Unavailable`.
-fn commit_batch(conn: &Connection, first: Job, queued: &Receiver<Job>, state: &State, on_rollback: &OnRollback) {
+fn commit_batch(conn: &Connection, first: Job, queued: &Receiver<Job>, state: &State, hooks: &Hooks) {
+    let on_rollback = &hooks.on_rollback;
     // Cached statements: parsing these on every commit showed up in profiles.
     let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut statement| statement.execute([])).map(|_| ());
     let begin = || {
@@ -216,12 +225,14 @@ fn commit_batch(conn: &Connection, first: Job, queued: &Receiver<Job>, state: &S
         let _ = run("ROLLBACK");
         return;
     }
+    let started = std::time::Instant::now();
     if let Err(e) = run("COMMIT") {
         tracing::error!(error = %e, "commit failed; rolling back the batch");
         abort(conn, &mut replies, &super::backend(e), state, on_rollback);
         return;
     }
     state.commits.fetch_add(1, Ordering::Relaxed);
+    (hooks.on_commit)(replies.len(), started.elapsed());
     for reply in replies {
         reply(Ok(()));
     }
@@ -262,7 +273,8 @@ mod tests {
         let on_rollback: OnRollback = Box::new(move |_| {
             seen.fetch_add(1, Ordering::Relaxed);
         });
-        (Arc::new(Writer::spawn(conn, on_rollback).unwrap()), rollbacks)
+        let hooks = Hooks { on_rollback, on_commit: Box::new(|_, _| {}) };
+        (Arc::new(Writer::spawn(conn, hooks).unwrap()), rollbacks)
     }
 
     fn insert(x: i64, then_fail: bool) -> impl FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use berth_core::delivery::Standing;
 use berth_core::engine::{spec_with_defaults, GetMessages, Peek, PolicyValues, QueueChange};
 use berth_core::model::{NewMessage, PurgeTarget};
-use berth_core::store::Store;
+use berth_core::store::{Moved, Store, StoreObserver};
 use berth_core::{Engine, ManualClock, QueueError, Timestamp};
 use tokio_util::sync::CancellationToken;
 
@@ -912,10 +912,69 @@ pub(crate) async fn peek_shows_messages_where_they_stand_without_leasing_them(ba
     assert!(matches!(r.engine.peek(T, &q, too_many).await, Err(QueueError::InvalidParameter(_))));
 }
 
+/// What a store told its observer.
+#[derive(Default)]
+struct Recorded {
+    commits: std::sync::atomic::AtomicUsize,
+    settled: std::sync::Mutex<std::collections::HashMap<berth_core::model::QueueRow, Moved>>,
+}
+
+impl StoreObserver for Recorded {
+    fn committed(&self, writes: usize, _took: Duration) {
+        assert!(writes >= 1, "a commit carries a write");
+        self.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn settled(&self, queue: berth_core::model::QueueRow, moved: Moved) {
+        let mut settled = self.settled.lock().unwrap();
+        let total = settled.entry(queue).or_default();
+        total.expired += moved.expired;
+        total.dead_lettered += moved.dead_lettered;
+    }
+}
+
+pub(crate) async fn the_observer_hears_of_commits_dead_letters_and_expiry_per_queue(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
+    let recorded = Arc::new(Recorded::default());
+    r.store.observe(recorded.clone());
+    let policy = PolicyValues { dead_letter_after: Some(1), retention: Some(10), ..PolicyValues::default() };
+    let (q, other) = (r.queue(policy.clone()).await, r.queue(policy).await);
+    let row = |id: &str| {
+        let store = r.store.clone();
+        let id = id.to_owned();
+        async move { store.queue(T, &id).await.unwrap().unwrap().row }
+    };
+    let (q_row, other_row) = (row(&q).await, row(&other).await);
+    r.put(&q, &["poison", "old"]).await;
+    r.put(&other, &["purged"]).await;
+    r.engine.purge_queue(T, &other, None, PurgeTarget::Both, None).await.unwrap();
+    r.put(&other, &["kept"]).await;
+    let commits = recorded.commits.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(commits >= 2, "puts commit: {commits}");
+    assert_eq!(contents(&r.get(&q, 1, 1).await), ["poison"]);
+    r.advance(2);
+    // The next lease settles the ended one: to the DLQ.
+    assert_eq!(contents(&r.get(&q, 1, 30).await), ["old"]);
+    let moved = |row| recorded.settled.lock().unwrap().get(&row).copied().unwrap_or_default();
+    assert_eq!(moved(q_row), Moved { expired: 0, dead_lettered: 1 });
+    assert_eq!(moved(other_row), Moved::default(), "a purge is neither expiry nor dead-lettering");
+    r.advance(10);
+    while r.engine.sweep(100).await.unwrap().total() > 0 {}
+    // Past retention: "poison" in the DLQ and "kept"; "old" once its lease ends.
+    assert_eq!(moved(q_row), Moved { expired: 1, dead_lettered: 1 });
+    assert_eq!(moved(other_row), Moved { expired: 1, dead_lettered: 0 });
+    r.advance(30);
+    while r.engine.sweep(100).await.unwrap().total() > 0 {}
+    assert_eq!(moved(q_row), Moved { expired: 2, dead_lettered: 1 });
+}
+
 /// One `#[tokio::test]` per rule, each on a fresh store from `$backend` (an expression
 /// giving an `Arc<dyn Backend>`).
 macro_rules! conformance_suite {
     ($backend:expr) => {
+        #[tokio::test]
+        async fn the_observer_hears_of_commits_dead_letters_and_expiry_per_queue() {
+            conformance::the_observer_hears_of_commits_dead_letters_and_expiry_per_queue($backend).await
+        }
         #[tokio::test]
         async fn peek_shows_messages_where_they_stand_without_leasing_them() {
             conformance::peek_shows_messages_where_they_stand_without_leasing_them($backend).await

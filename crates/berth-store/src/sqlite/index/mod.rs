@@ -18,7 +18,7 @@ use std::sync::Arc;
 use berth_core::clock::Timestamp;
 use berth_core::delivery::{after_lease, AfterLease, Ended};
 use berth_core::model::{LeaseRef, MessageCounts, PurgeTarget, QueueRow, QueueStats};
-use berth_core::store::SweepReport;
+use berth_core::store::{Moved, SweepReport};
 
 mod lease;
 mod peek;
@@ -155,6 +155,8 @@ pub(crate) struct Index {
     /// Each queue's dead-letter threshold (`deadLetterQueueDeliveryCount`), changed in the
     /// same transaction as its row, so that settling and counts follow the stored policy.
     dead_letter_after: HashMap<QueueRow, u32>,
+    /// What retention and the dead-letter rule moved since the last commit was reported.
+    moved: HashMap<QueueRow, Moved>,
 }
 
 fn side(dlq: bool) -> usize {
@@ -298,7 +300,13 @@ fn in_channels(only: Option<&[String]>, channel: &str) -> bool {
 impl Index {
     /// An empty index whose first message id is `next_id`.
     pub(crate) fn new(next_id: Id) -> Self {
-        Index { queues: HashMap::new(), next_id, dead_letter_after: HashMap::new() }
+        Index { queues: HashMap::new(), next_id, dead_letter_after: HashMap::new(), moved: HashMap::new() }
+    }
+
+    /// What retention and the dead-letter rule moved since the last call (for metrics, once
+    /// committed).
+    pub(crate) fn take_moved(&mut self) -> HashMap<QueueRow, Moved> {
+        std::mem::take(&mut self.moved)
     }
 
     /// Records a queue's dead-letter threshold (0 = no DLQ).

@@ -63,7 +63,14 @@ impl Index {
     ) {
         let dead_letter_after = self.dead_letter_after(queue);
         if let Some(q) = self.queues.get_mut(&queue) {
+            let before = (report.expired, report.dead_lettered);
             q.settle(now, dead_letter_after, limit, report, writes);
+            let (expired, dead_lettered) = (report.expired - before.0, report.dead_lettered - before.1);
+            if expired + dead_lettered > 0 {
+                let moved = self.moved.entry(queue).or_default();
+                moved.expired += expired;
+                moved.dead_lettered += dead_lettered;
+            }
         }
     }
 
@@ -139,6 +146,9 @@ impl Index {
             .collect();
         for id in &ids {
             writes.extend(q.remove(*id));
+        }
+        if !ids.is_empty() {
+            self.moved.entry(queue).or_default().expired += ids.len() as u64;
         }
         ids.len() as u64
     }
