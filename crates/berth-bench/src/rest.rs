@@ -4,12 +4,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
-use ring::rand::SystemRandom;
-use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::PrivatePkcs8KeyDer;
+use berth_client::Signer;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -32,57 +27,15 @@ impl Credentials {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("{} is not a Berth credentials file", path.display()))
     }
-}
 
-struct Signer {
-    key: RsaKeyPair,
-    key_id: String,
-    rng: SystemRandom,
-}
-
-impl Signer {
-    fn load(creds: &Credentials) -> anyhow::Result<Self> {
-        let der = PrivatePkcs8KeyDer::from_pem_file(&creds.key_file)
-            .with_context(|| format!("cannot read PKCS#8 key {}", creds.key_file))?;
-        let key = RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()).map_err(|e| anyhow::anyhow!("bad RSA key: {e}"))?;
-        let key_id = format!("{}/{}/{}", creds.tenancy_id, creds.user_id, creds.fingerprint);
-        Ok(Signer { key, key_id, rng: SystemRandom::new() })
-    }
-
-    /// The headers of a signed request (reference section 5).
-    fn headers(
-        &self,
-        method: &str,
-        target: &str,
-        host: &str,
-        body: &[u8],
-    ) -> anyhow::Result<Vec<(&'static str, String)>> {
-        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-        let mut lines = vec![format!("date: {date}"), format!("(request-target): {} {target}", method.to_lowercase())];
-        lines.push(format!("host: {host}"));
-        let mut headers = vec![("date", date)];
-        let mut names = "date (request-target) host".to_string();
-        if method == "POST" || method == "PUT" {
-            let digest = STANDARD.encode(ring::digest::digest(&ring::digest::SHA256, body));
-            lines.push(format!("content-length: {}", body.len()));
-            lines.push("content-type: application/json".into());
-            lines.push(format!("x-content-sha256: {digest}"));
-            names.push_str(" content-length content-type x-content-sha256");
-            headers.push(("x-content-sha256", digest));
+    fn signing(&self) -> berth_client::Credentials {
+        berth_client::Credentials {
+            tenancy_id: self.tenancy_id.clone(),
+            user_id: self.user_id.clone(),
+            fingerprint: self.fingerprint.clone(),
+            key_file: self.key_file.clone().into(),
+            endpoint: Some(self.endpoint.clone()),
         }
-        let mut signature = vec![0; self.key.public().modulus_len()];
-        self.key
-            .sign(&RSA_PKCS1_SHA256, &self.rng, lines.join("\n").as_bytes(), &mut signature)
-            .map_err(|e| anyhow::anyhow!("signing failed: {e}"))?;
-        headers.push((
-            "authorization",
-            format!(
-                r#"Signature version="1",keyId="{}",algorithm="rsa-sha256",headers="{names}",signature="{}""#,
-                self.key_id,
-                STANDARD.encode(signature)
-            ),
-        ));
-        Ok(headers)
     }
 }
 
@@ -139,8 +92,8 @@ impl RestClient {
     /// `signed = false` sends unsigned requests (for `serve --insecure-no-auth`).
     pub(crate) fn new(creds: &Credentials, endpoint: &str, signed: bool) -> anyhow::Result<Self> {
         let host = endpoint.split_once("://").map_or(endpoint, |(_, rest)| rest).trim_end_matches('/').to_owned();
-        let signer = if signed { Some(Signer::load(creds)?) } else { None };
-        let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+        let signer = if signed { Some(Signer::load(&creds.signing())?) } else { None };
+        let http = berth_client::http_client(endpoint, None)?;
         Ok(RestClient { http, base: format!("{}/20210201", endpoint.trim_end_matches('/')), host, signer })
     }
 

@@ -187,6 +187,11 @@ pub trait Store: Send + Sync + 'static {
     /// The user with this name in the named tenancy.
     async fn user_by_name(&self, tenancy_name: &str, user_name: &str) -> StoreResult<Option<User>>;
 
+    /// Every tenancy, by name.
+    async fn tenancies(&self) -> StoreResult<Vec<Tenancy>>;
+    /// Every user of every tenancy, by tenancy id and name.
+    async fn users(&self) -> StoreResult<Vec<User>>;
+
     // ---- queues and work requests ----
 
     /// Inserts a queue and its work request, honouring a retry token atomically.

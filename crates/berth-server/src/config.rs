@@ -26,6 +26,14 @@ pub enum Command {
     /// Manage API credentials.
     #[command(subcommand)]
     Credentials(CredentialsCommand),
+    /// Manage queues of a running server (over its REST API).
+    Queue(crate::admin::QueueArgs),
+    /// List tenancies (from the store).
+    #[command(subcommand)]
+    Tenancy(crate::admin::TenancyCommand),
+    /// List users (from the store).
+    #[command(subcommand)]
+    User(crate::admin::UserCommand),
 }
 
 /// `berth credentials ...`

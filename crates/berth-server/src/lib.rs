@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: command line, TOML file and `BERTH_*` environment, merged and validated.
+//! - [`admin`]: the admin CLI (`berth queue`, `berth tenancy`, `berth user`).
 //! - [`app`]: wiring and the shutdown sequence.
 //! - [`accept`]: accepting connections under a cap, for HTTP and STOMP; the open-files limit.
 //! - [`http`]: the HTTP listener: connection cap, TLS, deadlines for request heads.
@@ -14,6 +15,7 @@
 //! - [`tls`]: rustls server configuration for HTTPS and STOMP over TLS.
 
 pub mod accept;
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;

@@ -1,6 +1,7 @@
 //! `berth`: parses the command line and hands over to the library.
 
 use anyhow::Context;
+use berth_server::admin::{self, TenancyCommand, UserCommand};
 use berth_server::config::{Cli, Command, Config, CredentialsCommand};
 use berth_server::{app, credentials};
 use clap::Parser;
@@ -49,6 +50,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("created user {} ({}) in tenancy {}", args.user, issued.user_id, tenancy.name);
             println!("OCI config for the SDK and CLI: {}", args.out.join("oci-config").display());
             Ok(())
+        }
+        Command::Queue(args) => admin::run_queue(args).await,
+        Command::Tenancy(TenancyCommand::List { data_dir, store, json }) => {
+            admin::list_tenancies(&data_dir, store, json).await
+        }
+        Command::User(UserCommand::List { data_dir, store, tenancy, json }) => {
+            admin::list_users(&data_dir, store, tenancy.as_deref(), json).await
         }
     }
 }

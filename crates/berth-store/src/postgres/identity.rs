@@ -70,3 +70,13 @@ pub(crate) async fn user_by_name(
     let row = sql::query_opt(c, &statement, &[&tenancy_name, &user_name]).await?;
     Ok(row.as_ref().map(user))
 }
+
+pub(crate) async fn tenancies(c: &impl GenericClient) -> Result<Vec<Tenancy>, StoreError> {
+    let rows = sql::query(c, "SELECT id, name FROM tenancies ORDER BY name", &[]).await?;
+    Ok(rows.iter().map(|row| Tenancy { id: row.get(0), name: row.get(1) }).collect())
+}
+
+pub(crate) async fn users(c: &impl GenericClient) -> Result<Vec<User>, StoreError> {
+    let statement = format!("SELECT {USER_COLUMNS} FROM users u ORDER BY u.tenancy_id, u.name");
+    Ok(sql::query(c, &statement, &[]).await?.iter().map(user).collect())
+}

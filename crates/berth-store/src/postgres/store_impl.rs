@@ -57,6 +57,14 @@ impl Store for PostgresStore {
         identity::user_by_key(&self.client().await?, tenancy_id, user_id, fingerprint).await
     }
 
+    async fn tenancies(&self) -> StoreResult<Vec<Tenancy>> {
+        identity::tenancies(&self.client().await?).await
+    }
+
+    async fn users(&self) -> StoreResult<Vec<User>> {
+        identity::users(&self.client().await?).await
+    }
+
     async fn user_by_name(&self, tenancy_name: &str, user_name: &str) -> StoreResult<Option<User>> {
         identity::user_by_name(&self.client().await?, tenancy_name, user_name).await
     }

@@ -74,3 +74,16 @@ pub(crate) fn user_by_name(conn: &Connection, tenancy_name: &str, user_name: &st
     );
     conn.prepare_cached(&sql)?.query_row(params![tenancy_name, user_name], user).optional()
 }
+
+pub(crate) fn tenancies(conn: &Connection) -> rusqlite::Result<Vec<Tenancy>> {
+    let mut statement = conn.prepare_cached("SELECT id, name FROM tenancies ORDER BY name")?;
+    let rows = statement.query_map([], |row| Ok(Tenancy { id: row.get(0)?, name: row.get(1)? }))?;
+    rows.collect()
+}
+
+pub(crate) fn users(conn: &Connection) -> rusqlite::Result<Vec<User>> {
+    let mut statement =
+        conn.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users u ORDER BY u.tenancy_id, u.name"))?;
+    let rows = statement.query_map([], user)?;
+    rows.collect()
+}

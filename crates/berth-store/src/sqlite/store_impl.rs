@@ -44,6 +44,14 @@ impl Store for SqliteStore {
         self.read(move |c| identity::user_by_key(c, &t, &u, &f)).await
     }
 
+    async fn tenancies(&self) -> StoreResult<Vec<Tenancy>> {
+        self.read(identity::tenancies).await
+    }
+
+    async fn users(&self) -> StoreResult<Vec<User>> {
+        self.read(identity::users).await
+    }
+
     async fn user_by_name(&self, tenancy_name: &str, user_name: &str) -> StoreResult<Option<User>> {
         let (t, u) = (tenancy_name.to_owned(), user_name.to_owned());
         self.read(move |c| identity::user_by_name(c, &t, &u)).await

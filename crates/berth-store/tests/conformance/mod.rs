@@ -250,6 +250,19 @@ pub(crate) async fn a_user_name_is_taken_once_per_tenancy(backend: Arc<dyn Backe
     assert!(r.store.insert_user(&user("u3", &two)).await.unwrap(), "but free in tenancy two");
     let kept = r.store.user_by_name("one", "admin").await.unwrap().unwrap();
     assert_eq!(kept.id, "u1", "the first one stays");
+    // Listed for the admin CLI: tenancies by name, users by tenancy.
+    let names: Vec<String> = r.store.tenancies().await.unwrap().into_iter().map(|t| t.name).collect();
+    assert_eq!(names.iter().filter(|n| ["one", "two"].contains(&n.as_str())).collect::<Vec<_>>(), ["one", "two"]);
+    let users: Vec<(String, String)> = r
+        .store
+        .users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| (u.tenancy_id, u.id))
+        .filter(|(t, _)| t.ends_with("..one") || t.ends_with("..two"))
+        .collect();
+    assert_eq!(users, [(one.id.clone(), "u1".to_string()), (two.id.clone(), "u3".to_string())]);
 }
 
 pub(crate) async fn receipt_from_expired_lease_is_rejected_for_update_and_delete(backend: Arc<dyn Backend>) {
