@@ -12,6 +12,7 @@
 //! - [`credentials`]: API keys and STOMP passcodes, OCI config files.
 //! - [`workers`]: bounded background sweeps.
 //! - [`stomp`]: STOMP 1.0–1.2 over the same engine.
+//! - [`console`]: the web console at `/console`, server-rendered over the same engine.
 //! - [`tls`]: rustls server configuration for HTTPS and STOMP over TLS.
 
 pub mod accept;
@@ -19,6 +20,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod credentials;
 pub mod data_dir;
 pub mod http;

@@ -12,6 +12,8 @@ use super::table::{self, clip};
 const API: &str = "/20210201";
 /// Longest a command waits for its work request (create, delete, purge).
 const WORK_WAIT: Duration = Duration::from_secs(60);
+/// Messages per PutMessages request.
+const PUT_BATCH: usize = 20;
 /// Characters of a message body a table shows.
 const CONTENT_WIDTH: usize = 60;
 
@@ -123,10 +125,16 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
                 })
                 .collect();
             let path = format!("/queues/{}/messages", admin.resolve(&queue).await?);
-            let answer = admin.call("POST", &path, &[], Some(&json!({"messages": entries}))).await?;
-            admin.print(&answer.body, || {
+            // OCI takes at most 20 messages per PutMessages.
+            let mut put = Vec::new();
+            for batch in entries.chunks(PUT_BATCH) {
+                let answer = admin.call("POST", &path, &[], Some(&json!({"messages": batch}))).await?;
+                put.extend(messages(&answer.body).cloned());
+            }
+            let body = json!({"messages": put});
+            admin.print(&body, || {
                 let rows: Vec<Vec<String>> =
-                    messages(&answer.body).map(|m| vec![m["id"].to_string(), text(&m["expireAfter"])]).collect();
+                    messages(&body).map(|m| vec![m["id"].to_string(), text(&m["expireAfter"])]).collect();
                 table::print(&["ID", "EXPIRE_AFTER"], &rows);
             });
             Ok(())

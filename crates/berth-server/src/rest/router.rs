@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         app = app.route("/metrics", get(metrics));
     }
     app.merge(api)
+        .merge(crate::console::router())
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

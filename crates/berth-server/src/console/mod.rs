@@ -1,0 +1,388 @@
+//! The web console at `/console`: server-rendered pages over the engine, as REST and STOMP
+//! are, for one tenancy's user logged in with their STOMP login and passcode. Every form
+//! posts with the session's CSRF token and answers with a redirect (a reload repeats
+//! nothing); errors are shown on the next page.
+
+mod chart;
+mod history;
+mod html;
+mod pages;
+mod session;
+
+use std::sync::Arc;
+
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use berth_core::engine::{spec_with_defaults, Peek, PolicyValues, QueueChange};
+use berth_core::model::{NewMessage, PurgeTarget};
+use berth_core::{Engine, QueueError};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+use history::History;
+use session::{Session, Sessions, COOKIE};
+
+/// The console's own state: sessions and the charts' history.
+#[derive(Default)]
+pub struct Console {
+    sessions: Sessions,
+    history: History,
+    /// Whether the cookie must be `Secure` (HTTPS).
+    secure_cookie: bool,
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console").finish_non_exhaustive()
+    }
+}
+
+impl Console {
+    /// A console; `https`: whether the HTTP port serves TLS (the cookie is then `Secure`).
+    pub fn new(https: bool) -> Self {
+        Console { secure_cookie: https, ..Console::default() }
+    }
+
+    /// Samples the queues for the charts until `stop`.
+    pub async fn sample(self: Arc<Self>, engine: Arc<Engine>, stop: CancellationToken) {
+        self.history.sample(&engine, stop).await;
+    }
+}
+
+/// The console's routes (merged into the HTTP application).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/console") }))
+        .route("/console", get(queues_page))
+        .route("/console/style.css", get(style))
+        .route("/console/app.js", get(script))
+        .route("/console/login", get(login_page).post(login))
+        .route("/console/logout", post(logout))
+        .route("/console/queues", post(create_queue))
+        .route("/console/queues/{id}", get(queue_page))
+        .route("/console/queues/{id}/charts", get(charts))
+        .route("/console/queues/{id}/settings", post(update_settings))
+        .route("/console/queues/{id}/messages", post(send_message))
+        .route("/console/queues/{id}/purge", post(purge))
+        .route("/console/queues/{id}/redrive", post(redrive))
+        .route("/console/queues/{id}/delete", post(delete_queue))
+}
+
+async fn style() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("style.css"))
+}
+
+async fn script() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("app.js"))
+}
+
+fn html(body: String) -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CACHE_CONTROL, "no-store"),
+        // Only this page's own style and script; never framed (clickjacking).
+        (header::CONTENT_SECURITY_POLICY, "default-src 'self'; frame-ancestors 'none'; form-action 'self'"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+    ];
+    (headers, body).into_response()
+}
+
+fn to_login() -> Response {
+    Redirect::to("/console/login").into_response()
+}
+
+/// After a form: back to `to`, with the outcome shown there.
+fn after(app: &AppState, headers: &HeaderMap, to: &str, outcome: Result<String, QueueError>) -> Response {
+    match outcome {
+        Ok(done) => app.console.sessions.flash(headers, false, done),
+        Err(e) => app.console.sessions.flash(headers, true, e.to_string()),
+    }
+    Redirect::to(to).into_response()
+}
+
+async fn login_page(Query(q): Query<LoginQuery>) -> Response {
+    html(pages::login(q.failed.is_some()))
+}
+
+#[derive(Deserialize)]
+struct LoginQuery {
+    failed: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    login: String,
+    passcode: String,
+}
+
+async fn login(State(app): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+    let Some((tenancy, user)) = form.login.split_once('/') else {
+        return Redirect::to("/console/login?failed=1").into_response();
+    };
+    match app.auth.stomp_user(tenancy, user, &form.passcode).await {
+        Ok(Some(user)) => {
+            let token = app.console.sessions.start(user.tenancy_id, form.login.clone());
+            let secure = if app.console.secure_cookie { "; Secure" } else { "" };
+            let cookie = format!("{COOKIE}={token}; Path=/console; HttpOnly; SameSite=Strict{secure}");
+            let mut response = Redirect::to("/console").into_response();
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().insert(header::SET_COOKIE, value);
+            }
+            response
+        }
+        Ok(None) => Redirect::to("/console/login?failed=1").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, html(pages::unavailable(&e.to_string()))).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+async fn logout(State(app): State<AppState>, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
+    if app.console.sessions.of_form(&headers, &form.csrf).is_some() {
+        app.console.sessions.end(&headers);
+    }
+    let mut response = to_login();
+    let gone = format!("{COOKIE}=; Path=/console; Max-Age=0; HttpOnly; SameSite=Strict");
+    if let Ok(value) = HeaderValue::from_str(&gone) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+async fn queues_page(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(session) = app.console.sessions.of(&headers) else { return to_login() };
+    match pages::queues(&app.engine, &app.console.history, &session).await {
+        Ok(body) => html(body),
+        Err(e) => html(pages::frame_error(&session, &e)),
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct PeekQuery {
+    side: Option<String>,
+    in_flight: Option<String>,
+    delayed: Option<String>,
+    page: Option<String>,
+}
+
+impl PeekQuery {
+    fn peek(&self) -> Peek {
+        Peek {
+            dead_letter: self.side.as_deref() == Some("dlq"),
+            in_flight: self.in_flight.is_some(),
+            delayed: self.delayed.is_some(),
+            page: self.page.clone().filter(|p| !p.is_empty()),
+            limit: Some(20),
+            ..Peek::default()
+        }
+    }
+}
+
+async fn queue_page(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<PeekQuery>,
+) -> Response {
+    let Some(session) = app.console.sessions.of(&headers) else { return to_login() };
+    match pages::queue(&app.engine, &app.console.history, &session, &id, &q).await {
+        Ok(body) => html(body),
+        Err(QueueError::QueueNotFound) => {
+            app.console.sessions.flash(&headers, true, format!("No queue {id}"));
+            Redirect::to("/console").into_response()
+        }
+        Err(e) => html(pages::frame_error(&session, &e)),
+    }
+}
+
+async fn charts(State(app): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let Some(session) = app.console.sessions.of(&headers) else { return StatusCode::UNAUTHORIZED.into_response() };
+    // Only a queue of the session's tenancy.
+    if app.engine.get_queue(&session.tenancy_id, &id).await.is_err() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    html(chart::queue_charts(&app.console.history.of(&id)))
+}
+
+/// A number field: empty is "not given".
+fn field(name: &str, value: &str) -> Result<Option<i64>, QueueError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|_| QueueError::InvalidParameter(format!("{name} must be a whole number")))
+}
+
+#[derive(Deserialize)]
+struct QueueForm {
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    retention: String,
+    #[serde(default)]
+    visibility: String,
+    #[serde(default)]
+    timeout: String,
+    #[serde(default)]
+    dead_letter_after: String,
+    #[serde(default)]
+    delivery_delay: String,
+}
+
+impl QueueForm {
+    fn values(&self) -> Result<PolicyValues, QueueError> {
+        Ok(PolicyValues {
+            retention: field("retention", &self.retention)?,
+            visibility: field("visibility", &self.visibility)?,
+            timeout: field("timeout", &self.timeout)?,
+            dead_letter_after: field("dead-letter after", &self.dead_letter_after)?,
+            delivery_delay: field("delivery delay", &self.delivery_delay)?,
+            channel_consumption_limit: None,
+        })
+    }
+}
+
+async fn create_queue(State(app): State<AppState>, headers: HeaderMap, Form(form): Form<QueueForm>) -> Response {
+    let Some(session) = app.console.sessions.of_form(&headers, &form.csrf) else { return to_login() };
+    let created = async {
+        let spec = spec_with_defaults(form.name.trim().to_owned(), session.tenancy_id.clone(), form.values()?)?;
+        let work = app.engine.create_queue(&session.tenancy_id, spec, None).await?;
+        Ok::<_, QueueError>(work.resources.first().map(|r| r.identifier.clone()).unwrap_or_default())
+    };
+    match created.await {
+        Ok(id) => {
+            after(&app, &headers, &format!("/console/queues/{id}"), Ok(format!("Created queue {}", form.name.trim())))
+        }
+        Err(e) => after(&app, &headers, "/console", Err(e)),
+    }
+}
+
+async fn update_settings(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<QueueForm>,
+) -> Response {
+    let Some(session) = app.console.sessions.of_form(&headers, &form.csrf) else { return to_login() };
+    let updated = async {
+        let values = form.values()?;
+        let change = QueueChange {
+            display_name: Some(form.name.trim().to_owned()).filter(|n| !n.is_empty()),
+            visibility_secs: values.visibility,
+            timeout_secs: values.timeout,
+            dead_letter_after: values.dead_letter_after,
+            delivery_delay_secs: values.delivery_delay,
+            ..QueueChange::default()
+        };
+        app.engine.update_queue(&session.tenancy_id, &id, None, change).await?;
+        Ok("Settings saved".to_owned())
+    };
+    after(&app, &headers, &format!("/console/queues/{id}"), updated.await)
+}
+
+#[derive(Deserialize)]
+struct MessageForm {
+    csrf: String,
+    content: String,
+    #[serde(default)]
+    channel: String,
+    #[serde(default)]
+    delay: String,
+}
+
+async fn send_message(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<MessageForm>,
+) -> Response {
+    let Some(session) = app.console.sessions.of_form(&headers, &form.csrf) else { return to_login() };
+    let sent = async {
+        let delay = field("delay", &form.delay)?
+            .map(|d| u32::try_from(d).map_err(|_| QueueError::InvalidParameter("delay is out of range".into())))
+            .transpose()?;
+        let message = NewMessage {
+            content: form.content,
+            channel: form.channel.trim().to_owned(),
+            properties: None,
+            delay_secs: delay,
+        };
+        let put = app.engine.put_messages(&session.tenancy_id, &id, vec![message]).await?;
+        Ok(format!("Sent message {}", put.first().map_or(0, |p| p.id)))
+    };
+    after(&app, &headers, &format!("/console/queues/{id}"), sent.await)
+}
+
+#[derive(Deserialize)]
+struct PurgeForm {
+    csrf: String,
+    target: String,
+}
+
+async fn purge(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<PurgeForm>,
+) -> Response {
+    let Some(session) = app.console.sessions.of_form(&headers, &form.csrf) else { return to_login() };
+    let purged = async {
+        let target = match form.target.as_str() {
+            "NORMAL" => PurgeTarget::Normal,
+            "DLQ" => PurgeTarget::DeadLetter,
+            "BOTH" => PurgeTarget::Both,
+            other => return Err(QueueError::InvalidParameter(format!("no purge type {other:?}"))),
+        };
+        app.engine.purge_queue(&session.tenancy_id, &id, None, target, None).await?;
+        Ok(format!("Purged ({})", form.target))
+    };
+    after(&app, &headers, &format!("/console/queues/{id}"), purged.await)
+}
+
+async fn redrive(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let Some(session) = app.console.sessions.of_form(&headers, &form.csrf) else { return to_login() };
+    let moved = app.engine.redrive(&session.tenancy_id, &id, None).await;
+    let outcome = moved.map(|n| format!("Moved {n} {} back from the DLQ", if n == 1 { "message" } else { "messages" }));
+    after(&app, &headers, &format!("/console/queues/{id}"), outcome)
+}
+
+#[derive(Deserialize)]
+struct DeleteForm {
+    csrf: String,
+    confirm: Option<String>,
+}
+
+async fn delete_queue(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<DeleteForm>,
+) -> Response {
+    let Some(session) = app.console.sessions.of_form(&headers, &form.csrf) else { return to_login() };
+    if form.confirm.is_none() {
+        let refused = Err(QueueError::InvalidParameter("tick the box to confirm the deletion".into()));
+        return after(&app, &headers, &format!("/console/queues/{id}"), refused);
+    }
+    match app.engine.delete_queue(&session.tenancy_id, &id, None).await {
+        Ok(_) => after(&app, &headers, "/console", Ok(format!("Deleted queue {id}"))),
+        Err(e) => after(&app, &headers, &format!("/console/queues/{id}"), Err(e)),
+    }
+}
+
+/// Who the page is for, for its frame.
+fn who(session: &Session) -> Option<(&str, &str)> {
+    Some((session.login.as_str(), session.csrf.as_str()))
+}

@@ -1,0 +1,223 @@
+//! The pages.
+
+use std::fmt::Write;
+
+use berth_core::delivery::Standing;
+use berth_core::model::{QueueFilter, QueueSort, QueueStats};
+use berth_core::{Engine, QueueError};
+
+use super::history::History;
+use super::html::{csrf, esc, number, page};
+use super::session::Session;
+use super::{chart, who, PeekQuery};
+
+/// Most queues the list shows.
+const LISTED: i64 = 1000;
+
+pub(crate) fn login(failed: bool) -> String {
+    let flash = failed.then(|| (true, "Login failed: check the login (tenancy/user) and passcode".to_owned()));
+    let body = r#"<h1>Log in</h1>
+<form method="post" action="/console/login" class="stack">
+<label>Login (tenancy/user) <input name="login" autocomplete="username" required placeholder="default/admin"></label>
+<label>Passcode <input name="passcode" type="password" autocomplete="current-password" required></label>
+<button>Log in</button></form>
+<p class="muted">The STOMP login and passcode of a user: <code>stompLogin</code> and <code>stompPasscode</code> in <code>credentials/&lt;user&gt;.json</code> of the server's data dir.</p>"#;
+    page("Log in", None, flash.as_ref(), body)
+}
+
+pub(crate) fn unavailable(reason: &str) -> String {
+    page("Unavailable", None, Some(&(true, format!("The store cannot be read: {reason}"))), "")
+}
+
+pub(crate) fn frame_error(session: &Session, error: &QueueError) -> String {
+    page("Error", who(session), Some(&(true, error.to_string())), r#"<p><a href="/console">Back to the queues</a></p>"#)
+}
+
+fn counts_cells(stats: &QueueStats) -> String {
+    let q = &stats.queue;
+    format!(
+        r#"<td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td>"#,
+        q.visible,
+        q.in_flight,
+        q.delayed,
+        stats.dead_letter.visible + stats.dead_letter.in_flight
+    )
+}
+
+pub(crate) async fn queues(engine: &Engine, history: &History, session: &Session) -> Result<String, QueueError> {
+    let filter = QueueFilter {
+        compartment_id: None,
+        state: None,
+        display_name: None,
+        id: None,
+        sort: QueueSort::DisplayName,
+        descending: false,
+    };
+    let listed = engine.list_queues(&session.tenancy_id, &filter, None, Some(LISTED)).await?;
+    let mut rows = String::new();
+    for queue in listed.items.iter().filter(|q| q.state != berth_core::model::LifecycleState::Deleted) {
+        let stats = engine.stats(&session.tenancy_id, &queue.id, None).await?;
+        let rates = history.latest_rates(&queue.id).unwrap_or_default();
+        let _ = write!(
+            rows,
+            r#"<tr><td><a href="/console/queues/{id}">{name}</a></td><td>{state}</td>{counts}<td class="num">{put:.1}</td><td class="num">{delivered:.1}</td></tr>"#,
+            id = esc(&queue.id),
+            name = esc(&queue.spec.display_name),
+            state = esc(queue.state.as_str()),
+            counts = counts_cells(&stats),
+            put = rates.put,
+            delivered = rates.delivered,
+        );
+    }
+    if rows.is_empty() {
+        rows = r#"<tr><td colspan="8" class="muted">No queues yet.</td></tr>"#.into();
+    }
+    let body = format!(
+        r#"<h1>Queues</h1>
+<table><thead><tr><th>Name</th><th>State</th><th class="num">Visible</th><th class="num">In flight</th><th class="num">Delayed</th><th class="num">DLQ</th><th class="num">Put/s</th><th class="num">Delivered/s</th></tr></thead>
+<tbody>{rows}</tbody></table>
+<p class="muted">Rates are this node's, over the last {every} s.</p>
+<h2>Create a queue</h2>
+<form method="post" action="/console/queues" class="grid">{csrf}
+<label>Name <input name="name" required></label>
+{retention}{visibility}{timeout}{dlq}{delay}
+<button>Create</button></form>"#,
+        every = super::history::EVERY.as_secs(),
+        csrf = csrf(&session.csrf),
+        retention = number("retention", "Retention (s)", None),
+        visibility = number("visibility", "Visibility (s)", None),
+        timeout = number("timeout", "Long-poll wait (s)", None),
+        dlq = number("dead_letter_after", "Deliveries before the DLQ (0: none)", None),
+        delay = number("delivery_delay", "Delivery delay (s)", None),
+    );
+    Ok(page("Queues", who(session), session.flash.as_ref(), &body))
+}
+
+fn stats_table(stats: &QueueStats) -> String {
+    let row = |side: &str, c: &berth_core::model::MessageCounts| {
+        format!(
+            r#"<tr><td>{side}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td></tr>"#,
+            c.visible, c.in_flight, c.delayed, c.size_bytes
+        )
+    };
+    format!(
+        r#"<table class="stats"><thead><tr><th></th><th class="num">Visible</th><th class="num">In flight</th><th class="num">Delayed</th><th class="num">Bytes</th></tr></thead><tbody>{}{}</tbody></table>"#,
+        row("Queue", &stats.queue),
+        row("DLQ", &stats.dead_letter)
+    )
+}
+
+pub(crate) async fn queue(
+    engine: &Engine,
+    history: &History,
+    session: &Session,
+    id: &str,
+    q: &PeekQuery,
+) -> Result<String, QueueError> {
+    let tenancy = &session.tenancy_id;
+    let queue = engine.get_queue(tenancy, id).await?;
+    if queue.state == berth_core::model::LifecycleState::Deleted {
+        return Err(QueueError::QueueNotFound);
+    }
+    let stats = engine.stats(tenancy, id, None).await?;
+    let channels = engine.list_channels(tenancy, id, None, None, Some(100)).await?;
+    let peek = q.peek();
+    let dlq = peek.dead_letter;
+    let peeked = engine.peek(tenancy, id, peek.clone()).await?;
+    let p = &queue.spec.policy;
+    let eid = esc(id);
+    let token = csrf(&session.csrf);
+
+    let mut messages = String::new();
+    for m in &peeked.items {
+        let state = match m.standing {
+            Standing::Visible => "visible",
+            Standing::InFlight => "in flight",
+            Standing::Delayed => "delayed",
+        };
+        let _ = write!(
+            messages,
+            r#"<tr><td class="num">{}</td><td>{state}</td><td class="num">{}</td><td>{}</td><td><pre class="body">{}</pre></td></tr>"#,
+            m.id,
+            m.delivery_count,
+            esc(&m.channel),
+            esc(&m.content)
+        );
+    }
+    if messages.is_empty() {
+        messages = r#"<tr><td colspan="5" class="muted">No messages to show.</td></tr>"#.into();
+    }
+    let checked = |on: bool| if on { " checked" } else { "" };
+    let side_value = if dlq { "dlq" } else { "queue" };
+    let next = peeked.next.as_ref().map_or_else(String::new, |next| {
+        let mut link = format!("/console/queues/{eid}?side={side_value}&page={}", esc(next));
+        if peek.in_flight {
+            link.push_str("&in_flight=on");
+        }
+        if peek.delayed {
+            link.push_str("&delayed=on");
+        }
+        format!(r#"<p><a href="{link}" class="next">Next page</a></p>"#)
+    });
+    let channel_list = if channels.items.is_empty() {
+        r#"<p class="muted">Only the default channel.</p>"#.to_owned()
+    } else {
+        let items: String = channels.items.iter().map(|c| format!("<li>{}</li>", esc(c))).collect();
+        format!(r#"<ul class="channels">{items}</ul>"#)
+    };
+    let tab = |side: &str, label: &str| {
+        let class = if side == side_value { " class=\"current\"" } else { "" };
+        format!(r#"<a href="/console/queues/{eid}?side={side}"{class}>{label}</a>"#)
+    };
+    let body = format!(
+        r#"<p><a href="/console">← Queues</a></p>
+<h1>{name}</h1><p class="muted">{eid} · {state}</p>
+{stats}
+<h2>Last minutes</h2><div class="charts" id="charts" data-src="/console/queues/{eid}/charts">{charts}</div>
+<h2>Messages</h2>
+<nav class="tabs">{tab_queue}{tab_dlq}</nav>
+<form method="get" action="/console/queues/{eid}" class="inline"><input type="hidden" name="side" value="{side_value}">
+<label class="check"><input type="checkbox" name="in_flight"{in_flight}> in flight</label>
+<label class="check"><input type="checkbox" name="delayed"{delayed}> delayed</label><button>Show</button></form>
+<table class="messages"><thead><tr><th class="num">Id</th><th>State</th><th class="num">Deliveries</th><th>Channel</th><th>Body</th></tr></thead><tbody>{messages}</tbody></table>
+{next}
+<h2>Send a message</h2>
+<form method="post" action="/console/queues/{eid}/messages" class="stack">{token}
+<label>Body <textarea name="content" rows="3" required></textarea></label>
+<label>Channel (empty: the default) <input name="channel"></label>
+{delay}<button>Send</button></form>
+<h2>Channels</h2>{channel_list}
+<h2>Settings</h2>
+<form method="post" action="/console/queues/{eid}/settings" class="grid">{token}
+<label>Name <input name="name" value="{name}"></label>
+{visibility}{timeout}{dlq_after}{delivery_delay}
+<label>Retention (s) <input value="{retention}" disabled></label>
+<button>Save</button></form>
+<h2>Actions</h2>
+<section class="actions">
+<form method="post" action="/console/queues/{eid}/purge" class="inline">{token}
+<select name="target" aria-label="What to purge"><option value="NORMAL">Queue</option><option value="DLQ">DLQ</option><option value="BOTH">Both</option></select>
+<button class="danger">Purge</button></form>
+<form method="post" action="/console/queues/{eid}/redrive" class="inline">{token}<button>Redrive the DLQ</button></form>
+<form method="post" action="/console/queues/{eid}/delete" class="inline">{token}
+<label class="check"><input type="checkbox" name="confirm" required> yes, delete it</label><button class="danger">Delete queue</button></form>
+</section>
+<script src="/console/app.js"></script>"#,
+        name = esc(&queue.spec.display_name),
+        state = esc(queue.state.as_str()),
+        stats = stats_table(&stats),
+        charts = chart::queue_charts(&history.of(id)),
+        tab_queue = tab("queue", "Queue"),
+        tab_dlq = tab("dlq", "Dead letter queue"),
+        in_flight = checked(peek.in_flight),
+        delayed = checked(peek.delayed),
+        delay = number("delay", "Delay (s)", None),
+        visibility = number("visibility", "Visibility (s)", Some(p.visibility_secs.into())),
+        timeout = number("timeout", "Long-poll wait (s)", Some(p.timeout_secs.into())),
+        dlq_after =
+            number("dead_letter_after", "Deliveries before the DLQ (0: none)", Some(p.dead_letter_after.into())),
+        delivery_delay = number("delivery_delay", "Delivery delay (s)", Some(p.delivery_delay_secs.into())),
+        retention = p.retention_secs,
+    );
+    Ok(page(&queue.spec.display_name, who(session), session.flash.as_ref(), &body))
+}
