@@ -33,8 +33,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Whether `GET /metrics` is served on this (the HTTP) port.
     pub metrics_on_http: bool,
-    /// The web console's sessions and charts.
+    /// The web console's sessions and charts (served unless `console_on` is false).
     pub console: Arc<crate::console::Console>,
+    /// Whether the web console is served.
+    pub console_on: bool,
 }
 
 /// A store opened for the server or a tool, and the clock its rules run on.
@@ -141,8 +143,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let sweeper = tokio::spawn(workers::sweep(engine.clone(), shutdown.clone()));
     let metrics_on_http = config.metrics == MetricsAt::Http;
     let console = Arc::new(crate::console::Console::new(config.http_tls.is_some()));
-    tokio::spawn(console.clone().sample(engine.clone(), shutdown.clone()));
-    let state = AppState { engine, auth, public_url: public_url.into(), metrics, metrics_on_http, console };
+    if config.console {
+        tokio::spawn(console.clone().sample(engine.clone(), shutdown.clone()));
+    }
+    let state = AppState {
+        engine,
+        auth,
+        public_url: public_url.into(),
+        metrics,
+        metrics_on_http,
+        console,
+        console_on: config.console,
+    };
     let mut metrics_line = String::new();
     if let Some(listener) = metrics_listener {
         metrics_line = format!(" metrics={}", listener.local_addr()?);

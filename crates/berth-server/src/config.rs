@@ -183,6 +183,9 @@ pub struct ServeArgs {
     /// Accept unsigned requests as the default tenancy. For local testing only.
     #[arg(long, env = "BERTH_INSECURE_NO_AUTH", num_args = 0..=1, default_missing_value = "true")]
     pub insecure_no_auth: Option<bool>,
+    /// Serve the web console at /console on the HTTP port [default: true].
+    #[arg(long, env = "BERTH_CONSOLE", num_args = 0..=1, default_missing_value = "true")]
+    pub console: Option<bool>,
     /// PEM certificate chain for HTTPS on --http-addr (with --http-tls-key).
     #[arg(long, env = "BERTH_HTTP_TLS_CERT")]
     pub http_tls_cert: Option<PathBuf>,
@@ -247,6 +250,8 @@ pub struct FileConfig {
     pub region: Option<String>,
     /// Turn authentication off.
     pub insecure_no_auth: Option<bool>,
+    /// Serve the web console.
+    pub console: Option<bool>,
     /// Shutdown grace period, human units.
     pub shutdown_grace: Option<String>,
     /// HTTPS certificate chain (PEM).
@@ -296,6 +301,8 @@ pub struct Config {
     pub region: String,
     /// Authentication off.
     pub insecure_no_auth: bool,
+    /// Whether the web console is served.
+    pub console: bool,
     /// Grace period for in-flight requests at shutdown.
     pub shutdown_grace: Duration,
     /// HTTPS certificate and key.
@@ -445,6 +452,7 @@ impl Config {
             public_url: args.public_url.or(file.public_url),
             region: args.region.or(file.region).unwrap_or_else(|| DEFAULT_REGION.into()),
             insecure_no_auth: args.insecure_no_auth.or(file.insecure_no_auth).unwrap_or(false),
+            console: args.console.or(file.console).unwrap_or(true),
             shutdown_grace,
             http_tls,
             stomp_tls,

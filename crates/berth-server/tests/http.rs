@@ -61,6 +61,7 @@ async fn rig(insecure: bool) -> Rig {
         metrics,
         metrics_on_http: true,
         console: Arc::new(berth_server::console::Console::new(false)),
+        console_on: false,
     };
     Rig { app: router(state), key, store, _dir: dir }
 }

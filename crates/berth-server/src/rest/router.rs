@@ -51,8 +51,10 @@ pub fn router(state: AppState) -> Router {
     if state.metrics_on_http {
         app = app.route("/metrics", get(metrics));
     }
+    if state.console_on {
+        app = app.merge(crate::console::router());
+    }
     app.merge(api)
-        .merge(crate::console::router())
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
