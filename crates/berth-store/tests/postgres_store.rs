@@ -149,3 +149,34 @@ async fn tls_to_postgres_follows_libpq_sslmode() {
     let untrusted = open_with(&format!("sslmode=require&sslrootcert={leaf}"), "127.0.0.1").await;
     assert!(untrusted.as_ref().is_err_and(|e| e.contains("invalid peer certificate")), "{untrusted:?}");
 }
+
+#[tokio::test]
+async fn a_redrive_waits_for_a_dead_letter_move_in_flight() {
+    // Another node's sweeper holds an ended lease while it dead-letters it; the stats
+    // already count the message in the DLQ, so a redrive now must move it, not skip it.
+    use berth_core::engine::PolicyValues;
+    let backend = postgres().await;
+    let url = backend.options.url.clone();
+    let r = conformance::rig(backend).await;
+    let q = r.queue(PolicyValues { dead_letter_after: Some(1), ..PolicyValues::default() }).await;
+    r.put(&q, &["poison"]).await;
+    assert_eq!(r.get(&q, 1, 1).await.len(), 1);
+    r.advance(2);
+    assert_eq!(r.engine.stats(conformance::T, &q, None).await.unwrap().dead_letter.visible, 1);
+
+    let (mut sweeper, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let sweeping = sweeper.transaction().await.unwrap();
+    let held = sweeping.query("SELECT id FROM messages WHERE leased FOR UPDATE", &[]).await.unwrap();
+    assert_eq!(held.len(), 1);
+    let engine = Arc::new(r.engine);
+    let (redriving, rq) = (engine.clone(), q.clone());
+    let redrive = tokio::spawn(async move { redriving.redrive(conformance::T, &rq, None).await.unwrap() });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!redrive.is_finished(), "the redrive waits for the row the sweeper holds");
+    sweeping.execute("UPDATE messages SET leased = false, dlq = true WHERE leased", &[]).await.unwrap();
+    sweeping.commit().await.unwrap();
+    assert_eq!(redrive.await.unwrap(), 1, "the message the sweeper dead-lettered is redriven");
+    let stats = engine.stats(conformance::T, &q, None).await.unwrap();
+    assert_eq!((stats.queue.visible, stats.dead_letter.visible), (1, 0));
+}

@@ -25,17 +25,32 @@ pub(crate) struct Settled {
 
 const DUE_COLUMNS: &str = "m.id, m.queue, m.delivery_count, m.dlq, m.expire_at";
 
+/// What settling does with a due row another transaction (the sweeper, a consumer) holds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Held {
+    /// Leave it to that transaction: consumers must not queue up behind each other.
+    Skip,
+    /// Wait for it, so the statements after see where it went: a purge or redrive that
+    /// skipped a message the sweeper is dead-lettering would miss a message the stats count.
+    Wait,
+}
+
 /// Settles up to `limit` ended leases and delays of one queue, oldest end first.
 pub(crate) async fn queue(
     c: &impl GenericClient,
     queue: QueueRow,
     now: Timestamp,
     limit: u32,
+    held: Held,
 ) -> Result<Settled, StoreError> {
+    let lock = match held {
+        Held::Skip => "FOR UPDATE OF m SKIP LOCKED",
+        Held::Wait => "FOR UPDATE OF m",
+    };
     let statement = format!(
         "SELECT {DUE_COLUMNS}, q.dead_letter_after FROM messages m JOIN queues q ON q.row = m.queue
          WHERE m.queue = $1 AND m.leased AND m.visible_at <= $2
-         ORDER BY m.visible_at LIMIT $3 FOR UPDATE OF m SKIP LOCKED"
+         ORDER BY m.visible_at LIMIT $3 {lock}"
     );
     let due = sql::query(c, &statement, &[&queue, &now.0, &i64::from(limit)]).await?;
     apply(c, &due, now).await
