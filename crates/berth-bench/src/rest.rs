@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use berth_client::Signer;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -82,19 +81,14 @@ struct DeleteResult {
 
 /// OCI Queue REST client.
 pub(crate) struct RestClient {
-    http: reqwest::Client,
-    base: String,
-    host: String,
-    signer: Option<Signer>,
+    client: berth_client::Client,
 }
 
 impl RestClient {
     /// `signed = false` sends unsigned requests (for `serve --insecure-no-auth`).
     pub(crate) fn new(creds: &Credentials, endpoint: &str, signed: bool) -> anyhow::Result<Self> {
-        let host = endpoint.split_once("://").map_or(endpoint, |(_, rest)| rest).trim_end_matches('/').to_owned();
-        let signer = if signed { Some(Signer::load(&creds.signing())?) } else { None };
-        let http = berth_client::http_client(endpoint, None)?;
-        Ok(RestClient { http, base: format!("{}/20210201", endpoint.trim_end_matches('/')), host, signer })
+        let signing = signed.then(|| creds.signing());
+        Ok(RestClient { client: berth_client::Client::new(endpoint, signing.as_ref(), None)? })
     }
 
     async fn call<R: DeserializeOwned>(
@@ -104,22 +98,7 @@ impl RestClient {
         body: Option<&impl Serialize>,
     ) -> anyhow::Result<R> {
         let body = body.map(serde_json::to_vec).transpose()?.unwrap_or_default();
-        let target = format!("/20210201{path}");
-        let url = format!("{}{path}", self.base);
-        let mut request = self
-            .http
-            .request(method.parse()?, url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json");
-        if let Some(signer) = &self.signer {
-            for (name, value) in signer.headers(method, &target, &self.host, &body)? {
-                request = request.header(name, value);
-            }
-        }
-        if method == "POST" || method == "PUT" {
-            request = request.body(body);
-        }
-        let response = request.send().await?;
+        let response = self.client.send(method, &format!("/20210201{path}"), body).await?;
         let status = response.status();
         let bytes = response.bytes().await?;
         if !status.is_success() {

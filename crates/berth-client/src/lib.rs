@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 pub use credentials::Credentials;
 use serde_json::Value;
-pub use signer::Signer;
+use signer::Signer;
 
 /// What the server answered.
 #[derive(Debug)]
@@ -92,21 +92,7 @@ impl Client {
             target.push_str(&format!("{}{key}={value}", if i == 0 { '?' } else { '&' }));
         }
         let body = body.map(serde_json::to_vec).transpose()?.unwrap_or_default();
-        let url = format!("{}{target}", self.endpoint);
-        let mut request = self
-            .http
-            .request(method.parse()?, &url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json");
-        if let Some(signer) = &self.signer {
-            for (name, value) in signer.headers(method, &target, &self.host, &body)? {
-                request = request.header(name, value);
-            }
-        }
-        if method == "POST" || method == "PUT" {
-            request = request.body(body);
-        }
-        let response = request.send().await.with_context(|| format!("cannot reach {}", self.endpoint))?;
+        let response = self.send(method, &target, body).await?;
         let (status, headers) = (response.status().as_u16(), response.headers().clone());
         let bytes = response.bytes().await?;
         let body: Value = if bytes.is_empty() {
@@ -124,12 +110,37 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Sends one signed request to `target` (path and query string) with a JSON body, and
+    /// hands back the response whatever its status.
+    ///
+    /// # Errors
+    /// The server cannot be reached.
+    pub async fn send(&self, method: &str, target: &str, body: Vec<u8>) -> anyhow::Result<reqwest::Response> {
+        let url = format!("{}{target}", self.endpoint);
+        let mut request = self
+            .http
+            .request(method.parse()?, &url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json");
+        if let Some(signer) = &self.signer {
+            for (name, value) in signer.headers(method, target, &self.host, &body)? {
+                request = request.header(name, value);
+            }
+        }
+        if method == "POST" || method == "PUT" {
+            request = request.body(body);
+        }
+        request.send().await.with_context(|| format!("cannot reach {}", self.endpoint))
+    }
+}
+
 /// An HTTP client for `endpoint`, TLS by rustls with ring (reqwest is built without a
 /// crypto provider of its own), trusting only `ca_file` for `https`.
 ///
 /// # Errors
 /// An `https` endpoint without a readable CA file.
-pub fn http_client(endpoint: &str, ca_file: Option<&Path>) -> anyhow::Result<reqwest::Client> {
+fn http_client(endpoint: &str, ca_file: Option<&Path>) -> anyhow::Result<reqwest::Client> {
     let tls = if endpoint.starts_with("https://") {
         tls_config(ca_file)?
     } else {

@@ -11,7 +11,7 @@ use rustls_pki_types::PrivateKeyDer;
 use crate::Credentials;
 
 /// Signs requests with one user's API key.
-pub struct Signer {
+pub(crate) struct Signer {
     key: RsaKeyPair,
     key_id: String,
     rng: SystemRandom,
@@ -22,7 +22,7 @@ impl Signer {
     ///
     /// # Errors
     /// The key cannot be read or is not an RSA key.
-    pub fn load(credentials: &Credentials) -> anyhow::Result<Self> {
+    pub(crate) fn load(credentials: &Credentials) -> anyhow::Result<Self> {
         let path = &credentials.key_file;
         let der = PrivateKeyDer::from_pem_file(path).with_context(|| format!("cannot read key {}", path.display()))?;
         let key = match &der {
@@ -39,7 +39,7 @@ impl Signer {
     ///
     /// # Errors
     /// Signing failed (it does not with a valid key).
-    pub fn headers(
+    pub(crate) fn headers(
         &self,
         method: &str,
         target: &str,
