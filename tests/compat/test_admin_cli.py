@@ -7,6 +7,8 @@ import json
 import re
 import subprocess
 
+import pytest
+
 from berthlib import berth_bin, get, put, stats, counts, unique_name
 
 
@@ -115,3 +117,23 @@ def test_tenancies_and_users_are_listed_from_the_store(server, tenant_b):
     assert ["default", "admin"] in [r[:2] for r in table]
     nobody = berth(server, "user", "list", "--tenancy", "no-such-tenancy", check=False)
     assert nobody.returncode == 1 and 'no tenancy named "no-such-tenancy"' in nobody.stderr
+
+
+@pytest.mark.sqlite_only
+def test_listing_a_data_dir_without_a_database_fails_and_creates_nothing(server, tmp_path):
+    typo = tmp_path / "berth-dat"
+    res = berth(server, "user", "list", check=False, data_dir=typo)
+    assert res.returncode == 1
+    [line] = res.stderr.strip().splitlines()
+    assert line == f"berth: no Berth database in {typo} (give the server's --data-dir)"
+    assert not typo.exists(), "a mistyped data dir must not get a new, empty store"
+
+
+def test_more_than_one_request_of_messages_is_put_and_consumed_in_batches(server, qc, make_queue):
+    qid = make_queue()
+    contents = [f"m{i:02}" for i in range(45)]
+    put_ids = rows(berth(server, "queue", "put", qid, *contents).stdout)
+    assert len(put_ids) == 45, "three PutMessages requests of at most 20"
+    got = as_json(server, "queue", "get-messages", qid, "--limit", "32", "--delete")["messages"]
+    assert [m["content"] for m in got] == contents[:32]
+    assert counts(stats(qc, qid)) == ((13, 0), (0, 0)), "all 32 deleted, in batches of 20"

@@ -266,6 +266,19 @@ pub struct PeekRequest {
     pub now: Timestamp,
 }
 
+impl PeekRequest {
+    /// Whether a message standing so, on the DLQ side or not, belongs in this peek.
+    pub fn shows(&self, stands: crate::delivery::Standing, in_dead_letter_queue: bool) -> bool {
+        use crate::delivery::Standing;
+        in_dead_letter_queue == self.dead_letter
+            && match stands {
+                Standing::Visible => true,
+                Standing::InFlight => self.in_flight,
+                Standing::Delayed => self.delayed,
+            }
+    }
+}
+
 /// A message as a peek shows it: no receipt, nothing changed by looking.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeekedMessage {

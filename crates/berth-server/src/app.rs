@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Authenticator, Principal};
 use crate::config::{Config, MetricsAt, StoreChoice};
 use crate::data_dir::DataDir;
+use crate::login_throttle::LoginThrottle;
 use crate::metrics::Metrics;
 use crate::stomp::StompContext;
 use crate::{credentials, http, rest, stomp, tls, workers};
@@ -130,6 +131,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let auth = Arc::new(auth);
     let metrics = Arc::new(Metrics::default());
     store.observe(metrics.store_observer());
+    // STOMP and the console check the same passcodes: one count of failures.
+    let logins = Arc::new(LoginThrottle::default());
     let stomp_ctx = Arc::new(StompContext {
         engine: engine.clone(),
         auth: auth.clone(),
@@ -138,11 +141,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         idle_timeout: config.stomp_idle_timeout,
         max_connections: config.stomp_max_connections,
         tls: stomp_tls.map(TlsAcceptor::from),
-        logins: Default::default(),
+        logins: logins.clone(),
     });
     let sweeper = tokio::spawn(workers::sweep(engine.clone(), shutdown.clone()));
     let metrics_on_http = config.metrics == MetricsAt::Http;
-    let console = Arc::new(crate::console::Console::new(config.http_tls.is_some()));
+    // Secure cookies when the browser's URL is https, also behind a TLS-terminating proxy.
+    let https = config.http_tls.is_some() || public_url.starts_with("https://");
+    let console = Arc::new(crate::console::Console::new(https, logins));
     if config.console {
         tokio::spawn(console.clone().sample(engine.clone(), shutdown.clone()));
     }

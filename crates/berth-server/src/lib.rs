@@ -24,6 +24,7 @@ pub mod console;
 pub mod credentials;
 pub mod data_dir;
 pub mod http;
+pub mod login_throttle;
 pub mod metrics;
 pub mod rest;
 pub mod stomp;

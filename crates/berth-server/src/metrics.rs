@@ -2,7 +2,7 @@
 //! with their latency, STOMP connections and frames, the store's commits, and per queue its
 //! counts (read from the store at scrape time) and what this node moved through it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -289,7 +289,8 @@ impl Collector for QueueCollector {
         let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         let snapshot = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
         let mut settled = self.settled.settled.lock().unwrap_or_else(|e| e.into_inner());
-        settled.retain(|row, _| snapshot.iter().any(|q| q.queue.row == *row));
+        let live: HashSet<QueueRow> = snapshot.iter().map(|q| q.queue.row).collect();
+        settled.retain(|row, _| live.contains(row));
         for q in snapshot.iter() {
             let queue = QueueLabels {
                 tenancy: q.tenancy_name.clone(),

@@ -60,7 +60,7 @@ async fn rig(insecure: bool) -> Rig {
         public_url: "http://test".into(),
         metrics,
         metrics_on_http: true,
-        console: Arc::new(berth_server::console::Console::new(false)),
+        console: Arc::new(berth_server::console::Console::new(false, Default::default())),
         console_on: false,
     };
     Rig { app: router(state), key, store, _dir: dir }

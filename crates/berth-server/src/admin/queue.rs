@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use berth_client::{Client, Credentials};
+use berth_core::limits;
 use serde_json::{json, Map, Value};
 
 use super::args::{ClientArgs, QueueArgs, QueueCommand};
@@ -12,14 +13,13 @@ use super::table::{self, clip};
 const API: &str = "/20210201";
 /// Longest a command waits for its work request (create, delete, purge).
 const WORK_WAIT: Duration = Duration::from_secs(60);
-/// Messages per PutMessages request.
-const PUT_BATCH: usize = 20;
 /// Characters of a message body a table shows.
 const CONTENT_WIDTH: usize = 60;
 
 struct Admin {
     client: Client,
-    tenancy_id: String,
+    /// From the credentials; `None` for `--unsigned` without any.
+    tenancy_id: Option<String>,
     json: bool,
 }
 
@@ -43,7 +43,11 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
         } => {
             let mut body = Map::new();
             body.insert("displayName".into(), json!(name));
-            body.insert("compartmentId".into(), json!(compartment_id.unwrap_or_else(|| admin.tenancy_id.clone())));
+            let compartment_id = match compartment_id {
+                Some(id) => id,
+                None => admin.tenancy()?.to_owned(),
+            };
+            body.insert("compartmentId".into(), json!(compartment_id));
             for (key, value) in [
                 ("retentionInSeconds", retention),
                 ("visibilityInSeconds", visibility),
@@ -125,19 +129,28 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
                 })
                 .collect();
             let path = format!("/queues/{}/messages", admin.resolve(&queue).await?);
-            // OCI takes at most 20 messages per PutMessages.
             let mut put = Vec::new();
-            for batch in entries.chunks(PUT_BATCH) {
-                let answer = admin.call("POST", &path, &[], Some(&json!({"messages": batch}))).await?;
-                put.extend(messages(&answer.body).cloned());
+            let mut failed = None;
+            for batch in put_batches(&contents) {
+                match admin.call("POST", &path, &[], Some(&json!({"messages": &entries[batch]}))).await {
+                    Ok(answer) => put.extend(messages(&answer.body).cloned()),
+                    Err(error) => {
+                        failed = Some(error);
+                        break;
+                    }
+                }
             }
+            // What was put is shown even when a later batch failed.
             let body = json!({"messages": put});
             admin.print(&body, || {
                 let rows: Vec<Vec<String>> =
                     messages(&body).map(|m| vec![m["id"].to_string(), text(&m["expireAfter"])]).collect();
                 table::print(&["ID", "EXPIRE_AFTER"], &rows);
             });
-            Ok(())
+            match failed {
+                Some(error) => Err(error.context(format!("{} of {} messages were put", put.len(), contents.len()))),
+                None => Ok(()),
+            }
         }
         QueueCommand::GetMessages { queue, limit, visibility, timeout, dlq, channel, delete } => {
             let id = admin.resolve(&queue).await?;
@@ -148,17 +161,6 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
                 query.push(("deadLetterQueue", "true".into()));
             }
             let got = admin.call("GET", &format!("/queues/{id}/messages"), &query, None).await?;
-            if delete && messages(&got.body).next().is_some() {
-                let entries: Vec<Value> = messages(&got.body).map(|m| json!({"receipt": m["receipt"]})).collect();
-                let path = format!("/queues/{id}/messages/actions/deleteMessages");
-                let deleted = admin.call("POST", &path, &[], Some(&json!({"entries": entries}))).await?;
-                if deleted.body["clientFailures"].as_u64().unwrap_or(0)
-                    + deleted.body["serverFailures"].as_u64().unwrap_or(0)
-                    > 0
-                {
-                    bail!("some messages were not deleted: {}", deleted.body);
-                }
-            }
             admin.print(&got.body, || {
                 let rows: Vec<Vec<String>> = messages(&got.body)
                     .map(|m| {
@@ -172,6 +174,18 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
                     .collect();
                 table::print(&["ID", "DELIVERIES", "CHANNEL", "CONTENT"], &rows);
             });
+            if delete {
+                let receipts: Vec<Value> = messages(&got.body).map(|m| json!({"receipt": m["receipt"]})).collect();
+                let path = format!("/queues/{id}/messages/actions/deleteMessages");
+                for entries in receipts.chunks(limits::MAX_BATCH_ENTRIES) {
+                    let deleted = admin.call("POST", &path, &[], Some(&json!({"entries": entries}))).await?;
+                    let failures = deleted.body["clientFailures"].as_u64().unwrap_or(0)
+                        + deleted.body["serverFailures"].as_u64().unwrap_or(0);
+                    if failures > 0 {
+                        bail!("{failures} of the messages above were not deleted: {}", deleted.body);
+                    }
+                }
+            }
             Ok(())
         }
         QueueCommand::Purge { queue, r#type } => {
@@ -200,24 +214,55 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Index ranges of `contents` that each fit one PutMessages request (OCI's limits on
+/// messages and bytes per request).
+fn put_batches(contents: &[String]) -> Vec<std::ops::Range<usize>> {
+    let mut batches = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, content) in contents.iter().enumerate() {
+        if i > start && (i - start == limits::MAX_PUT_MESSAGES || bytes + content.len() > limits::MAX_PUT_BYTES) {
+            batches.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += content.len();
+    }
+    if start < contents.len() {
+        batches.push(start..contents.len());
+    }
+    batches
+}
+
 fn connect(args: &ClientArgs) -> anyhow::Result<Admin> {
     let credentials = match &args.config {
-        Some(config) => Credentials::from_oci_config(config, &args.profile)?,
+        Some(config) => Some(Credentials::from_oci_config(config, &args.profile)?),
         None => {
             let path = args.data_dir.join("credentials").join("admin.json");
-            Credentials::from_berth_file(&path).with_context(|| {
-                format!("no admin credentials in {} (give --data-dir or --config)", args.data_dir.display())
-            })?
+            match Credentials::from_berth_file(&path) {
+                Ok(credentials) => Some(credentials),
+                // A server without auth needs no key; the tenancy then comes from the flags.
+                Err(_) if args.unsigned => None,
+                Err(error) => {
+                    return Err(error.context(format!(
+                        "no admin credentials in {} (give --data-dir or --config)",
+                        args.data_dir.display()
+                    )))
+                }
+            }
         }
     };
-    let endpoint = args.endpoint.clone().or_else(|| credentials.endpoint.clone());
+    let endpoint = args.endpoint.clone().or_else(|| credentials.as_ref().and_then(|c| c.endpoint.clone()));
     let endpoint = endpoint.unwrap_or_else(|| "http://127.0.0.1:8080".into());
-    let signer = (!args.unsigned).then_some(&credentials);
+    let signer = credentials.as_ref().filter(|_| !args.unsigned);
     let client = Client::new(&endpoint, signer, args.ca_file.as_deref())?;
-    Ok(Admin { client, tenancy_id: credentials.tenancy_id, json: args.json })
+    Ok(Admin { client, tenancy_id: credentials.map(|c| c.tenancy_id), json: args.json })
 }
 
 impl Admin {
+    /// The tenancy: the default compartment, and where display names are looked up.
+    fn tenancy(&self) -> anyhow::Result<&str> {
+        self.tenancy_id.as_deref().context("no credentials name the tenancy: give --compartment-id or a queue's OCID")
+    }
+
     async fn call(
         &self,
         method: &str,
@@ -259,7 +304,7 @@ impl Admin {
         if queue.starts_with("ocid1.queue.") {
             return Ok(queue.to_owned());
         }
-        let named = self.queues(&self.tenancy_id, Some(queue)).await?;
+        let named = self.queues(self.tenancy()?, Some(queue)).await?;
         let live: Vec<&Value> = named.iter().filter(|q| q["lifecycleState"] != "DELETED").collect();
         match live.as_slice() {
             [one] => Ok(text(&one["id"])),
@@ -269,7 +314,11 @@ impl Admin {
     }
 
     async fn list(&self, compartment_id: Option<String>) -> anyhow::Result<()> {
-        let items = self.queues(compartment_id.as_deref().unwrap_or(&self.tenancy_id), None).await?;
+        let compartment_id = match &compartment_id {
+            Some(id) => id,
+            None => self.tenancy()?,
+        };
+        let items = self.queues(compartment_id, None).await?;
         self.print(&json!({"items": items}), || {
             let rows: Vec<Vec<String>> = items
                 .iter()
@@ -341,5 +390,19 @@ fn text(value: &Value) -> String {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn puts_are_split_by_count_and_by_bytes() {
+        let small: Vec<String> = (0..45).map(|i| i.to_string()).collect();
+        assert_eq!(put_batches(&small), [0..20, 20..40, 40..45]);
+        let big = vec!["x".repeat(200 * 1024); 5];
+        assert_eq!(put_batches(&big), [0..2, 2..4, 4..5], "512 KiB per request");
+        assert!(put_batches(&[]).is_empty());
     }
 }

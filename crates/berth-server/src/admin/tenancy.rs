@@ -9,11 +9,17 @@ use berth_core::model::{Tenancy, User};
 
 use super::table;
 use crate::app;
-use crate::config::StoreArgs;
+use crate::config::{StoreArgs, StoreChoice};
 
-/// The store's tenancies and users (next to a running server too: nothing is written).
+/// The store's tenancies and users (next to a running server too: the store is only read).
 async fn read(data_dir: &Path, store: StoreArgs) -> anyhow::Result<(Vec<Tenancy>, Vec<User>)> {
-    let store = app::open_store(data_dir, &store.chosen()?, false, false, 0).await?.store;
+    let choice = store.chosen()?;
+    // Opening would make a new store in a mistyped data dir, and list nothing.
+    let database = data_dir.join(crate::data_dir::DATABASE);
+    if matches!(choice, StoreChoice::Sqlite) && !database.is_file() {
+        bail!("no Berth database in {} (give the server's --data-dir)", data_dir.display());
+    }
+    let store = app::open_store(data_dir, &choice, false, false, 0).await?.store;
     let read = (store.tenancies().await?, store.users().await?);
     store.close().await?;
     Ok(read)

@@ -1,7 +1,7 @@
 //! What the console's charts show: every few seconds, each live queue's totals and depth,
 //! kept for the last minutes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -59,7 +59,8 @@ impl History {
                 Ok(queues) => {
                     let at = Instant::now();
                     let mut by_queue = self.by_queue.lock().unwrap_or_else(|e| e.into_inner());
-                    by_queue.retain(|id, _| queues.iter().any(|q| &q.queue.id == id));
+                    let live: HashSet<&str> = queues.iter().map(|q| q.queue.id.as_str()).collect();
+                    by_queue.retain(|id, _| live.contains(id.as_str()));
                     for q in queues {
                         let (main, dlq) = (&q.stats.queue, &q.stats.dead_letter);
                         let sample = Sample {

@@ -9,13 +9,14 @@ mod html;
 mod pages;
 mod session;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{ConnectInfo, Form, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use berth_core::engine::{spec_with_defaults, Peek, PolicyValues, QueueChange};
 use berth_core::model::{NewMessage, PurgeTarget};
 use berth_core::{Engine, QueueError};
@@ -24,15 +25,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
 use history::History;
-use session::{Session, Sessions, COOKIE};
+use session::{Session, Sessions, COOKIE, LOGIN_COOKIE};
+
+use crate::login_throttle::{Attempter, LoginThrottle};
 
 /// The console's own state: sessions and the charts' history.
-#[derive(Default)]
 pub struct Console {
     sessions: Sessions,
     history: History,
-    /// Whether the cookie must be `Secure` (HTTPS).
+    /// Whether cookies must be `Secure` (the browser speaks HTTPS).
     secure_cookie: bool,
+    /// Failed logins, shared with STOMP.
+    logins: Arc<LoginThrottle>,
 }
 
 impl std::fmt::Debug for Console {
@@ -42,9 +46,21 @@ impl std::fmt::Debug for Console {
 }
 
 impl Console {
-    /// A console; `https`: whether the HTTP port serves TLS (the cookie is then `Secure`).
-    pub fn new(https: bool) -> Self {
-        Console { secure_cookie: https, ..Console::default() }
+    /// A console; `https`: whether browsers reach it by HTTPS (cookies are then `Secure`);
+    /// `logins`: the failed logins to count and slow down.
+    pub fn new(https: bool, logins: Arc<LoginThrottle>) -> Self {
+        Console { sessions: Sessions::default(), history: History::default(), secure_cookie: https, logins }
+    }
+
+    /// A `Set-Cookie` value for the console's cookies (`None` to remove it).
+    fn cookie(&self, name: &str, path: &str, value: Option<&str>) -> HeaderValue {
+        let secure = if self.secure_cookie { "; Secure" } else { "" };
+        let cookie = match value {
+            Some(value) => format!("{name}={value}; Path={path}; HttpOnly; SameSite=Strict{secure}"),
+            None => format!("{name}=; Path={path}; Max-Age=0; HttpOnly; SameSite=Strict{secure}"),
+        };
+        // Names, paths and tokens are ASCII without control characters.
+        HeaderValue::from_str(&cookie).expect("a valid cookie")
     }
 
     /// Samples the queues for the charts until `stop`.
@@ -104,8 +120,18 @@ fn after(app: &AppState, headers: &HeaderMap, to: &str, outcome: Result<String, 
     Redirect::to(to).into_response()
 }
 
-async fn login_page(Query(q): Query<LoginQuery>) -> Response {
-    html(pages::login(q.failed.is_some()))
+async fn login_page(State(app): State<AppState>, Query(q): Query<LoginQuery>) -> Response {
+    // The login form's own CSRF token, in a cookie and in the form (a cross-site post
+    // cannot log a browser into someone else's session).
+    let token = session::token();
+    let failed = match q.failed.as_deref() {
+        Some("busy") => Some("Too many failed logins: wait a few seconds and try again"),
+        Some(_) => Some("Login failed: check the login (tenancy/user) and passcode"),
+        None => None,
+    };
+    let mut response = html(pages::login(failed, &token));
+    response.headers_mut().insert(header::SET_COOKIE, app.console.cookie(LOGIN_COOKIE, "/console/login", Some(&token)));
+    response
 }
 
 #[derive(Deserialize)]
@@ -115,32 +141,55 @@ struct LoginQuery {
 
 #[derive(Deserialize)]
 struct LoginForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
     login: String,
+    #[serde(default)]
     passcode: String,
 }
 
-async fn login(State(app): State<AppState>, Form(form): Form<LoginForm>) -> Response {
-    let Some((tenancy, user)) = form.login.split_once('/') else {
-        return Redirect::to("/console/login?failed=1").into_response();
+async fn login(
+    State(app): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if !session::login_token_matches(&headers, &form.csrf) {
+        return Redirect::to("/console/login").into_response();
+    }
+    let ip = peer.map_or(IpAddr::from([0, 0, 0, 0]), |Extension(ConnectInfo(addr))| addr.ip());
+    let attempter = Attempter::new(ip, &form.login);
+    if app.console.logins.wait_turn(&attempter).await.is_err() {
+        tracing::warn!(%ip, login = form.login, "console login refused: too many failed logins");
+        return Redirect::to("/console/login?failed=busy").into_response();
+    }
+    let found = match form.login.split_once('/') {
+        Some((tenancy, user)) => app.auth.stomp_user(tenancy, user, &form.passcode).await,
+        None => Ok(None),
     };
-    match app.auth.stomp_user(tenancy, user, &form.passcode).await {
+    match found {
         Ok(Some(user)) => {
+            app.console.logins.succeeded(&attempter);
             let token = app.console.sessions.start(user.tenancy_id, form.login.clone());
-            let secure = if app.console.secure_cookie { "; Secure" } else { "" };
-            let cookie = format!("{COOKIE}={token}; Path=/console; HttpOnly; SameSite=Strict{secure}");
             let mut response = Redirect::to("/console").into_response();
-            if let Ok(value) = HeaderValue::from_str(&cookie) {
-                response.headers_mut().insert(header::SET_COOKIE, value);
-            }
+            let cookies = response.headers_mut();
+            cookies.append(header::SET_COOKIE, app.console.cookie(COOKIE, "/console", Some(&token)));
+            cookies.append(header::SET_COOKIE, app.console.cookie(LOGIN_COOKIE, "/console/login", None));
             response
         }
-        Ok(None) => Redirect::to("/console/login?failed=1").into_response(),
+        Ok(None) => {
+            let failures = app.console.logins.failed(&attempter);
+            tracing::warn!(%ip, login = form.login, failures, "console login failed");
+            Redirect::to("/console/login?failed=1").into_response()
+        }
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, html(pages::unavailable(&e.to_string()))).into_response(),
     }
 }
 
 #[derive(Deserialize)]
 struct CsrfForm {
+    #[serde(default)]
     csrf: String,
 }
 
@@ -149,10 +198,7 @@ async fn logout(State(app): State<AppState>, headers: HeaderMap, Form(form): For
         app.console.sessions.end(&headers);
     }
     let mut response = to_login();
-    let gone = format!("{COOKIE}=; Path=/console; Max-Age=0; HttpOnly; SameSite=Strict");
-    if let Ok(value) = HeaderValue::from_str(&gone) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
+    response.headers_mut().insert(header::SET_COOKIE, app.console.cookie(COOKIE, "/console", None));
     response
 }
 
@@ -203,7 +249,8 @@ async fn queue_page(
 }
 
 async fn charts(State(app): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let Some(session) = app.console.sessions.of(&headers) else { return StatusCode::UNAUTHORIZED.into_response() };
+    // A background fetch: the flash stays for the next page.
+    let Some(session) = app.console.sessions.peek(&headers) else { return StatusCode::UNAUTHORIZED.into_response() };
     // Only a queue of the session's tenancy.
     if app.engine.get_queue(&session.tenancy_id, &id).await.is_err() {
         return StatusCode::NOT_FOUND.into_response();
@@ -222,6 +269,7 @@ fn field(name: &str, value: &str) -> Result<Option<i64>, QueueError> {
 
 #[derive(Deserialize)]
 struct QueueForm {
+    #[serde(default)]
     csrf: String,
     #[serde(default)]
     name: String,
@@ -290,7 +338,9 @@ async fn update_settings(
 
 #[derive(Deserialize)]
 struct MessageForm {
+    #[serde(default)]
     csrf: String,
+    #[serde(default)]
     content: String,
     #[serde(default)]
     channel: String,
@@ -323,7 +373,9 @@ async fn send_message(
 
 #[derive(Deserialize)]
 struct PurgeForm {
+    #[serde(default)]
     csrf: String,
+    #[serde(default)]
     target: String,
 }
 
@@ -361,6 +413,7 @@ async fn redrive(
 
 #[derive(Deserialize)]
 struct DeleteForm {
+    #[serde(default)]
     csrf: String,
     confirm: Option<String>,
 }

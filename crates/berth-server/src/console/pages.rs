@@ -14,15 +14,18 @@ use super::{chart, who, PeekQuery};
 /// Most queues the list shows.
 const LISTED: i64 = 1000;
 
-pub(crate) fn login(failed: bool) -> String {
-    let flash = failed.then(|| (true, "Login failed: check the login (tenancy/user) and passcode".to_owned()));
-    let body = r#"<h1>Log in</h1>
-<form method="post" action="/console/login" class="stack">
+pub(crate) fn login(failed: Option<&str>, csrf_token: &str) -> String {
+    let flash = failed.map(|text| (true, text.to_owned()));
+    let body = format!(
+        r#"<h1>Log in</h1>
+<form method="post" action="/console/login" class="stack">{}
 <label>Login (tenancy/user) <input name="login" autocomplete="username" required placeholder="default/admin"></label>
 <label>Passcode <input name="passcode" type="password" autocomplete="current-password" required></label>
 <button>Log in</button></form>
-<p class="muted">The STOMP login and passcode of a user: <code>stompLogin</code> and <code>stompPasscode</code> in <code>credentials/&lt;user&gt;.json</code> of the server's data dir.</p>"#;
-    page("Log in", None, flash.as_ref(), body)
+<p class="muted">The STOMP login and passcode of a user: <code>stompLogin</code> and <code>stompPasscode</code> in <code>credentials/&lt;user&gt;.json</code> of the server's data dir.</p>"#,
+        csrf(csrf_token)
+    );
+    page("Log in", None, flash.as_ref(), &body)
 }
 
 pub(crate) fn unavailable(reason: &str) -> String {
@@ -56,7 +59,12 @@ pub(crate) async fn queues(engine: &Engine, history: &History, session: &Session
     let listed = engine.list_queues(&session.tenancy_id, &filter, None, Some(LISTED)).await?;
     let mut rows = String::new();
     for queue in listed.items.iter().filter(|q| q.state != berth_core::model::LifecycleState::Deleted) {
-        let stats = engine.stats(&session.tenancy_id, &queue.id, None).await?;
+        let stats = match engine.stats(&session.tenancy_id, &queue.id, None).await {
+            Ok(stats) => stats,
+            // Deleted since it was listed.
+            Err(QueueError::QueueNotFound) => continue,
+            Err(e) => return Err(e),
+        };
         let rates = history.latest_rates(&queue.id).unwrap_or_default();
         let _ = write!(
             rows,

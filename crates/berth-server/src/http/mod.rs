@@ -47,8 +47,9 @@ pub async fn serve(
     while let Some(accepted) = acceptor.next(&shutdown).await {
         let (router, tls, limits, watcher) = (router.clone(), tls.clone(), limits.clone(), graceful.watcher());
         tokio::spawn(async move {
+            let peer = accepted.peer;
             if let Some((stream, _slot)) = accepted.stream(tls.as_ref(), "HTTP").await {
-                serve_connection(stream, router, &limits, watcher).await;
+                serve_connection(stream, peer, router, &limits, watcher).await;
             }
         });
     }
@@ -62,6 +63,7 @@ pub async fn serve(
 /// Serves one connection until the client closes it, a deadline passes, or shutdown.
 async fn serve_connection(
     stream: Stream,
+    peer: std::net::SocketAddr,
     router: axum::Router,
     limits: &Limits,
     watcher: hyper_util::server::graceful::Watcher,
@@ -69,8 +71,10 @@ async fn serve_connection(
     // A client that stops reading gets as long as an idle one.
     let stream = write_deadline::WriteDeadline::new(stream, limits.idle_timeout);
     let (stream, timer, arrivals) = request_head::watch(stream, limits.idle_timeout, limits.header_timeout);
-    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
         arrivals.request_arrived();
+        // For handlers that need it (the console's login throttle).
+        request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         // The router is always ready (axum), so it is called without poll_ready.
         tower::Service::call(&mut router.clone(), request)
     });

@@ -10,7 +10,6 @@
 pub mod command;
 pub mod connection;
 pub mod frame;
-pub mod login_throttle;
 pub mod pipeline;
 pub mod session;
 pub mod subscription;
@@ -26,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::accept::Acceptor;
 use crate::auth::Authenticator;
+use crate::login_throttle::LoginThrottle;
 use crate::metrics::Metrics;
 
 /// How long connections get to finish at shutdown.
@@ -48,7 +48,7 @@ pub struct StompContext {
     /// TLS, when configured.
     pub tls: Option<TlsAcceptor>,
     /// Failed logins per peer address.
-    pub logins: login_throttle::LoginThrottle,
+    pub logins: Arc<LoginThrottle>,
 }
 
 /// Accepts connections until `shutdown`, then waits (bounded) for them to close.

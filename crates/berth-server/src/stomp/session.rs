@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::command::{Command, Destination, Write};
 use super::frame::{Frame, Version};
-use super::login_throttle::Attempter;
 use super::pipeline::{self, Op};
 use super::subscription::{Consumer, Event};
 use super::StompContext;
+use crate::login_throttle::Attempter;
 
 /// How the connection goes on after a command.
 #[derive(Debug)]

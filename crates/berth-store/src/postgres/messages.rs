@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
 use berth_core::clock::Timestamp;
-use berth_core::delivery::{after_lease, standing, AfterLease, Ended, Held, Standing};
+use berth_core::delivery::{after_lease, standing, AfterLease, Ended, Held};
 use berth_core::error::StoreError;
 use berth_core::model::{
     LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, PeekRequest, PeekedMessage, PurgeTarget, QueueRow,
@@ -411,12 +411,7 @@ pub(crate) async fn peek(c: &impl GenericClient, request: &PeekRequest) -> Resul
                 expire_at: Timestamp(row.get(7)),
             };
             let Some((stands, dlq)) = standing(held, threshold, now) else { continue };
-            let wanted = match stands {
-                Standing::Visible => true,
-                Standing::InFlight => request.in_flight,
-                Standing::Delayed => request.delayed,
-            };
-            if dlq != request.dead_letter || !wanted {
+            if !request.shows(stands, dlq) {
                 continue;
             }
             let properties: Option<String> = row.get(9);

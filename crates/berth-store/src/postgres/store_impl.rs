@@ -166,7 +166,11 @@ impl Store for PostgresStore {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        let extended = messages::extend(&self.client().await?, &leases, now).await?;
+        let client = self.client().await?;
+        // One statement, committed on its own: its time includes the commit.
+        let started = Instant::now();
+        let extended = messages::extend(&client, &leases, now).await?;
+        self.committed(started.elapsed());
         // Leases moved to end now or earlier give their messages back.
         let released = leases.iter().zip(&extended).filter(|((_, until), ok)| **ok && *until <= now);
         self.announce(changed(released.map(|((lease, _), _)| lease.queue)));
@@ -177,7 +181,11 @@ impl Store for PostgresStore {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        messages::delete(&self.client().await?, &leases, now).await
+        let client = self.client().await?;
+        let started = Instant::now();
+        let deleted = messages::delete(&client, &leases, now).await?;
+        self.committed(started.elapsed());
+        Ok(deleted)
     }
 
     async fn stats(&self, queue: QueueRow, channel: Option<&str>, now: Timestamp) -> StoreResult<QueueStats> {

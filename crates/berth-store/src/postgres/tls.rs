@@ -109,14 +109,67 @@ fn take_tls_keys(url: &str) -> (String, Vec<(String, String)>) {
         let rest = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
         (rest, taken)
     } else {
-        let mut kept = Vec::new();
-        for word in url.split_whitespace() {
-            match word.split_once('=') {
-                Some((key, value)) if TLS_KEYS.contains(&key) => taken.push((key.to_string(), value.to_string())),
-                _ => kept.push(word),
+        // Unparseable: left whole, for tokio-postgres to say what is wrong.
+        let Some(pairs) = conninfo_pairs(url) else { return (url.to_string(), taken) };
+        let mut rest = String::new();
+        let mut from = 0;
+        for (key, value, span) in pairs {
+            if TLS_KEYS.contains(&key.as_str()) {
+                rest.push_str(url[from..span.start].trim_end());
+                from = span.end;
+                taken.push((key, value));
             }
         }
-        (kept.join(" "), taken)
+        rest.push_str(&url[from..]);
+        (rest.trim().to_string(), taken)
+    }
+}
+
+/// The pairs of a libpq key=value string (`key = value`, spaces around `=` allowed, values
+/// single-quoted or not, with backslash escapes), each with its span in the string.
+fn conninfo_pairs(text: &str) -> Option<Vec<(String, String, std::ops::Range<usize>)>> {
+    let mut pairs = Vec::new();
+    let mut chars = text.char_indices().peekable();
+    let skip_spaces = |chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>| {
+        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+    };
+    loop {
+        skip_spaces(&mut chars);
+        let Some(&(start, _)) = chars.peek() else { return Some(pairs) };
+        let mut key = String::new();
+        while let Some((_, c)) = chars.next_if(|(_, c)| !c.is_whitespace() && *c != '=') {
+            key.push(c);
+        }
+        skip_spaces(&mut chars);
+        chars.next_if(|(_, c)| *c == '=')?;
+        skip_spaces(&mut chars);
+        let quoted = chars.next_if(|(_, c)| *c == '\'').is_some();
+        let mut value = String::new();
+        let mut end = text.len();
+        loop {
+            match chars.peek().copied() {
+                None if quoted => return None,
+                None => break,
+                Some((i, c)) if !quoted && c.is_whitespace() => {
+                    end = i;
+                    break;
+                }
+                Some((i, '\'')) if quoted => {
+                    chars.next();
+                    end = i + 1;
+                    break;
+                }
+                Some((_, '\\')) => {
+                    chars.next();
+                    value.push(chars.next()?.1);
+                }
+                Some((_, c)) => {
+                    chars.next();
+                    value.push(c);
+                }
+            }
+        }
+        pairs.push((key, value, start..end));
     }
 }
 
@@ -239,6 +292,14 @@ mod tests {
         let (rest, keys) = taken("host=h user=b sslmode=require dbname=d");
         assert_eq!(rest, "host=h user=b dbname=d");
         assert_eq!(keys, [("sslmode".into(), "require".into())]);
+        // Quoted values keep their spaces; spaces may stand around `=`.
+        let (rest, keys) = taken(r"host=h password='a  b\'c' sslmode = verify-ca sslrootcert='/tmp/my ca.pem'");
+        assert_eq!(rest, r"host=h password='a  b\'c'");
+        assert_eq!(keys, [("sslmode".into(), "verify-ca".into()), ("sslrootcert".into(), "/tmp/my ca.pem".into())]);
+        assert_eq!(taken("host=h password='unclosed").0, "host=h password='unclosed", "left to tokio-postgres");
+        let config = connection(r"host=h password='a  b' sslmode = disable").unwrap().config;
+        assert_eq!(config.get_password(), Some(&b"a  b"[..]));
+        assert_eq!(config.get_ssl_mode(), SslMode::Disable);
     }
 
     #[test]

@@ -32,12 +32,7 @@ impl Index {
                     expire_at: Timestamp(batch.expire_at),
                 };
                 let Some((stands, dlq)) = standing(held, threshold, now) else { continue };
-                let wanted = match stands {
-                    Standing::Visible => true,
-                    Standing::InFlight => request.in_flight,
-                    Standing::Delayed => request.delayed,
-                };
-                if dlq != request.dead_letter || !wanted {
+                if !request.shows(stands, dlq) {
                     continue;
                 }
                 let picked = Picked {

@@ -1,4 +1,4 @@
-//! Slows passcode guessing: after a few failed logins for one login from one address, its
+//! Slows passcode guessing, over STOMP and in the web console alike: after a few failed logins for one login from one address, its
 //! attempts take turns, one per delay that doubles with every further failure (up to a
 //! cap), so opening more connections does not buy more guesses; an attempt whose turn is
 //! further away than the cap is refused at once rather than holding a connection slot.
