@@ -16,6 +16,7 @@ pub mod clock;
 pub mod delivery;
 pub mod engine;
 pub mod error;
+pub mod filter;
 pub mod limits;
 pub mod model;
 pub mod ocid;
