@@ -108,9 +108,7 @@ impl Client {
         }
         Ok(Answer { status, headers, body })
     }
-}
 
-impl Client {
     /// Sends one signed request to `target` (path and query string) with a JSON body, and
     /// hands back the response whatever its status.
     ///

@@ -24,10 +24,9 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
+use crate::login_throttle::{Attempter, LoginThrottle};
 use history::History;
 use session::{Session, Sessions, COOKIE, LOGIN_COOKIE};
-
-use crate::login_throttle::{Attempter, LoginThrottle};
 
 /// The console's own state: sessions and the charts' history.
 pub struct Console {

@@ -27,7 +27,7 @@ const DUE_COLUMNS: &str = "m.id, m.queue, m.delivery_count, m.dlq, m.expire_at";
 
 /// What settling does with a due row another transaction (the sweeper, a consumer) holds.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Held {
+pub(crate) enum Locked {
     /// Leave it to that transaction: consumers must not queue up behind each other.
     Skip,
     /// Wait for it, so the statements after see where it went: a purge or redrive that
@@ -41,11 +41,11 @@ pub(crate) async fn queue(
     queue: QueueRow,
     now: Timestamp,
     limit: u32,
-    held: Held,
+    locked: Locked,
 ) -> Result<Settled, StoreError> {
-    let lock = match held {
-        Held::Skip => "FOR UPDATE OF m SKIP LOCKED",
-        Held::Wait => "FOR UPDATE OF m",
+    let lock = match locked {
+        Locked::Skip => "FOR UPDATE OF m SKIP LOCKED",
+        Locked::Wait => "FOR UPDATE OF m",
     };
     let statement = format!(
         "SELECT {DUE_COLUMNS}, q.dead_letter_after FROM messages m JOIN queues q ON q.row = m.queue

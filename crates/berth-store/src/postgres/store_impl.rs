@@ -17,7 +17,7 @@ use berth_core::store::{
 };
 use tokio::sync::broadcast;
 
-use super::settle::Held;
+use super::settle::Locked;
 use super::{identity, messages, pg, queues, settle, sql, sweep, PostgresStore};
 
 /// Ended leases settled per lease call; the sweep handles any surplus.
@@ -150,7 +150,7 @@ impl Store for PostgresStore {
         // again, below floors that other leases set past them.
         let unfinished = Unfinished { store: self, queue: request.queue };
         let ((leased, pick), settled) = transaction!(self, |tx| {
-            let settled = settle::queue(&tx, request.queue, request.now, SETTLE_PER_LEASE, Held::Skip).await?;
+            let settled = settle::queue(&tx, request.queue, request.now, SETTLE_PER_LEASE, Locked::Skip).await?;
             let rescan = !settled.queues.is_empty();
             (messages::lease(&tx, &request, &self.floors, rescan).await?, settled)
         });
@@ -226,7 +226,7 @@ impl Store for PostgresStore {
         to_settle: Settle,
     ) -> StoreResult<u64> {
         let (settled, purged) = transaction!(self, |tx| {
-            let settled = settle::queue(&tx, queue, to_settle.now, to_settle.batch, Held::Wait).await?;
+            let settled = settle::queue(&tx, queue, to_settle.now, to_settle.batch, Locked::Wait).await?;
             (settled, messages::purge(&tx, queue, target, channels.as_deref(), to_settle.batch).await?)
         });
         self.report(&settled.moved);
@@ -236,7 +236,7 @@ impl Store for PostgresStore {
 
     async fn redrive(&self, queue: QueueRow, channels: Option<Vec<String>>, to_settle: Settle) -> StoreResult<u64> {
         let (settled, moved) = transaction!(self, |tx| {
-            let settled = settle::queue(&tx, queue, to_settle.now, to_settle.batch, Held::Wait).await?;
+            let settled = settle::queue(&tx, queue, to_settle.now, to_settle.batch, Locked::Wait).await?;
             (settled, messages::redrive(&tx, queue, channels.as_deref(), to_settle.batch).await?)
         });
         let redriven = (moved > 0).then_some(queue);
