@@ -137,3 +137,19 @@ def test_more_than_one_request_of_messages_is_put_and_consumed_in_batches(server
     got = as_json(server, "queue", "get-messages", qid, "--limit", "32", "--delete")["messages"]
     assert [m["content"] for m in got] == contents[:32]
     assert counts(stats(qc, qid)) == ((13, 0), (0, 0)), "all 32 deleted, in batches of 20"
+
+
+def test_unsigned_needs_no_credentials_against_a_server_without_auth(fresh_server, tmp_path):
+    open_server = fresh_server(["--insecure-no-auth"])
+    tenancy = open_server.admin_creds()["tenancyId"]
+    empty = tmp_path / "no-credentials"
+    cmd = [berth_bin(), "queue", "--data-dir", str(empty), "--endpoint", open_server.base, "--unsigned"]
+    made = subprocess.run([*cmd, "create", "unsigned-q", "--compartment-id", tenancy],
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    listed = subprocess.run([*cmd, "list", "--json", "--compartment-id", tenancy],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and "unsigned-q" in listed.stdout, listed.stderr
+    by_name = subprocess.run([*cmd, "stats", "unsigned-q"], capture_output=True, text=True, timeout=60)
+    assert by_name.returncode == 1
+    assert "give --compartment-id or a queue's OCID" in by_name.stderr

@@ -70,3 +70,11 @@ def test_guessing_passcodes_is_slowed_then_refused(server):
     assert set(outcomes) <= {"/console/login?failed=1", "/console/login?failed=busy"}
     shown = browser.get(server.base + "/console/login?failed=busy", timeout=10).text
     assert "Too many failed logins" in shown
+
+
+def test_cookies_are_secure_behind_an_https_public_url(server, fresh_server):
+    plain = requests.get(server.base + "/console/login", timeout=10)
+    assert "Secure" not in plain.headers["set-cookie"], "plain HTTP: a Secure cookie would never come back"
+    proxied = fresh_server(["--public-url", "https://queues.example.test"])
+    page = requests.get(proxied.base + "/console/login", timeout=10)
+    assert "Secure" in page.headers["set-cookie"]
