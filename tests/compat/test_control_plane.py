@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import oci
 import pytest
-from oci.queue.models import (ChangeQueueCompartmentDetails, ConsumerGroupsCapabilityDetails, CreateQueueDetails,
-                              LargeMessagesCapabilityDetails, UpdateQueueDetails)
+from oci.queue.models import (ChangeQueueCompartmentDetails, CreateQueueDetails, LargeMessagesCapabilityDetails,
+                              UpdateQueueDetails)
 
 from berthlib import (API, DEFAULT_CHANNEL_CONSUMPTION_LIMIT, DEFAULT_RETENTION, DEFAULT_TIMEOUT, DEFAULT_VISIBILITY,
                       NOT_FOUND, admin_client, create_queue, delete_queue, fake_compartment_id,
@@ -204,14 +204,6 @@ def test_large_messages_capability_is_object_in_get_and_string_in_list(admin, ra
     r = raw.request("GET", f"{API}/queues", params={"compartmentId": comp})
     assert r.status_code == 200
     assert r.json()["items"][0]["capabilities"] == ["LARGE_MESSAGES"]
-
-
-def test_consumer_groups_capability_is_rejected_400(admin, tenant, queue_id):
-    with raises_service_error(400, "InvalidParameter"):
-        admin.create_queue(CreateQueueDetails(display_name=unique_name(), compartment_id=tenant.compartment_id,
-                                              capabilities=[ConsumerGroupsCapabilityDetails()]))
-    with raises_service_error(400, "InvalidParameter"):
-        admin.update_queue(queue_id, UpdateQueueDetails(capabilities=[ConsumerGroupsCapabilityDetails()]))
 
 
 # --------------------------------------------------------------------------

@@ -7,6 +7,9 @@ pub enum QueueError {
     /// The queue does not exist or belongs to another tenancy (deliberately the same answer).
     #[error("queue not found or not authorized")]
     QueueNotFound,
+    /// The consumer group does not exist, belongs to another tenancy or another queue.
+    #[error("consumer group not found or not authorized")]
+    ConsumerGroupNotFound,
     /// The work request does not exist or belongs to another tenancy.
     #[error("work request not found or not authorized")]
     WorkRequestNotFound,

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`clock`]: the only source of time (`SystemClock`, `ManualClock` for tests).
 //! - [`model`]: queues, messages, work requests and the values that describe them.
+//! - [`consumer_group`]: consumer groups and how a put fans out to them ([`filter`] their filters).
 //! - [`limits`]: OCI Queue limits and the validation of every client-supplied value.
 //! - [`delivery`]: what happens to a message when its lease ends (redeliver or dead-letter).
 //! - [`receipt`]: HMAC receipts bound to one lease of one message of one queue.
@@ -13,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod clock;
+pub mod consumer_group;
 pub mod delivery;
 pub mod engine;
 pub mod error;

@@ -102,6 +102,10 @@ pub struct QueueSpec {
     pub custom_encryption_key_id: Option<String>,
     /// Enabled capabilities, e.g. `LARGE_MESSAGES`.
     pub capabilities: Vec<String>,
+    /// The primary consumer group's settings where the CONSUMER_GROUPS capability is
+    /// added (read once, not kept: the group keeps them).
+    #[serde(skip)]
+    pub primary_consumer_group: Option<crate::consumer_group::ConsumerGroupDetails>,
     /// Free-form tags.
     pub freeform_tags: BTreeMap<String, String>,
     /// Defined tags.
@@ -349,6 +353,12 @@ pub enum OperationType {
     MoveQueue,
     /// PurgeQueue.
     PurgeQueue,
+    /// CreateConsumerGroup.
+    CreateConsumerGroup,
+    /// UpdateConsumerGroup.
+    UpdateConsumerGroup,
+    /// DeleteConsumerGroup.
+    DeleteConsumerGroup,
 }
 
 /// Status of a work request.

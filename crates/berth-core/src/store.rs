@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use crate::clock::Timestamp;
+use crate::consumer_group::{ConsumerGroup, ConsumerGroupFilter, NewConsumerGroup};
 use crate::error::StoreError;
 use crate::model::{
     LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, PeekRequest, PeekedMessage, PurgeTarget, Queue, QueueFilter,
@@ -53,6 +54,21 @@ pub enum Created {
     Replayed(String),
     /// The retry token was seen before with another request.
     TokenConflict,
+    /// A live consumer group of the queue has this display name (consumer groups only).
+    NameTaken,
+    /// The group's queue is deleted (consumer groups only).
+    QueueGone,
+}
+
+/// Outcome of [`Store::save_consumer_group`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupSaved {
+    /// Saved, with its work request.
+    Saved,
+    /// Nothing changed: the version moved on.
+    VersionMoved,
+    /// Nothing changed: another live group of the queue has the new display name.
+    NameTaken,
 }
 
 /// For bulk operations: settle expired leases as of `now` first (so messages due for the
@@ -199,7 +215,8 @@ pub trait Store: Send + Sync + 'static {
         -> StoreResult<Created>;
     /// A queue of this tenancy that is not deleted.
     async fn queue(&self, tenancy_id: &str, id: &str) -> StoreResult<Option<Queue>>;
-    /// Every live queue of every tenancy, with the tenancy's name (for metrics).
+    /// Every live queue of every tenancy, with the tenancy's name (for metrics). Consumer
+    /// groups are not queues: they are in none of the queue calls.
     async fn all_live_queues(&self) -> StoreResult<Vec<(String, Queue)>>;
     /// Queues of a tenancy, filtered and sorted, `limit` from `offset`.
     async fn list_queues(
@@ -210,7 +227,8 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<Queue>>;
     /// Replaces a queue's row if its version is still `expected_version`, and records `work`.
-    /// Returns false (and changes nothing) if the version moved on.
+    /// Returns false (and changes nothing) if the version moved on. Its consumer groups
+    /// follow: deleted with it, and those without a threshold of their own take its new one.
     async fn save_queue(&self, queue: &Queue, expected_version: i64, work: &WorkRequest) -> StoreResult<bool>;
     /// Records a work request that changes no queue row (e.g. a purge).
     async fn insert_work_request(&self, work: &WorkRequest) -> StoreResult<()>;
@@ -226,9 +244,43 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<WorkRequest>>;
 
+    // ---- consumer groups ----
+
+    /// Inserts a consumer group of a live queue and its work request, honouring a retry
+    /// token, unless a live group of the queue has its display name (in any case). A group
+    /// gets the messages put from its commit on.
+    async fn create_consumer_group(
+        &self,
+        group: NewConsumerGroup,
+        work: WorkRequest,
+        retry: Option<RetryToken>,
+    ) -> StoreResult<Created>;
+    /// A consumer group of this tenancy that is not deleted.
+    async fn consumer_group(&self, tenancy_id: &str, id: &str) -> StoreResult<Option<ConsumerGroup>>;
+    /// Consumer groups of a tenancy, filtered and sorted, `limit` from `offset`.
+    async fn list_consumer_groups(
+        &self,
+        tenancy_id: &str,
+        filter: &ConsumerGroupFilter,
+        offset: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<ConsumerGroup>>;
+    /// Replaces a group's row if its version is still `expected_version`, and records
+    /// `work`. A group saved DELETED leaves its stream to be reclaimed; a disabled one takes
+    /// no new messages.
+    async fn save_consumer_group(
+        &self,
+        group: &ConsumerGroup,
+        expected_version: i64,
+        work: &WorkRequest,
+    ) -> StoreResult<GroupSaved>;
+
     // ---- messages ----
 
-    /// Appends messages in order, unless a new channel would exceed `max_channels`.
+    /// Appends messages in order, unless a new channel would exceed `max_channels` in a
+    /// stream. A queue with consumer groups fans them out by [`crate::consumer_group::fan_out`]
+    /// over its enabled groups as they are at the commit, one body for every stream; the ids
+    /// are the same in each.
     async fn put_messages(
         &self,
         queue: QueueRow,

@@ -180,3 +180,78 @@ async fn a_redrive_waits_for_a_dead_letter_move_in_flight() {
     let stats = engine.stats(conformance::T, &q, None).await.unwrap();
     assert_eq!((stats.queue.visible, stats.dead_letter.visible), (1, 0));
 }
+
+/// Rows of a table of the store's schema.
+async fn rows(url: &str, table: &str) -> i64 {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn a_fanned_out_body_is_stored_once_and_goes_once_no_group_holds_it() {
+    use conformance::consumer_groups::{get_in, group, named, queue_with_groups, via};
+    let backend = postgres().await;
+    let url = backend.options.url.clone();
+    let r = conformance::rig(backend).await;
+    let (q, _) = queue_with_groups(&r, 0, Default::default()).await;
+    let g = group(&r, &q, named("g", "")).await;
+    r.put(&q, &["a", "b"]).await;
+    assert_eq!(rows(&url, "bodies").await, 2);
+    assert_eq!(rows(&url, "messages WHERE content IS NOT NULL").await, 0, "the copies hold no body");
+    let done = |got: Vec<berth_core::engine::Delivered>| got.into_iter().map(|d| d.receipt).collect::<Vec<_>>();
+    let receipts = done(r.get(&q, 2, 30).await);
+    assert!(r.engine.delete_messages(conformance::T, &q, receipts).await.unwrap().iter().all(Result::is_ok));
+    while r.engine.sweep(100).await.unwrap().total() > 0 {}
+    assert_eq!(rows(&url, "bodies").await, 2, "the other group still holds both");
+    let got = get_in(&r, via(&q, &g), 2, 30).await;
+    assert_eq!(conformance::contents(&got), ["a", "b"]);
+    let receipts = done(got);
+    assert!(r.engine.delete_messages(conformance::T, via(&q, &g), receipts).await.unwrap().iter().all(Result::is_ok));
+    while r.engine.sweep(100).await.unwrap().total() > 0 {}
+    assert_eq!((rows(&url, "bodies").await, rows(&url, "body_releases").await), (0, 0));
+}
+
+#[tokio::test]
+async fn a_layout_1_database_gets_consumer_groups_and_keeps_its_messages() {
+    use conformance::consumer_groups::{get_in, group, named, via};
+    let backend = postgres().await;
+    let url = backend.options.url.clone();
+    let r = conformance::rig(backend.clone()).await;
+    let q = r.queue(Default::default()).await;
+    let ids = r.put(&q, &["old"]).await;
+    r.store.close().await.unwrap();
+    drop(r);
+    // Back to layout 1 as the previous release left it.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "DROP TRIGGER messages_release_body ON messages; DROP FUNCTION berth_release_body();
+             DROP TABLE bodies, body_releases;
+             ALTER TABLE messages DROP CONSTRAINT messages_pkey, ADD PRIMARY KEY (id);
+             ALTER TABLE messages ALTER COLUMN content SET NOT NULL;
+             DROP INDEX queues_by_parent; ALTER TABLE queues DROP COLUMN parent, DROP COLUMN stream;
+             UPDATE berth_meta SET value = convert_to('1', 'UTF8') WHERE key = 'layout'",
+        )
+        .await
+        .unwrap();
+    let r = conformance::rig(backend).await;
+    let layout: String = client
+        .query_one("SELECT convert_from(value, 'UTF8') FROM berth_meta WHERE key = 'layout'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(layout, "2");
+    let capability = berth_core::engine::QueueChange {
+        capabilities: Some(vec![berth_core::consumer_group::CONSUMER_GROUPS.into()]),
+        ..Default::default()
+    };
+    r.engine.update_queue(conformance::T, &q, None, capability).await.unwrap();
+    let g = group(&r, &q, named("g", "")).await;
+    r.put(&q, &["new"]).await;
+    let got = r.get(&q, 5, 30).await;
+    assert_eq!(conformance::contents(&got), ["old", "new"], "the queue's messages are its primary group's");
+    assert_eq!(got[0].message.id, ids[0]);
+    assert_eq!(conformance::contents(&get_in(&r, via(&q, &g), 5, 30).await), ["new"]);
+}

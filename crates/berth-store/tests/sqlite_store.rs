@@ -131,3 +131,29 @@ async fn a_database_of_a_newer_layout_is_refused() {
     assert!(refused.to_string().contains("newer Berth"), "{refused}");
     assert!(SqliteStore::open_without_messages(&path).is_err(), "tools refuse it too");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fanned_out_put_is_one_row_that_goes_with_the_last_group_done_with_it() {
+    use conformance::consumer_groups::{get_in, group, named, queue_with_groups, via};
+    let (r, store, path) = sqlite_rig_at().await;
+    drop(store); // so that the restart below can take the file
+    let (q, _) = queue_with_groups(&r, 0, Default::default()).await;
+    let g = group(&r, &q, named("g", "")).await;
+    r.put(&q, &["a", "b"]).await;
+    let count = |table: &str| -> i64 {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| row.get(0)).unwrap()
+    };
+    assert_eq!(count("message_batches"), 1, "one row with the bodies for both groups");
+    let done = |got: Vec<berth_core::engine::Delivered>| got.into_iter().map(|d| d.receipt).collect::<Vec<_>>();
+    let receipts = done(r.get(&q, 2, 30).await);
+    assert!(r.engine.delete_messages(conformance::T, &q, receipts).await.unwrap().iter().all(Result::is_ok));
+    assert_eq!(count("message_batches"), 1, "the other group still has both");
+    // A restart finds the primary group done and the other one not.
+    let r = r.reopen().await;
+    assert!(r.get(&q, 2, 30).await.is_empty());
+    let receipts = done(get_in(&r, via(&q, &g), 2, 30).await);
+    assert_eq!(receipts.len(), 2);
+    assert!(r.engine.delete_messages(conformance::T, via(&q, &g), receipts).await.unwrap().iter().all(Result::is_ok));
+    assert_eq!((count("message_batches"), count("stream_batch_states")), (0, 0));
+}

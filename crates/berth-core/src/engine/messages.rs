@@ -14,6 +14,7 @@ use crate::model::{
 use crate::store::{Appended, Settle};
 use crate::wakeup::Interest;
 
+use super::consumer_groups::Target;
 use super::counters::Counted;
 use super::Engine;
 
@@ -214,10 +215,10 @@ impl Engine {
     pub async fn get_messages(
         &self,
         tenancy_id: &str,
-        queue_id: &str,
+        target: impl Into<Target<'_>>,
         params: GetMessages,
     ) -> Result<Vec<Delivered>, QueueError> {
-        self.poll_messages(tenancy_id, queue_id, params, &CancellationToken::new()).await
+        self.poll_messages(tenancy_id, target, params, &CancellationToken::new()).await
     }
 
     /// Like [`Engine::get_messages`], and the wait also ends (empty) when `stop` fires.
@@ -228,17 +229,18 @@ impl Engine {
     pub async fn poll_messages(
         &self,
         tenancy_id: &str,
-        queue_id: &str,
+        target: impl Into<Target<'_>>,
         params: GetMessages,
         stop: &CancellationToken,
     ) -> Result<Vec<Delivered>, QueueError> {
-        let queue = self.active_queue(tenancy_id, queue_id).await?;
+        let target = target.into();
+        let (queue, stream) = self.target(tenancy_id, target).await?;
         let policy = &queue.spec.policy;
         let visibility = params.visibility_secs.unwrap_or(policy.visibility_secs);
         let timeout = params.timeout_secs.unwrap_or(policy.timeout_secs);
         let deadline = self.clock.now().plus_secs(timeout.into());
         let interest = Interest { dead_letter: params.dead_letter, channel: params.channel.clone() };
-        let notify = self.wakeups.of(queue.row, interest);
+        let notify = self.wakeups.of(stream, interest);
         let mut first = true;
         let mut woken_before = false;
         loop {
@@ -247,20 +249,20 @@ impl Engine {
             tokio::pin!(woken);
             woken.as_mut().enable();
             if !std::mem::take(&mut first) {
-                // The queue may have been deleted while we waited.
-                self.active_queue(tenancy_id, queue_id).await?;
+                // The queue or group may have been deleted while we waited.
+                self.target(tenancy_id, target).await?;
             }
 
             let now = self.clock.now();
             // A failing poll may have taken a wakeup meant for the others: hand it on.
             let failed = |e| {
-                self.wakeups.wake_all(queue.row);
+                self.wakeups.wake_all(stream);
                 e
             };
             let leased = self
                 .store
                 .lease(LeaseRequest {
-                    queue: queue.row,
+                    queue: stream,
                     dead_letter: params.dead_letter,
                     channel: params.channel.clone(),
                     max_messages: params.limit,
@@ -275,16 +277,17 @@ impl Engine {
                 self.counters.add(&queue.id, Counted::Redelivered, redelivered);
                 let messages = leased.messages.into_iter();
                 self.counters.add(&queue.id, Counted::Delivered, messages.len());
-                return Ok(messages.map(|m| self.delivered(queue.row, params.dead_letter, m)).collect());
+                return Ok(messages.map(|m| self.delivered(stream, params.dead_letter, m)).collect());
             }
             if now >= deadline || self.shutdown.is_cancelled() || stop.is_cancelled() {
                 return Ok(Vec::new());
             }
             if woken_before {
-                // Woken for nothing: perhaps by the queue's deletion on another node, which
-                // this node's cache may not know yet.
-                self.queues.forget(tenancy_id, queue_id);
-                self.active_queue(tenancy_id, queue_id).await?;
+                // Woken for nothing: perhaps by the queue's or group's deletion on another
+                // node, which this node's cache may not know yet.
+                self.queues.forget(tenancy_id, target.queue_id);
+                self.forget_group(tenancy_id, target);
+                self.target(tenancy_id, target).await?;
             }
             let next = leased.next_visible_at.map_or(deadline, |at| at.min(deadline));
             let pause = now.until(next).max(MIN_POLL_PAUSE);
@@ -311,17 +314,17 @@ impl Engine {
     pub async fn update_messages(
         &self,
         tenancy_id: &str,
-        queue_id: &str,
+        target: impl Into<Target<'_>>,
         entries: Vec<(String, i64)>,
     ) -> Result<Vec<Result<(i64, Timestamp), QueueError>>, QueueError> {
-        let queue = self.active_queue(tenancy_id, queue_id).await?;
+        let (_, stream) = self.target(tenancy_id, target.into()).await?;
         check_batch_size(entries.len())?;
         let now = self.clock.now();
         let mut results: Vec<Result<(i64, Timestamp), QueueError>> = Vec::with_capacity(entries.len());
         let mut valid = Vec::new();
         for (receipt, visibility) in &entries {
             let checked = limits::in_range("visibilityInSeconds", *visibility, 0, limits::MAX_VISIBILITY_SECS.into())
-                .and_then(|secs| Ok((self.open_receipt(queue.row, receipt)?, now.plus_secs(secs.into()))));
+                .and_then(|secs| Ok((self.open_receipt(stream, receipt)?, now.plus_secs(secs.into()))));
             match checked {
                 Ok((lease, until)) => {
                     valid.push((lease, until));
@@ -346,15 +349,15 @@ impl Engine {
     pub async fn delete_messages(
         &self,
         tenancy_id: &str,
-        queue_id: &str,
+        target: impl Into<Target<'_>>,
         receipts: Vec<String>,
     ) -> Result<Vec<Result<(), QueueError>>, QueueError> {
-        let queue = self.active_queue(tenancy_id, queue_id).await?;
+        let (queue, stream) = self.target(tenancy_id, target.into()).await?;
         check_batch_size(receipts.len())?;
         let mut results: Vec<Result<(), QueueError>> = Vec::with_capacity(receipts.len());
         let mut valid = Vec::new();
         for receipt in &receipts {
-            match self.open_receipt(queue.row, receipt) {
+            match self.open_receipt(stream, receipt) {
                 Ok(lease) => {
                     valid.push(lease);
                     results.push(Ok(()));
@@ -387,12 +390,12 @@ impl Engine {
     pub async fn stats(
         &self,
         tenancy_id: &str,
-        queue_id: &str,
+        target: impl Into<Target<'_>>,
         channel: Option<&str>,
     ) -> Result<QueueStats, QueueError> {
-        let queue = self.active_queue(tenancy_id, queue_id).await?;
+        let (_, stream) = self.target(tenancy_id, target.into()).await?;
         let now = self.clock.now();
-        Ok(self.store.stats(queue.row, channel, now).await?)
+        Ok(self.store.stats(stream, channel, now).await?)
     }
 
     /// Peek (Berth extension): messages of the queue or its DLQ in id order, bodies included,
@@ -400,8 +403,13 @@ impl Engine {
     ///
     /// # Errors
     /// `QueueNotFound`, `InvalidParameter` for a bad limit, channel or cursor, or a store failure.
-    pub async fn peek(&self, tenancy_id: &str, queue_id: &str, peek: Peek) -> Result<Page<PeekedMessage>, QueueError> {
-        let queue = self.active_queue(tenancy_id, queue_id).await?;
+    pub async fn peek(
+        &self,
+        tenancy_id: &str,
+        target: impl Into<Target<'_>>,
+        peek: Peek,
+    ) -> Result<Page<PeekedMessage>, QueueError> {
+        let (_, stream) = self.target(tenancy_id, target.into()).await?;
         let limit =
             limits::in_range("limit", peek.limit.unwrap_or(PEEK_LIMIT_DEFAULT.into()), 1, PEEK_LIMIT_MAX.into())?;
         if let Some(channel) = &peek.channel {
@@ -416,7 +424,7 @@ impl Engine {
                 .ok_or_else(|| QueueError::InvalidParameter("page is not a cursor this server issued".into()))?,
         };
         let request = PeekRequest {
-            queue: queue.row,
+            queue: stream,
             dead_letter: peek.dead_letter,
             channel: peek.channel,
             in_flight: peek.in_flight,
@@ -440,14 +448,14 @@ impl Engine {
     pub async fn list_channels(
         &self,
         tenancy_id: &str,
-        queue_id: &str,
+        target: impl Into<Target<'_>>,
         prefix: Option<&str>,
         page: Option<&str>,
         limit: Option<i64>,
     ) -> Result<Page<String>, QueueError> {
-        let queue = self.active_queue(tenancy_id, queue_id).await?;
+        let (_, stream) = self.target(tenancy_id, target.into()).await?;
         let limit = limits::in_range("limit", limit.unwrap_or(limits::MAX_CHANNELS.into()), 1, 1000)?;
-        let mut items = self.store.channels(queue.row, prefix, page, limit + 1).await?;
+        let mut items = self.store.channels(stream, prefix, page, limit + 1).await?;
         let next = (items.len() > limit as usize).then(|| {
             items.truncate(limit as usize);
             items.last().cloned().unwrap_or_default()
@@ -462,14 +470,14 @@ impl Engine {
     pub async fn redrive(
         &self,
         tenancy_id: &str,
-        queue_id: &str,
+        target: impl Into<Target<'_>>,
         channels: Option<Vec<String>>,
     ) -> Result<u64, QueueError> {
-        let queue = self.active_queue(tenancy_id, queue_id).await?;
+        let (_, stream) = self.target(tenancy_id, target.into()).await?;
         let mut moved = 0;
         loop {
             let settle = Settle { now: self.clock.now(), batch: super::PURGE_BATCH };
-            let batch = self.store.redrive(queue.row, channels.clone(), settle).await?;
+            let batch = self.store.redrive(stream, channels.clone(), settle).await?;
             moved += batch;
             if batch < u64::from(super::PURGE_BATCH) {
                 break;

@@ -1,6 +1,7 @@
 //! [`Engine`]: the queue rules around store calls, shared by every protocol edge.
 //! The tenancy is an argument of every operation, so isolation is checked in one place.
 
+mod consumer_groups;
 mod counters;
 mod messages;
 mod queues;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::consumer_group::ConsumerGroup;
 use crate::error::QueueError;
 use crate::model::Queue;
 use crate::receipt::ReceiptKey;
@@ -20,6 +22,7 @@ use crate::store::{Store, SweepReport};
 use crate::wakeup::Wakeups;
 use counters::Counters;
 
+pub use consumer_groups::{ConsumerGroupChange, Target};
 pub use counters::MessageTotals;
 pub use messages::{Delivered, GetMessages, Peek, PutResult};
 pub use queues::{page_window, paged, spec_with_defaults, PolicyValues, QueueChange, PURGE_BATCH};
@@ -49,39 +52,45 @@ pub struct Engine {
     counters: Counters,
     region: String,
     shutdown: CancellationToken,
-    queues: QueueCache,
+    queues: Cache<Queue>,
+    groups: Cache<ConsumerGroup>,
 }
 
-/// Queues as recently read from the store. Data-plane calls look their queue up on every
-/// request; this saves a store read each time. The store stays the truth: entries live
-/// [`QueueCache::TTL`], and this node's own changes drop them at once, so another node's
-/// change to a queue's settings reaches this one within the TTL.
-#[derive(Default)]
-struct QueueCache {
+/// Queues and consumer groups as recently read from the store. Data-plane calls look
+/// theirs up on every request; this saves a store read each time. The store stays the
+/// truth: entries live [`Cache::TTL`], and this node's own changes drop them at once, so
+/// another node's change reaches this one within the TTL.
+struct Cache<V> {
     // std Mutex: held only to copy an entry, never across an await.
-    entries: Mutex<HashMap<(String, String), (Queue, Instant)>>,
+    entries: Mutex<HashMap<(String, String), (V, Instant)>>,
 }
 
-impl QueueCache {
+impl<V> Default for Cache<V> {
+    fn default() -> Self {
+        Cache { entries: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl<V: Clone> Cache<V> {
     const TTL: Duration = Duration::from_secs(1);
     const MAX_ENTRIES: usize = 10_000;
 
-    fn get(&self, tenancy_id: &str, queue_id: &str) -> Option<Queue> {
+    fn get(&self, tenancy_id: &str, id: &str) -> Option<V> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let (queue, at) = entries.get(&(tenancy_id.to_owned(), queue_id.to_owned()))?;
-        (at.elapsed() < Self::TTL).then(|| queue.clone())
+        let (value, at) = entries.get(&(tenancy_id.to_owned(), id.to_owned()))?;
+        (at.elapsed() < Self::TTL).then(|| value.clone())
     }
 
-    fn put(&self, queue: &Queue) {
+    fn put(&self, tenancy_id: &str, id: &str, value: &V) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= Self::MAX_ENTRIES {
             entries.retain(|_, (_, at)| at.elapsed() < Self::TTL);
         }
-        entries.insert((queue.tenancy_id.clone(), queue.id.clone()), (queue.clone(), Instant::now()));
+        entries.insert((tenancy_id.to_owned(), id.to_owned()), (value.clone(), Instant::now()));
     }
 
-    fn forget(&self, tenancy_id: &str, queue_id: &str) {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(&(tenancy_id.to_owned(), queue_id.to_owned()));
+    fn forget(&self, tenancy_id: &str, id: &str) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(&(tenancy_id.to_owned(), id.to_owned()));
     }
 }
 
@@ -108,7 +117,8 @@ impl Engine {
             counters: Counters::default(),
             region,
             shutdown,
-            queues: QueueCache::default(),
+            queues: Cache::default(),
+            groups: Cache::default(),
         })
     }
 
@@ -174,7 +184,7 @@ impl Engine {
             return Ok(queue);
         }
         let queue = self.store.queue(tenancy_id, queue_id).await?.ok_or(QueueError::QueueNotFound)?;
-        self.queues.put(&queue);
+        self.queues.put(tenancy_id, queue_id, &queue);
         Ok(queue)
     }
 }

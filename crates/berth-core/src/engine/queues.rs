@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use crate::clock::Timestamp;
-use crate::error::QueueError;
+use crate::consumer_group::{ConsumerGroupDetails, CONSUMER_GROUPS};
+use crate::error::{QueueError, StoreError};
 use crate::limits;
 use crate::model::{
     ActionType, LifecycleState, OperationType, Page, PurgeTarget, Queue, QueueFilter, QueuePolicy, QueueSort,
@@ -19,7 +20,7 @@ use super::Engine;
 pub const PURGE_BATCH: u32 = 5_000;
 
 /// How long an `opc-retry-token` is remembered, in seconds.
-const RETRY_TOKEN_SECS: i64 = 24 * 3600;
+pub(super) const RETRY_TOKEN_SECS: i64 = 24 * 3600;
 
 /// The changes of UpdateQueue; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
@@ -40,6 +41,8 @@ pub struct QueueChange {
     pub custom_encryption_key_id: Option<String>,
     /// New capability list.
     pub capabilities: Option<Vec<String>>,
+    /// The primary consumer group's settings, where CONSUMER_GROUPS is added.
+    pub primary_consumer_group: Option<ConsumerGroupDetails>,
     /// New free-form tags.
     pub freeform_tags: Option<BTreeMap<String, String>>,
     /// New defined tags.
@@ -65,12 +68,12 @@ fn validate(spec: &QueueSpec) -> Result<(), QueueError> {
     )?;
     limits::in_range("deliveryDelayInSeconds", p.delivery_delay_secs.into(), 0, p.retention_secs.into())?;
     limits::in_range("channelConsumptionLimit", p.channel_consumption_limit.into(), 1, 100)?;
+    if let Some(details) = &spec.primary_consumer_group {
+        details.clone().spec(true)?;
+    }
     for capability in &spec.capabilities {
         match capability.as_str() {
-            "LARGE_MESSAGES" => {}
-            "CONSUMER_GROUPS" => {
-                return Err(QueueError::invalid("the CONSUMER_GROUPS capability is not supported by Berth yet"))
-            }
+            "LARGE_MESSAGES" | CONSUMER_GROUPS => {}
             other => return Err(QueueError::invalid(format!("unknown capability type {other:?}"))),
         }
     }
@@ -102,6 +105,23 @@ impl QueuePolicy {
 
 impl Engine {
     fn work_request(&self, queue: &Queue, operation: OperationType, action: ActionType, now: Timestamp) -> WorkRequest {
+        let resource = WorkResource {
+            entity_type: "queue".into(),
+            action_type: action,
+            identifier: queue.id.clone(),
+            entity_uri: format!("/queues/{}", queue.id),
+        };
+        self.work(queue, operation, resource, now)
+    }
+
+    /// A SUCCEEDED work request on a resource of `queue` (the queue itself, or one of its groups).
+    pub(super) fn work(
+        &self,
+        queue: &Queue,
+        operation: OperationType,
+        resource: WorkResource,
+        now: Timestamp,
+    ) -> WorkRequest {
         let log = |message: &str| WorkEntry { code: String::new(), message: message.into(), timestamp: now };
         WorkRequest {
             id: ocid::new("queueworkrequest", &self.region, "aaaaaaaa"),
@@ -109,12 +129,7 @@ impl Engine {
             compartment_id: queue.spec.compartment_id.clone(),
             operation,
             status: WorkStatus::Succeeded,
-            resources: vec![WorkResource {
-                entity_type: "queue".into(),
-                action_type: action,
-                identifier: queue.id.clone(),
-                entity_uri: format!("/queues/{}", queue.id),
-            }],
+            resources: vec![resource],
             percent_complete: 100.0,
             accepted_at: now,
             started_at: Some(now),
@@ -135,6 +150,7 @@ impl Engine {
         retry_token: Option<(String, String)>,
     ) -> Result<WorkRequest, QueueError> {
         validate(&spec)?;
+        let primary = spec.primary_consumer_group.clone().unwrap_or_default();
         let now = self.clock.now();
         let queue = Queue {
             row: 0,
@@ -153,11 +169,19 @@ impl Engine {
             expires_at: now.plus_secs(RETRY_TOKEN_SECS),
         });
         let new = NewQueue { id: queue.id, tenancy_id: queue.tenancy_id, spec: queue.spec, now };
-        match self.store.create_queue(new, work, retry).await? {
-            Created::New(work) => Ok(work),
-            Created::Replayed(id) => self.get_work_request(tenancy_id, &id).await,
-            Created::TokenConflict => Err(QueueError::RetryTokenReused),
-        }
+        let work = match self.store.create_queue(new, work, retry).await? {
+            Created::New(work) => work,
+            Created::Replayed(id) => return self.get_work_request(tenancy_id, &id).await,
+            Created::TokenConflict => return Err(QueueError::RetryTokenReused),
+            Created::NameTaken | Created::QueueGone => {
+                return Err(
+                    StoreError::Backend("only consumer groups are refused for their name or queue".into()).into()
+                )
+            }
+        };
+        let queue = self.active_queue(tenancy_id, &work.resources[0].identifier).await?;
+        self.ensure_primary_group(&queue, primary).await?;
+        Ok(work)
     }
 
     /// GetQueue.
@@ -247,27 +271,42 @@ impl Engine {
         if_match: Option<&str>,
         change: QueueChange,
     ) -> Result<WorkRequest, QueueError> {
-        self.change_queue(tenancy_id, queue_id, if_match, OperationType::UpdateQueue, ActionType::Updated, |queue| {
-            let spec = &mut queue.spec;
-            if let Some(name) = &change.display_name {
-                spec.display_name = name.clone();
-            }
-            spec.policy.apply(&change)?;
-            if let Some(key) = &change.custom_encryption_key_id {
-                spec.custom_encryption_key_id = (!key.is_empty()).then(|| key.clone());
-            }
-            if let Some(capabilities) = &change.capabilities {
-                spec.capabilities = capabilities.clone();
-            }
-            if let Some(tags) = &change.freeform_tags {
-                spec.freeform_tags = tags.clone();
-            }
-            if let Some(tags) = &change.defined_tags {
-                spec.defined_tags = tags.clone();
-            }
-            validate(spec)
-        })
-        .await
+        if let Some(details) = &change.primary_consumer_group {
+            details.clone().spec(true)?;
+        }
+        let (operation, action) = (OperationType::UpdateQueue, ActionType::Updated);
+        let work = self
+            .change_queue(tenancy_id, queue_id, if_match, operation, action, |queue| {
+                let spec = &mut queue.spec;
+                if let Some(name) = &change.display_name {
+                    spec.display_name = name.clone();
+                }
+                spec.policy.apply(&change)?;
+                if let Some(key) = &change.custom_encryption_key_id {
+                    spec.custom_encryption_key_id = (!key.is_empty()).then(|| key.clone());
+                }
+                if let Some(capabilities) = &change.capabilities {
+                    let had_groups = spec.capabilities.iter().any(|c| c == CONSUMER_GROUPS);
+                    if had_groups && !capabilities.iter().any(|c| c == CONSUMER_GROUPS) {
+                        return Err(QueueError::invalid(
+                            "the CONSUMER_GROUPS capability cannot be removed from a queue that has it",
+                        ));
+                    }
+                    spec.capabilities = capabilities.clone();
+                }
+                if let Some(tags) = &change.freeform_tags {
+                    spec.freeform_tags = tags.clone();
+                }
+                if let Some(tags) = &change.defined_tags {
+                    spec.defined_tags = tags.clone();
+                }
+                validate(spec)
+            })
+            .await?;
+        // Added the capability: the primary group (the queue's messages so far are its).
+        let queue = self.active_queue(tenancy_id, queue_id).await?;
+        self.ensure_primary_group(&queue, change.primary_consumer_group.unwrap_or_default()).await?;
+        Ok(work)
     }
 
     /// DeleteQueue: the queue disappears at once; its messages are reclaimed in the background.
@@ -310,10 +349,12 @@ impl Engine {
         .await
     }
 
-    /// PurgeQueue: deletes the target's messages in bounded batches, then records the work request.
+    /// PurgeQueue: deletes the target's messages in bounded batches, then records the work
+    /// request. Of the primary group (the queue's own messages) without a consumer group,
+    /// of every group's with `all`.
     ///
     /// # Errors
-    /// `QueueNotFound`, `EtagMismatch`.
+    /// `QueueNotFound`, `ConsumerGroupNotFound`, `EtagMismatch`.
     pub async fn purge_queue(
         &self,
         tenancy_id: &str,
@@ -321,11 +362,14 @@ impl Engine {
         if_match: Option<&str>,
         target: PurgeTarget,
         channels: Option<Vec<String>>,
+        consumer_group_id: Option<&str>,
     ) -> Result<WorkRequest, QueueError> {
         let queue = self.active_queue(tenancy_id, queue_id).await?;
         check_etag(&queue, if_match)?;
         let settle = |now| Settle { now, batch: PURGE_BATCH };
-        while self.store.purge(queue.row, target, channels.clone(), settle(self.clock.now())).await? > 0 {}
+        for stream in self.purge_streams(&queue, consumer_group_id).await? {
+            while self.store.purge(stream, target, channels.clone(), settle(self.clock.now())).await? > 0 {}
+        }
         let work = self.work_request(&queue, OperationType::PurgeQueue, ActionType::Updated, self.clock.now());
         self.store.insert_work_request(&work).await?;
         Ok(work)
@@ -359,8 +403,13 @@ impl Engine {
 
 /// `if-match`, when given, must name the queue's current version (its etag).
 fn check_etag(queue: &Queue, if_match: Option<&str>) -> Result<(), QueueError> {
+    check_version(queue.version, if_match)
+}
+
+/// `if-match`, when given, must name this version (the resource's etag).
+pub(super) fn check_version(version: i64, if_match: Option<&str>) -> Result<(), QueueError> {
     match if_match {
-        Some(etag) if etag.trim_matches('"') != queue.version.to_string() => Err(QueueError::EtagMismatch),
+        Some(etag) if etag.trim_matches('"') != version.to_string() => Err(QueueError::EtagMismatch),
         _ => Ok(()),
     }
 }
@@ -439,6 +488,7 @@ pub fn spec_with_defaults(
         },
         custom_encryption_key_id: None,
         capabilities: Vec::new(),
+        primary_consumer_group: None,
         freeform_tags: BTreeMap::new(),
         defined_tags: BTreeMap::new(),
     })

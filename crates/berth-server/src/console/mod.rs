@@ -392,7 +392,7 @@ async fn purge(
             "BOTH" => PurgeTarget::Both,
             other => return Err(QueueError::InvalidParameter(format!("no purge type {other:?}"))),
         };
-        app.engine.purge_queue(&session.tenancy_id, &id, None, target, None).await?;
+        app.engine.purge_queue(&session.tenancy_id, &id, None, target, None, None).await?;
         Ok(format!("Purged ({})", form.target))
     };
     after(&app, &headers, &format!("/console/queues/{id}"), purged.await)

@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
+use berth_core::consumer_group::ConsumerGroupDetails;
 use berth_core::engine::{spec_with_defaults, PolicyValues, QueueChange};
 use berth_core::model::{LifecycleState, PurgeTarget, QueueFilter, QueueSort, WorkRequest};
 use serde::Deserialize;
@@ -23,19 +24,32 @@ use crate::auth::Principal;
 type ApiResult<T> = Result<T, ApiError>;
 
 /// 202 with the work request id.
-fn accepted(work: WorkRequest) -> ApiResult<(StatusCode, HeaderMap)> {
+pub(super) fn accepted(work: WorkRequest) -> ApiResult<(StatusCode, HeaderMap)> {
     let mut headers = HeaderMap::new();
     let id = HeaderValue::from_str(&work.id).map_err(|_| ApiError::invalid("bad work request id"))?;
     headers.insert("opc-work-request-id", id);
     Ok((StatusCode::ACCEPTED, headers))
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(super) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn capability_names(capabilities: Option<Vec<Capability>>) -> Option<Vec<String>> {
-    capabilities.map(|list| list.into_iter().map(|c| c.kind).collect())
+/// The capability names, and the primary group's settings where CONSUMER_GROUPS is given.
+fn capabilities(capabilities: Option<Vec<Capability>>) -> (Option<Vec<String>>, Option<ConsumerGroupDetails>) {
+    let Some(list) = capabilities else { return (None, None) };
+    let primary = list.iter().find_map(Capability::primary_consumer_group);
+    (Some(list.into_iter().map(|c| c.kind).collect()), primary)
+}
+
+/// An `opc-retry-token` and the digest of its request's body: a retry of the same request
+/// carries the same body, so the digest tells a retry from a reuse.
+pub(super) fn retry_token(headers: &HeaderMap, body: &[u8]) -> Option<(String, String)> {
+    header(headers, "opc-retry-token").map(|token| {
+        let digest = ring::digest::digest(&ring::digest::SHA256, body);
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        (token.to_owned(), hex)
+    })
 }
 
 pub async fn create_queue(
@@ -57,16 +71,12 @@ pub async fn create_queue(
     };
     let mut spec = spec_with_defaults(display_name, compartment_id, values)?;
     spec.custom_encryption_key_id = details.custom_encryption_key_id.filter(|k| !k.is_empty());
-    spec.capabilities = capability_names(details.capabilities).unwrap_or_default();
+    let (names, primary) = capabilities(details.capabilities);
+    spec.capabilities = names.unwrap_or_default();
+    spec.primary_consumer_group = primary;
     spec.freeform_tags = details.freeform_tags.unwrap_or_default();
     spec.defined_tags = details.defined_tags.unwrap_or_default();
-    // A retry of the same request carries the same body; its digest tells a retry from reuse.
-    let retry = header(&headers, "opc-retry-token").map(|token| {
-        let digest = ring::digest::digest(&ring::digest::SHA256, &body);
-        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        (token.to_owned(), hex)
-    });
-    let work = app.engine.create_queue(&who.tenancy_id, spec, retry).await?;
+    let work = app.engine.create_queue(&who.tenancy_id, spec, retry_token(&headers, &body)).await?;
     accepted(work)
 }
 
@@ -99,23 +109,9 @@ pub async fn list_queues(
     Extension(who): Extension<Principal>,
     OciQuery(q): OciQuery<ListQueuesQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let sort = match q.sort_by.as_deref() {
-        None | Some("timeCreated") => QueueSort::TimeCreated,
-        Some("displayName") => QueueSort::DisplayName,
-        Some(other) => {
-            return Err(ApiError::invalid(format!("sortBy must be timeCreated or displayName, got {other:?}")))
-        }
-    };
-    let descending = match q.sort_order.as_deref().map(str::to_ascii_uppercase).as_deref() {
-        None => sort == QueueSort::TimeCreated,
-        Some("ASC") => false,
-        Some("DESC") => true,
-        Some(other) => return Err(ApiError::invalid(format!("sortOrder must be ASC or DESC, got {other:?}"))),
-    };
-    let state = q
-        .lifecycle_state
-        .map(|s| LifecycleState::parse(&s).ok_or_else(|| ApiError::invalid(format!("unknown lifecycleState {s:?}"))))
-        .transpose()?;
+    let (by_display_name, descending) = sorting(q.sort_by.as_deref(), q.sort_order.as_deref())?;
+    let sort = if by_display_name { QueueSort::DisplayName } else { QueueSort::TimeCreated };
+    let state = lifecycle_state(q.lifecycle_state)?;
     let filter = QueueFilter {
         compartment_id: q.compartment_id,
         state,
@@ -129,6 +125,32 @@ pub async fn list_queues(
     Ok((next_page_header(page.next)?, Json(Collection { items })))
 }
 
+/// `sortBy` and `sortOrder` of a list: whether by display name, and whether descending
+/// (by default, newest first and names A to Z).
+pub(super) fn sorting(sort_by: Option<&str>, sort_order: Option<&str>) -> ApiResult<(bool, bool)> {
+    let by_display_name = match sort_by {
+        None | Some("timeCreated") => false,
+        Some("displayName") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!("sortBy must be timeCreated or displayName, got {other:?}")))
+        }
+    };
+    let descending = match sort_order.map(str::to_ascii_uppercase).as_deref() {
+        None => !by_display_name,
+        Some("ASC") => false,
+        Some("DESC") => true,
+        Some(other) => return Err(ApiError::invalid(format!("sortOrder must be ASC or DESC, got {other:?}"))),
+    };
+    Ok((by_display_name, descending))
+}
+
+/// A `lifecycleState` filter.
+pub(super) fn lifecycle_state(state: Option<String>) -> ApiResult<Option<LifecycleState>> {
+    state
+        .map(|s| LifecycleState::parse(&s).ok_or_else(|| ApiError::invalid(format!("unknown lifecycleState {s:?}"))))
+        .transpose()
+}
+
 pub async fn update_queue(
     State(app): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -139,6 +161,7 @@ pub async fn update_queue(
     if details.retention_in_seconds.is_some() {
         return Err(ApiError::invalid("retentionInSeconds cannot be changed after a queue is created"));
     }
+    let (names, primary) = capabilities(details.capabilities);
     let change = QueueChange {
         display_name: details.display_name,
         visibility_secs: details.visibility_in_seconds,
@@ -147,7 +170,8 @@ pub async fn update_queue(
         delivery_delay_secs: details.delivery_delay_in_seconds,
         channel_consumption_limit: details.channel_consumption_limit,
         custom_encryption_key_id: details.custom_encryption_key_id,
-        capabilities: capability_names(details.capabilities),
+        capabilities: names,
+        primary_consumer_group: primary,
         freeform_tags: details.freeform_tags,
         defined_tags: details.defined_tags,
     };
@@ -192,13 +216,9 @@ pub async fn purge_queue(
         Some(other) => return Err(ApiError::invalid(format!("purgeType must be NORMAL, DLQ or BOTH, got {other:?}"))),
         None => return Err(ApiError::missing("purgeType is required")),
     };
-    if details.consumer_group_id.as_deref().is_some_and(|g| g != "all") {
-        return Err(ApiError::invalid("consumer groups are not supported by Berth yet"));
-    }
-    let work = app
-        .engine
-        .purge_queue(&who.tenancy_id, &queue_id, header(&headers, "if-match"), target, details.channel_ids)
-        .await?;
+    let if_match = header(&headers, "if-match");
+    let group = details.consumer_group_id.as_deref();
+    let work = app.engine.purge_queue(&who.tenancy_id, &queue_id, if_match, target, details.channel_ids, group).await?;
     accepted(work)
 }
 

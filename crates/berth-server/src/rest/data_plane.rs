@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use berth_core::engine::{GetMessages, Peek};
+use berth_core::engine::{GetMessages, Peek, Target};
 use berth_core::model::NewMessage;
 use berth_core::QueueError;
 use serde::Deserialize;
@@ -65,12 +65,9 @@ pub struct GetMessagesQuery {
     dead_letter_queue: bool,
 }
 
-/// Consumer groups are a later feature: refuse them rather than silently ignore them.
-fn no_consumer_group(consumer_group_id: &Option<String>) -> ApiResult<()> {
-    match consumer_group_id {
-        Some(_) => Err(ApiError::invalid("consumer groups are not supported by Berth yet")),
-        None => Ok(()),
-    }
+/// The queue, or its consumer group when one is named.
+fn target<'a>(queue_id: &'a str, consumer_group_id: &'a Option<String>) -> Target<'a> {
+    Target { queue_id, consumer_group_id: consumer_group_id.as_deref() }
 }
 
 pub async fn get_messages(
@@ -79,7 +76,6 @@ pub async fn get_messages(
     OciPath(queue_id): OciPath<String>,
     OciQuery(q): OciQuery<GetMessagesQuery>,
 ) -> ApiResult<Json<GetMessagesResponse>> {
-    no_consumer_group(&q.consumer_group_id)?;
     let params = GetMessages::new(
         q.visibility_in_seconds,
         q.timeout_in_seconds,
@@ -87,7 +83,7 @@ pub async fn get_messages(
         q.channel_filter,
         q.dead_letter_queue,
     )?;
-    let delivered = app.engine.get_messages(&who.tenancy_id, &queue_id, params).await?;
+    let delivered = app.engine.get_messages(&who.tenancy_id, target(&queue_id, &q.consumer_group_id), params).await?;
     Ok(Json(GetMessagesResponse { messages: delivered.into_iter().map(Into::into).collect() }))
 }
 
@@ -109,9 +105,14 @@ pub async fn update_message(
     OciQuery(q): OciQuery<ReceiptQuery>,
     OciJson(body): OciJson<UpdateMessageDetails>,
 ) -> ApiResult<Json<UpdatedMessage>> {
-    no_consumer_group(&q.consumer_group_id)?;
-    let mut results =
-        app.engine.update_messages(&who.tenancy_id, &queue_id, vec![(receipt, body.visibility_in_seconds)]).await?;
+    let mut results = app
+        .engine
+        .update_messages(
+            &who.tenancy_id,
+            target(&queue_id, &q.consumer_group_id),
+            vec![(receipt, body.visibility_in_seconds)],
+        )
+        .await?;
     let (id, visible_after) = results.pop().ok_or(QueueError::ReceiptInvalid)??;
     Ok(Json(UpdatedMessage { id, visible_after: time(visible_after) }))
 }
@@ -123,9 +124,8 @@ pub async fn update_messages(
     OciQuery(q): OciQuery<ReceiptQuery>,
     OciJson(body): OciJson<UpdateMessagesDetails>,
 ) -> ApiResult<Json<BatchResult<UpdatedMessage>>> {
-    no_consumer_group(&q.consumer_group_id)?;
     let entries = body.entries.into_iter().map(|e| (e.receipt, e.visibility_in_seconds)).collect();
-    let results = app.engine.update_messages(&who.tenancy_id, &queue_id, entries).await?;
+    let results = app.engine.update_messages(&who.tenancy_id, target(&queue_id, &q.consumer_group_id), entries).await?;
     Ok(Json(batch(results, |(id, at)| UpdatedMessage { id, visible_after: time(at) })))
 }
 
@@ -135,8 +135,8 @@ pub async fn delete_message(
     OciPath((queue_id, receipt)): OciPath<(String, String)>,
     OciQuery(q): OciQuery<ReceiptQuery>,
 ) -> ApiResult<StatusCode> {
-    no_consumer_group(&q.consumer_group_id)?;
-    let mut results = app.engine.delete_messages(&who.tenancy_id, &queue_id, vec![receipt]).await?;
+    let mut results =
+        app.engine.delete_messages(&who.tenancy_id, target(&queue_id, &q.consumer_group_id), vec![receipt]).await?;
     results.pop().ok_or(QueueError::ReceiptInvalid)??;
     Ok(StatusCode::OK)
 }
@@ -148,9 +148,9 @@ pub async fn delete_messages(
     OciQuery(q): OciQuery<ReceiptQuery>,
     OciJson(body): OciJson<DeleteMessagesDetails>,
 ) -> ApiResult<Json<BatchResult<Empty>>> {
-    no_consumer_group(&q.consumer_group_id)?;
     let receipts = body.entries.into_iter().map(|e| e.receipt).collect();
-    let results = app.engine.delete_messages(&who.tenancy_id, &queue_id, receipts).await?;
+    let results =
+        app.engine.delete_messages(&who.tenancy_id, target(&queue_id, &q.consumer_group_id), receipts).await?;
     Ok(Json(batch(results, |()| Empty {})))
 }
 
@@ -189,9 +189,9 @@ pub async fn get_stats(
     OciPath(queue_id): OciPath<String>,
     OciQuery(q): OciQuery<StatsQuery>,
 ) -> ApiResult<Json<Stats>> {
-    no_consumer_group(&q.consumer_group_id)?;
-    let stats = app.engine.stats(&who.tenancy_id, &queue_id, q.channel_id.as_deref()).await?;
-    Ok(Json(Stats::new(stats, q.channel_id)))
+    let stats =
+        app.engine.stats(&who.tenancy_id, target(&queue_id, &q.consumer_group_id), q.channel_id.as_deref()).await?;
+    Ok(Json(Stats::new(stats, q.channel_id, q.consumer_group_id)))
 }
 
 #[derive(Deserialize)]
@@ -209,7 +209,6 @@ pub async fn list_channels(
     OciPath(queue_id): OciPath<String>,
     OciQuery(q): OciQuery<ListChannelsQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    no_consumer_group(&q.consumer_group_id)?;
     // The cursor is the last channel id of the page, base64url so any id fits in a header.
     let after = q
         .page
@@ -223,7 +222,13 @@ pub async fn list_channels(
         .transpose()?;
     let page = app
         .engine
-        .list_channels(&who.tenancy_id, &queue_id, q.channel_filter.as_deref(), after.as_deref(), q.limit)
+        .list_channels(
+            &who.tenancy_id,
+            target(&queue_id, &q.consumer_group_id),
+            q.channel_filter.as_deref(),
+            after.as_deref(),
+            q.limit,
+        )
         .await?;
     let next = page.next.map(|last| URL_SAFE_NO_PAD.encode(last));
     Ok((next_page_header(next)?, Json(Collection { items: page.items })))
@@ -241,6 +246,7 @@ pub struct PeekQuery {
     include_delayed: bool,
     limit: Option<i64>,
     page: Option<String>,
+    consumer_group_id: Option<String>,
 }
 
 /// Berth extension: `GET /queues/{id}/peek` lists messages without leasing them.
@@ -258,9 +264,16 @@ pub async fn peek(
         limit: q.limit,
         page: q.page,
     };
-    let page = app.engine.peek(&who.tenancy_id, &queue_id, peek).await?;
+    let page = app.engine.peek(&who.tenancy_id, target(&queue_id, &q.consumer_group_id), peek).await?;
     let messages = page.items.into_iter().map(Into::into).collect();
     Ok((next_page_header(page.next)?, Json(PeekResponse { messages })))
+}
+
+/// A consumer group named in the query.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupQuery {
+    consumer_group_id: Option<String>,
 }
 
 /// Berth extension: `POST /queues/{id}/actions/redrive`, body optional.
@@ -268,11 +281,13 @@ pub async fn redrive(
     State(app): State<AppState>,
     Extension(who): Extension<Principal>,
     OciPath(queue_id): OciPath<String>,
+    OciQuery(q): OciQuery<GroupQuery>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Redriven>> {
     let details: RedriveDetails =
         if body.iter().all(u8::is_ascii_whitespace) { RedriveDetails::default() } else { parse_json(&body)? };
-    let moved = app.engine.redrive(&who.tenancy_id, &queue_id, details.channel_ids).await?;
+    let moved =
+        app.engine.redrive(&who.tenancy_id, target(&queue_id, &q.consumer_group_id), details.channel_ids).await?;
     Ok(Json(Redriven { messages_moved: moved }))
 }
 

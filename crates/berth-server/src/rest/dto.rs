@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use berth_core::consumer_group::{ConsumerGroup, ConsumerGroupDetails, CONSUMER_GROUPS};
 use berth_core::delivery::Standing;
 use berth_core::engine::Delivered;
 use berth_core::model::{MessageCounts, PeekedMessage, Queue, QueueStats, WorkEntry, WorkRequest};
@@ -231,11 +232,13 @@ pub struct Stats {
     pub dlq: Counts,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub channel_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consumer_group_id: Option<String>,
 }
 
 impl Stats {
-    pub fn new(stats: QueueStats, channel_id: Option<String>) -> Self {
-        Stats { queue: stats.queue.into(), dlq: stats.dead_letter.into(), channel_id }
+    pub fn new(stats: QueueStats, channel_id: Option<String>, consumer_group_id: Option<String>) -> Self {
+        Stats { queue: stats.queue.into(), dlq: stats.dead_letter.into(), channel_id, consumer_group_id }
     }
 }
 
@@ -258,11 +261,34 @@ pub struct Redriven {
 
 // ---------- control plane ----------
 
-/// A capability in requests and in GetQueue (objects with `type`).
-#[derive(Deserialize, Serialize)]
+/// A capability in requests and in GetQueue (objects with `type`). CONSUMER_GROUPS
+/// carries the primary group's settings when it is added; GetQueue leaves them out.
+#[derive(Deserialize, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
 pub struct Capability {
     #[serde(rename = "type")]
     pub kind: String,
+    #[serde(default, skip_serializing)]
+    pub is_primary_consumer_group_enabled: Option<bool>,
+    #[serde(default, skip_serializing)]
+    pub primary_consumer_group_display_name: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub primary_consumer_group_filter: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub primary_consumer_group_dead_letter_queue_delivery_count: Option<i64>,
+}
+
+impl Capability {
+    /// The primary group's settings, if this adds consumer groups.
+    pub fn primary_consumer_group(&self) -> Option<ConsumerGroupDetails> {
+        (self.kind == CONSUMER_GROUPS).then(|| ConsumerGroupDetails {
+            display_name: self.primary_consumer_group_display_name.clone(),
+            filter: self.primary_consumer_group_filter.clone(),
+            enabled: self.is_primary_consumer_group_enabled,
+            dead_letter_after: self.primary_consumer_group_dead_letter_queue_delivery_count,
+            ..ConsumerGroupDetails::default()
+        })
+    }
 }
 
 #[derive(Deserialize, Serialize)]
@@ -356,7 +382,7 @@ impl QueueBody {
             dead_letter_queue_delivery_count: s.policy.dead_letter_after,
             channel_consumption_limit: s.policy.channel_consumption_limit,
             custom_encryption_key_id: s.custom_encryption_key_id,
-            capabilities: s.capabilities.into_iter().map(|kind| Capability { kind }).collect(),
+            capabilities: s.capabilities.into_iter().map(|kind| Capability { kind, ..Capability::default() }).collect(),
             freeform_tags: s.freeform_tags,
             defined_tags: s.defined_tags,
             system_tags: DefinedTags::new(),
@@ -472,5 +498,66 @@ pub struct WorkLogBody {
 impl From<WorkEntry> for WorkLogBody {
     fn from(e: WorkEntry) -> Self {
         WorkLogBody { message: e.message, timestamp: time(e.timestamp) }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateConsumerGroupDetails {
+    pub display_name: Option<String>,
+    pub queue_id: Option<String>,
+    pub filter: Option<String>,
+    pub is_enabled: Option<bool>,
+    pub dead_letter_queue_delivery_count: Option<i64>,
+    pub freeform_tags: Option<FreeformTags>,
+    pub defined_tags: Option<DefinedTags>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateConsumerGroupDetails {
+    pub display_name: Option<String>,
+    pub filter: Option<String>,
+    pub is_enabled: Option<bool>,
+    pub dead_letter_queue_delivery_count: Option<i64>,
+    pub freeform_tags: Option<FreeformTags>,
+    pub defined_tags: Option<DefinedTags>,
+}
+
+/// GetConsumerGroup's body; `ConsumerGroupSummary` without the threshold.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerGroupBody {
+    pub id: String,
+    pub display_name: String,
+    pub queue_id: String,
+    pub time_created: String,
+    pub time_updated: String,
+    pub lifecycle_state: &'static str,
+    pub filter: String,
+    /// Absent: the queue's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter_queue_delivery_count: Option<u32>,
+    pub freeform_tags: FreeformTags,
+    pub defined_tags: DefinedTags,
+    pub system_tags: DefinedTags,
+}
+
+impl ConsumerGroupBody {
+    /// The body of GetConsumerGroup (`summary`: of an item of ListConsumerGroups).
+    pub fn new(g: ConsumerGroup, summary: bool) -> Self {
+        ConsumerGroupBody {
+            id: g.id,
+            display_name: g.spec.display_name,
+            queue_id: g.queue_id,
+            time_created: time(g.created_at),
+            time_updated: time(g.updated_at),
+            lifecycle_state: g.state.as_str(),
+            filter: g.spec.filter,
+            dead_letter_queue_delivery_count: g.spec.dead_letter_after.filter(|_| !summary),
+            freeform_tags: g.spec.freeform_tags,
+            defined_tags: g.spec.defined_tags,
+            system_tags: DefinedTags::new(),
+        }
     }
 }

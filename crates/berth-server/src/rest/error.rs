@@ -56,9 +56,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Queue(e) => match e {
-                QueueError::QueueNotFound | QueueError::WorkRequestNotFound | QueueError::ReceiptInvalid => {
-                    StatusCode::NOT_FOUND
-                }
+                QueueError::QueueNotFound
+                | QueueError::ConsumerGroupNotFound
+                | QueueError::WorkRequestNotFound
+                | QueueError::ReceiptInvalid => StatusCode::NOT_FOUND,
                 QueueError::InvalidParameter(_) | QueueError::MissingParameter(_) | QueueError::LimitExceeded(_) => {
                     StatusCode::BAD_REQUEST
                 }
@@ -85,9 +86,10 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Queue(e) => match e {
-                QueueError::QueueNotFound | QueueError::WorkRequestNotFound | QueueError::ReceiptInvalid => {
-                    "NotAuthorizedOrNotFound"
-                }
+                QueueError::QueueNotFound
+                | QueueError::ConsumerGroupNotFound
+                | QueueError::WorkRequestNotFound
+                | QueueError::ReceiptInvalid => "NotAuthorizedOrNotFound",
                 QueueError::InvalidParameter(_) => "InvalidParameter",
                 QueueError::MissingParameter(_) => "MissingParameter",
                 QueueError::LimitExceeded(_) => "LimitExceeded",

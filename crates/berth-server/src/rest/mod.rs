@@ -1,5 +1,6 @@
 //! The OCI Queue REST API: routes, handlers, wire types and wire errors.
 
+pub mod consumer_groups;
 pub mod control_plane;
 pub mod data_plane;
 pub mod dto;

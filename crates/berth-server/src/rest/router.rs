@@ -11,6 +11,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 
+use super::consumer_groups::*;
 use super::control_plane::*;
 use super::data_plane::*;
 use super::error::ApiError;
@@ -41,6 +42,11 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{q}/stats"), get(get_stats))
         .route(&format!("{q}/channels"), get(list_channels))
         .route(&format!("{q}/peek"), get(peek))
+        .route("/20210201/consumerGroups", get(list_consumer_groups).post(create_consumer_group))
+        .route(
+            "/20210201/consumerGroups/{id}",
+            get(get_consumer_group).put(update_consumer_group).delete(delete_consumer_group),
+        )
         .route("/20210201/workRequests", get(list_work_requests))
         .route("/20210201/workRequests/{id}", get(get_work_request))
         .route("/20210201/workRequests/{id}/errors", get(list_work_request_errors))

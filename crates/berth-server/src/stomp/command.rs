@@ -1,5 +1,6 @@
 //! Client frames checked and turned into typed commands before anything runs.
 
+use berth_core::engine::Target;
 use berth_core::limits;
 
 use super::frame::{Frame, Version};
@@ -41,13 +42,37 @@ impl Destination {
     }
 }
 
+/// What a subscription reads, and so where its messages' receipts belong: a queue, or
+/// one of its consumer groups.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Source {
+    /// Queue OCID.
+    pub queue_id: String,
+    /// Consumer group OCID (the `consumer-group-id` header of SUBSCRIBE).
+    pub consumer_group_id: Option<String>,
+}
+
+impl Source {
+    /// As the engine names it.
+    pub fn target(&self) -> Target<'_> {
+        Target { queue_id: &self.queue_id, consumer_group_id: self.consumer_group_id.as_deref() }
+    }
+}
+
 /// A validated client command (CONNECT is handled by the session's handshake).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// A write, which may run together with the writes next to it.
     Write(Write),
     /// Start consuming.
-    Subscribe { id: String, destination: Destination, visibility: Option<u32>, prefetch: u32, receipt: Option<String> },
+    Subscribe {
+        id: String,
+        destination: Destination,
+        consumer_group_id: Option<String>,
+        visibility: Option<u32>,
+        prefetch: u32,
+        receipt: Option<String>,
+    },
     /// Stop consuming.
     Unsubscribe { id: String, receipt: Option<String> },
     /// Leave.
@@ -117,7 +142,8 @@ impl Command {
                     Some(prefetch) => prefetch,
                     None => number(&frame, "prefetch-count", 1, PREFETCH.1)?.unwrap_or(PREFETCH.0),
                 };
-                Ok(Command::Subscribe { id, destination, visibility, prefetch, receipt })
+                let consumer_group_id = frame.get("consumer-group-id").map(str::to_owned);
+                Ok(Command::Subscribe { id, destination, consumer_group_id, visibility, prefetch, receipt })
             }
             "UNSUBSCRIBE" => Ok(Command::Unsubscribe { id: required(&frame, "id")?.to_owned(), receipt }),
             "ACK" | "NACK" => {

@@ -13,7 +13,7 @@ use berth_core::model::NewMessage;
 use berth_core::{limits, Engine, QueueError};
 use futures_util::future::join_all;
 
-use super::command::{self, Command};
+use super::command::{self, Command, Source};
 use super::session::{describe, error_frame, receipt_frame, Reply};
 
 /// Frames read ahead at most, and the bytes they and the run in flight may hold; past
@@ -105,7 +105,7 @@ pub enum Op {
     /// Append to a queue.
     Put { queue_id: String, message: NewMessage },
     /// Delete a leased message (ACK) or make it visible at once (NACK).
-    Settle { queue_id: String, lease: String, delete: bool },
+    Settle { source: Source, lease: String, delete: bool },
     /// A frame refused before it ran (an ACK of nothing awaiting acknowledgement).
     Refused(String),
 }
@@ -117,7 +117,7 @@ pub async fn run(engine: Arc<Engine>, tenancy_id: String, ops: Vec<(Op, Option<S
     let mut receipts = Vec::with_capacity(ops.len());
     let mut outcomes: Vec<Result<(), String>> = Vec::with_capacity(ops.len());
     let mut puts: HashMap<String, (Vec<usize>, Vec<NewMessage>)> = HashMap::new();
-    let mut settles: HashMap<(String, bool), Vec<(usize, String)>> = HashMap::new();
+    let mut settles: HashMap<(Source, bool), Vec<(usize, String)>> = HashMap::new();
     for (at, (op, receipt)) in ops.into_iter().enumerate() {
         receipts.push(receipt);
         outcomes.push(Ok(()));
@@ -127,7 +127,7 @@ pub async fn run(engine: Arc<Engine>, tenancy_id: String, ops: Vec<(Op, Option<S
                 positions.push(at);
                 messages.push(message);
             }
-            Op::Settle { queue_id, lease, delete } => settles.entry((queue_id, delete)).or_default().push((at, lease)),
+            Op::Settle { source, lease, delete } => settles.entry((source, delete)).or_default().push((at, lease)),
             Op::Refused(message) => outcomes[at] = Err(message),
         }
     }
@@ -137,8 +137,8 @@ pub async fn run(engine: Arc<Engine>, tenancy_id: String, ops: Vec<(Op, Option<S
         let outcome = engine.put_gathered(tenancy_id, &queue_id, messages).await.map(|_| ()).map_err(|e| describe(&e));
         positions.into_iter().map(|at| (at, outcome.clone())).collect::<Vec<_>>()
     });
-    let settlements = settles.iter().flat_map(|((queue_id, delete), leases)| {
-        leases.chunks(limits::MAX_BATCH_ENTRIES).map(move |chunk| settle(engine, tenancy_id, queue_id, *delete, chunk))
+    let settlements = settles.iter().flat_map(|((source, delete), leases)| {
+        leases.chunks(limits::MAX_BATCH_ENTRIES).map(move |chunk| settle(engine, tenancy_id, source, *delete, chunk))
     });
     let (appended, settled) = futures_util::join!(join_all(appends), join_all(settlements));
     for (at, outcome) in appended.into_iter().chain(settled).flatten() {
@@ -161,17 +161,17 @@ pub async fn run(engine: Arc<Engine>, tenancy_id: String, ops: Vec<(Op, Option<S
 async fn settle(
     engine: &Engine,
     tenancy_id: &str,
-    queue_id: &str,
+    source: &Source,
     delete: bool,
     chunk: &[(usize, String)],
 ) -> Vec<(usize, Result<(), String>)> {
     let (positions, leases): (Vec<usize>, Vec<String>) = chunk.iter().cloned().unzip();
     let outcome: Result<Vec<Result<(), QueueError>>, QueueError> = if delete {
-        engine.delete_messages(tenancy_id, queue_id, leases).await
+        engine.delete_messages(tenancy_id, source.target(), leases).await
     } else {
         let entries = leases.into_iter().map(|lease| (lease, 0)).collect();
         engine
-            .update_messages(tenancy_id, queue_id, entries)
+            .update_messages(tenancy_id, source.target(), entries)
             .await
             .map(|results| results.into_iter().map(|r| r.map(|_| ())).collect())
     };

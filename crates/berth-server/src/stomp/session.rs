@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::command::{Command, Destination, Write};
+use super::command::{Command, Destination, Source, Write};
 use super::frame::{Frame, Version};
 use super::pipeline::{self, Op};
 use super::subscription::{Consumer, Event};
@@ -100,6 +100,7 @@ pub(super) fn receipt_frame(receipt: Option<&str>) -> Vec<Frame> {
 pub(super) fn describe(error: &QueueError) -> String {
     match error {
         QueueError::QueueNotFound => "destination not found or not authorized".into(),
+        QueueError::ConsumerGroupNotFound => "consumer group not found or not authorized".into(),
         QueueError::ReceiptInvalid => "the message's lease has ended (or it was never delivered here)".into(),
         QueueError::Store(berth_core::error::StoreError::Full(_)) => {
             "the server is out of storage space; new messages are refused until space is freed, retry later".into()
@@ -122,7 +123,7 @@ struct Subscription {
 
 struct Pending {
     subscription: String,
-    queue_id: String,
+    source: Source,
     receipt: String,
     /// Holds the message's place in the subscription's prefetch window until ACK/NACK.
     _slot: OwnedSemaphorePermit,
@@ -225,14 +226,15 @@ impl Session {
     pub async fn handle(&mut self, command: Command) -> Reply {
         match command {
             Command::Write(write) => self.start_writes(vec![write]).await,
-            Command::Subscribe { id, destination, visibility, prefetch, receipt } => {
+            Command::Subscribe { id, destination, consumer_group_id, visibility, prefetch, receipt } => {
                 if self.subscriptions.contains_key(&id) {
                     return Reply::Close(vec![error_frame(
                         &format!("subscription id {id:?} is in use"),
                         receipt.as_deref(),
                     )]);
                 }
-                if let Err(e) = self.engine.get_queue(&self.tenancy_id, &destination.queue_id).await {
+                let source = Source { queue_id: destination.queue_id.clone(), consumer_group_id };
+                if let Err(e) = self.engine.check_target(&self.tenancy_id, source.target()).await {
                     return Reply::Close(vec![error_frame(&describe(&e), receipt.as_deref())]);
                 }
                 let stop = CancellationToken::new();
@@ -241,6 +243,7 @@ impl Session {
                     tenancy_id: self.tenancy_id.clone(),
                     subscription: id.clone(),
                     destination: destination.clone(),
+                    source,
                     visibility,
                     window: Arc::new(Semaphore::new(prefetch as usize)),
                     events: self.events.clone(),
@@ -292,7 +295,7 @@ impl Session {
                 }
                 Write::Settle { ack_id, ack, receipt } => match self.pending.remove(&ack_id) {
                     Some(pending) => {
-                        (Op::Settle { queue_id: pending.queue_id, lease: pending.receipt, delete: ack }, receipt)
+                        (Op::Settle { source: pending.source, lease: pending.receipt, delete: ack }, receipt)
                     }
                     None => {
                         let text = "no message with this ack id is awaiting acknowledgement on this connection";
@@ -316,11 +319,11 @@ impl Session {
                     None,
                 )])
             }
-            Event::Delivery { subscription, queue_id, delivered, permit } => {
+            Event::Delivery { subscription, source, delivered, permit } => {
                 let Some(sub) = self.subscriptions.get(&subscription).filter(|sub| !sub.stop.is_cancelled()) else {
                     // Unsubscribed (or being unsubscribed) meanwhile: never sent, so the message goes back at once.
                     drop(permit);
-                    release(&self.engine, &self.tenancy_id, vec![(queue_id, delivered.receipt)]).await;
+                    release(&self.engine, &self.tenancy_id, vec![(source, delivered.receipt)]).await;
                     return Reply::Continue(Vec::new());
                 };
                 let m = &delivered.message;
@@ -342,16 +345,16 @@ impl Session {
                     .header("expire-after", m.expire_at.0.to_string())
                     .header("oci-message-id", m.id.to_string())
                     .body(m.content.clone().into_bytes());
-                self.pending.insert(receipt.clone(), Pending { subscription, queue_id, receipt, _slot: permit });
+                self.pending.insert(receipt.clone(), Pending { subscription, source, receipt, _slot: permit });
                 Reply::Continue(vec![frame])
             }
         }
     }
 
-    /// Removes the pending messages `pick` selects; returns their (queue id, receipt).
-    fn take_pending(&mut self, pick: impl Fn(&Pending) -> bool) -> Vec<(String, String)> {
+    /// Removes the pending messages `pick` selects; returns their (source, receipt).
+    fn take_pending(&mut self, pick: impl Fn(&Pending) -> bool) -> Vec<(Source, String)> {
         let keys: Vec<String> = self.pending.iter().filter(|(_, p)| pick(p)).map(|(k, _)| k.clone()).collect();
-        keys.into_iter().filter_map(|k| self.pending.remove(&k)).map(|p| (p.queue_id, p.receipt)).collect()
+        keys.into_iter().filter_map(|k| self.pending.remove(&k)).map(|p| (p.source, p.receipt)).collect()
     }
 
     /// Ends the session. With `release_pending`, unacknowledged messages become visible at
@@ -364,12 +367,12 @@ impl Session {
         events.close();
         let mut released = Vec::new();
         while let Some(event) = events.recv().await {
-            if let Event::Delivery { queue_id, delivered, .. } = event {
-                released.push((queue_id, delivered.receipt));
+            if let Event::Delivery { source, delivered, .. } = event {
+                released.push((source, delivered.receipt));
             }
         }
         if release_pending {
-            released.extend(self.pending.drain().map(|(_, p)| (p.queue_id, p.receipt)));
+            released.extend(self.pending.drain().map(|(_, p)| (p.source, p.receipt)));
         }
         release(&self.engine, &self.tenancy_id, released).await;
     }
@@ -382,15 +385,15 @@ async fn stop_consumer(subscription: Subscription) {
     }
 }
 
-/// Makes messages (queue id, receipt) visible again at once, in batches per queue.
-async fn release(engine: &Engine, tenancy_id: &str, messages: Vec<(String, String)>) {
-    let mut by_queue: HashMap<String, Vec<(String, i64)>> = HashMap::new();
-    for (queue_id, receipt) in messages {
-        by_queue.entry(queue_id).or_default().push((receipt, 0));
+/// Makes messages (source, receipt) visible again at once, in batches per source.
+async fn release(engine: &Engine, tenancy_id: &str, messages: Vec<(Source, String)>) {
+    let mut by_source: HashMap<Source, Vec<(String, i64)>> = HashMap::new();
+    for (source, receipt) in messages {
+        by_source.entry(source).or_default().push((receipt, 0));
     }
-    for (queue_id, receipts) in by_queue {
+    for (source, receipts) in by_source {
         for chunk in receipts.chunks(berth_core::limits::MAX_BATCH_ENTRIES) {
-            if let Err(e) = engine.update_messages(tenancy_id, &queue_id, chunk.to_vec()).await {
+            if let Err(e) = engine.update_messages(tenancy_id, source.target(), chunk.to_vec()).await {
                 tracing::warn!(error = %e, "could not release unacknowledged messages; they return when their leases end");
             }
         }

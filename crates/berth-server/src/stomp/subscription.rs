@@ -8,7 +8,7 @@ use berth_core::{Engine, QueueError};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::command::Destination;
+use super::command::{Destination, Source};
 
 /// Longest single wait of a subscription's long poll (renewed while subscribed).
 const POLL_SECS: i64 = 20;
@@ -18,7 +18,7 @@ const MAX_BATCH: usize = berth_core::limits::MAX_GET_LIMIT as usize;
 /// What subscriptions tell their connection.
 pub enum Event {
     /// A leased message; the permit holds its slot of the prefetch window until ACK/NACK.
-    Delivery { subscription: String, queue_id: String, delivered: Delivered, permit: OwnedSemaphorePermit },
+    Delivery { subscription: String, source: Source, delivered: Delivered, permit: OwnedSemaphorePermit },
     /// The subscription cannot go on (e.g. its queue was deleted).
     Failed { subscription: String, error: QueueError },
 }
@@ -29,6 +29,7 @@ pub struct Consumer {
     pub tenancy_id: String,
     pub subscription: String,
     pub destination: Destination,
+    pub source: Source,
     pub visibility: Option<u32>,
     pub window: Arc<Semaphore>,
     pub events: mpsc::Sender<Event>,
@@ -59,7 +60,7 @@ impl Consumer {
             );
             let polled = match params {
                 Ok(params) => {
-                    self.engine.poll_messages(&self.tenancy_id, &self.destination.queue_id, params, &self.stop).await
+                    self.engine.poll_messages(&self.tenancy_id, self.source.target(), params, &self.stop).await
                 }
                 Err(e) => Err(e),
             };
@@ -81,7 +82,7 @@ impl Consumer {
                 match slot {
                     Some(slot) => slot.send(Event::Delivery {
                         subscription: self.subscription.clone(),
-                        queue_id: self.destination.queue_id.clone(),
+                        source: self.source.clone(),
                         delivered,
                         permit,
                     }),
@@ -91,7 +92,7 @@ impl Consumer {
             if !undelivered.is_empty() {
                 // Never sent (connection gone or subscription stopping): back at once.
                 let receipts = undelivered.into_iter().map(|d| (d.receipt, 0)).collect();
-                let _ = self.engine.update_messages(&self.tenancy_id, &self.destination.queue_id, receipts).await;
+                let _ = self.engine.update_messages(&self.tenancy_id, self.source.target(), receipts).await;
                 return;
             }
         }

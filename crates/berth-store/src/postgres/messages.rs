@@ -4,6 +4,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
 use berth_core::clock::Timestamp;
+use berth_core::consumer_group::fan_out;
 use berth_core::delivery::{after_lease, standing, AfterLease, Ended, Held};
 use berth_core::error::StoreError;
 use berth_core::model::{
@@ -14,7 +15,16 @@ use berth_core::store::{Appended, Leased};
 use deadpool_postgres::GenericClient;
 
 use super::floors::{Floors, Pick, Scan};
-use super::{from_json, json, sql};
+use super::{consumer_groups, from_json, json, sql};
+
+/// A message's content and properties: its own, or those of its fanned-out put's body.
+macro_rules! body_columns {
+    () => {
+        "coalesce(content, (SELECT b.content FROM bodies b WHERE b.id = messages.id)),
+         CASE WHEN content IS NULL THEN (SELECT b.properties FROM bodies b WHERE b.id = messages.id)
+              ELSE properties END"
+    };
+}
 
 /// Named channels of the put that have no message in the queue yet.
 const UNSEEN_CHANNELS: &str = "
@@ -38,33 +48,124 @@ const QUEUE_CHANNELS: &str = "
     UNION
     SELECT channel FROM messages WHERE queue = $1 AND leased";
 
-/// Appends a put's messages in order, unless a new channel would exceed `max_channels`.
+/// Where a put went: its outcome, and for a queue with consumer groups the streams that
+/// got messages (`None`: the queue itself).
+pub(crate) type Put = (Appended, Option<Vec<QueueRow>>);
+
+/// Appends a put's messages in order, fanned out to the queue's consumer groups if it has
+/// any, unless a new channel would exceed `max_channels` in a stream.
 pub(crate) async fn put(
     c: &impl GenericClient,
     queue: QueueRow,
     messages: &[MessageToStore],
     max_channels: u32,
-) -> Result<Appended, StoreError> {
-    let Some(head) = messages.first() else { return Ok(Appended::Stored(Vec::new())) };
-    let named: Vec<String> = messages
+) -> Result<Put, StoreError> {
+    let Some(head) = messages.first() else { return Ok((Appended::Stored(Vec::new()), None)) };
+    let Some(subscribers) = consumer_groups::subscribers(c, queue).await? else {
+        if !channels_fit(c, queue, messages.iter(), max_channels).await? {
+            return Ok((Appended::ChannelsFull, None));
+        }
+        return Ok((append(c, queue, head, messages).await?, None));
+    };
+    let targets = fan_out(&subscribers, messages);
+    for (stream, positions) in &targets {
+        if !channels_fit(c, *stream, positions.iter().map(|&at| &messages[at]), max_channels).await? {
+            return Ok((Appended::ChannelsFull, None));
+        }
+    }
+    // Ids drawn as the table draws them, shared by every stream's copy.
+    let rows = sql::query(
+        c,
+        "SELECT nextval(pg_get_serial_sequence('messages', 'id')) FROM generate_series(1, $1::bigint)",
+        &[&(messages.len() as i64)],
+    )
+    .await?;
+    let mut ids: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
+    ids.sort_unstable();
+    let streams: Vec<QueueRow> = targets.iter().map(|(stream, _)| *stream).collect();
+    let mut holders = vec![0i32; messages.len()];
+    for (_, positions) in &targets {
+        for &at in positions {
+            holders[at] += 1;
+        }
+    }
+    let held: Vec<usize> = (0..messages.len()).filter(|&at| holders[at] > 0).collect();
+    if held.is_empty() {
+        // No group takes them: dropped, as OCI does; their ids stay used.
+        return Ok((Appended::Stored(ids), Some(streams)));
+    }
+    let contents: Vec<&str> = held.iter().map(|&at| messages[at].message.content.as_str()).collect();
+    let properties = held
         .iter()
+        .map(|&at| messages[at].message.properties.as_ref().map(json).transpose())
+        .collect::<Result<Vec<_>, _>>()?;
+    let body_ids: Vec<i64> = held.iter().map(|&at| ids[at]).collect();
+    let refs: Vec<i32> = held.iter().map(|&at| holders[at]).collect();
+    sql::execute(
+        c,
+        "INSERT INTO bodies (id, content, properties, refs)
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[])",
+        &[&body_ids, &contents, &properties, &refs],
+    )
+    .await?;
+    let (mut copy_ids, mut copy_streams, mut channels, mut sizes, mut delays) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (stream, positions) in &targets {
+        for &at in positions {
+            let m = &messages[at];
+            copy_ids.push(ids[at]);
+            copy_streams.push(*stream);
+            channels.push(m.message.channel.as_str());
+            sizes.push(m.message.content.len() as i64);
+            delays.push(m.delayed_until.map(|at| at.0));
+        }
+    }
+    sql::execute(
+        c,
+        "INSERT INTO messages (id, queue, channel, leased, visible_at, created_at, expire_at, size)
+         OVERRIDING SYSTEM VALUE
+         SELECT u.id, u.queue, u.channel, u.delayed IS NOT NULL, coalesce(u.delayed, $1), $1, $2, u.size
+         FROM unnest($3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[])
+              AS u(id, queue, channel, size, delayed)",
+        &[&head.created_at.0, &head.expire_at.0, &copy_ids, &copy_streams, &channels, &sizes, &delays],
+    )
+    .await?;
+    Ok((Appended::Stored(ids), Some(streams)))
+}
+
+/// Whether these messages keep the stream within `max_channels` non-empty named channels.
+async fn channels_fit<'a>(
+    c: &impl GenericClient,
+    queue: QueueRow,
+    messages: impl Iterator<Item = &'a MessageToStore>,
+    max_channels: u32,
+) -> Result<bool, StoreError> {
+    let named: Vec<String> = messages
         .map(|m| m.message.channel.clone())
         .filter(|c| !c.is_empty())
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    if !named.is_empty() && !sql::query(c, UNSEEN_CHANNELS, &[&queue, &named]).await?.is_empty() {
-        // A new channel: count under the queue row's lock, so that puts adding channels at
-        // the same time cannot pass the limit together.
-        sql::execute(c, "SELECT 1 FROM queues WHERE row = $1 FOR UPDATE", &[&queue]).await?;
-        let existing: HashSet<String> =
-            sql::query(c, QUEUE_CHANNELS, &[&queue]).await?.iter().map(|row| row.get(0)).collect();
-        let existing_named = existing.iter().filter(|c| !c.is_empty()).count();
-        let new = named.iter().filter(|c| !existing.contains(*c)).count();
-        if new > 0 && existing_named + new > max_channels as usize {
-            return Ok(Appended::ChannelsFull);
-        }
+    if named.is_empty() || sql::query(c, UNSEEN_CHANNELS, &[&queue, &named]).await?.is_empty() {
+        return Ok(true);
     }
+    // A new channel: count under the queue row's lock, so that puts adding channels at
+    // the same time cannot pass the limit together.
+    sql::execute(c, "SELECT 1 FROM queues WHERE row = $1 FOR UPDATE", &[&queue]).await?;
+    let existing: HashSet<String> =
+        sql::query(c, QUEUE_CHANNELS, &[&queue]).await?.iter().map(|row| row.get(0)).collect();
+    let existing_named = existing.iter().filter(|c| !c.is_empty()).count();
+    let new = named.iter().filter(|c| !existing.contains(*c)).count();
+    Ok(new == 0 || existing_named + new <= max_channels as usize)
+}
+
+/// Appends a put to the queue itself, its bodies in its rows.
+async fn append(
+    c: &impl GenericClient,
+    queue: QueueRow,
+    head: &MessageToStore,
+    messages: &[MessageToStore],
+) -> Result<Appended, StoreError> {
     let mut channels = Vec::with_capacity(messages.len());
     let mut contents = Vec::with_capacity(messages.len());
     let mut properties = Vec::with_capacity(messages.len());
@@ -196,19 +297,23 @@ pub(crate) async fn lease(
     let token = rand::random::<i64>();
     let rows = sql::query(
         c,
-        "UPDATE messages SET leased = true, visible_at = $2, delivery_count = delivery_count + 1, lease_token = $3
-         WHERE id = ANY($1)
-         RETURNING id, content, channel, properties, delivery_count, created_at, expire_at",
-        &[&chosen, &req.visible_after.0, &token],
+        concat!(
+            "UPDATE messages SET leased = true, visible_at = $2, delivery_count = delivery_count + 1, lease_token = $3
+             WHERE queue = $4 AND id = ANY($1)
+             RETURNING id, ",
+            body_columns!(),
+            ", channel, delivery_count, created_at, expire_at"
+        ),
+        &[&chosen, &req.visible_after.0, &token, &req.queue],
     )
     .await?;
     let mut by_id = HashMap::with_capacity(rows.len());
     for row in rows {
-        let properties: Option<String> = row.get(3);
+        let properties: Option<String> = row.get(2);
         let message = LeasedMessage {
             id: row.get(0),
             content: row.get(1),
-            channel: row.get(2),
+            channel: row.get(3),
             properties: properties.as_deref().map(from_json).transpose()?,
             delivery_count: u32::try_from(row.get::<_, i64>(4)).unwrap_or(u32::MAX),
             created_at: Timestamp(row.get(5)),
@@ -381,13 +486,17 @@ pub(crate) async fn channels(
 
 /// Rows a peek may show, in id order: those on its side and, for the DLQ, ended leases of
 /// the main side (settling may move them there); [`standing`] decides.
-const PEEK_CANDIDATES: &str = "
-    SELECT id, channel, dlq, leased, visible_at, delivery_count, created_at, expire_at, content, properties
+const PEEK_CANDIDATES: &str = concat!(
+    r#"
+    SELECT id, channel, dlq, leased, visible_at, delivery_count, created_at, expire_at, "#,
+    body_columns!(),
+    r#"
     FROM messages
     WHERE queue = $1 AND id > $2 AND ($3::text IS NULL OR channel = $3) AND expire_at > $5
       AND (dlq = $4 OR ($4 AND leased AND visible_at <= $5))
       AND (NOT leased OR visible_at <= $5 OR $6)
-    ORDER BY id LIMIT $7";
+    ORDER BY id LIMIT $7"#
+);
 
 /// Messages of one side of a queue where they stand now, read without locking them.
 pub(crate) async fn peek(c: &impl GenericClient, request: &PeekRequest) -> Result<Vec<PeekedMessage>, StoreError> {
@@ -459,7 +568,7 @@ pub(crate) async fn purge(
         }
         deleted += sql::execute(
             c,
-            "DELETE FROM messages WHERE id IN (
+            "DELETE FROM messages WHERE queue = $1 AND id IN (
                  SELECT id FROM messages
                  WHERE queue = $1 AND leased = $2 AND dlq = ANY($3) AND ($4::text[] IS NULL OR channel = ANY($4))
                  LIMIT $5)",
@@ -481,7 +590,7 @@ pub(crate) async fn redrive(
     let channels: Option<Vec<&str>> = channels.map(|c| c.iter().map(String::as_str).collect());
     sql::execute(
         c,
-        "UPDATE messages SET dlq = false, delivery_count = 0 WHERE id IN (
+        "UPDATE messages SET dlq = false, delivery_count = 0 WHERE queue = $1 AND id IN (
              SELECT id FROM messages
              WHERE queue = $1 AND dlq AND NOT leased AND ($2::text[] IS NULL OR channel = ANY($2))
              ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)",

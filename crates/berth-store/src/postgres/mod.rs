@@ -9,6 +9,7 @@
 //! Wakeups cross nodes by LISTEN/NOTIFY, sent after the commit (`feed.rs`).
 
 mod clock;
+mod consumer_groups;
 mod feed;
 mod floors;
 mod identity;

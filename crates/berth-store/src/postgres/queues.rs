@@ -36,41 +36,54 @@ pub(crate) async fn insert_work_request(c: &impl GenericClient, work: &WorkReque
     Ok(())
 }
 
+/// Claims a create's retry token, or says what an earlier request with it did.
+pub(crate) async fn check_retry_token(
+    c: &impl GenericClient,
+    tenancy_id: &str,
+    retry: Option<&RetryToken>,
+    work_request_id: &str,
+    now: Timestamp,
+) -> Result<Option<Created>, StoreError> {
+    let Some(retry) = retry else { return Ok(None) };
+    sql::execute(
+        c,
+        "DELETE FROM retry_tokens WHERE tenancy_id = $1 AND token = $2 AND expires_at <= $3",
+        &[&tenancy_id, &retry.token, &now.0],
+    )
+    .await?;
+    // Claims the token, or finds who holds it (a concurrent retry waits for the holder).
+    let claimed = sql::execute(
+        c,
+        "INSERT INTO retry_tokens (tenancy_id, token, digest, work_request_id, expires_at)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        &[&tenancy_id, &retry.token, &retry.request_digest, &work_request_id, &retry.expires_at.0],
+    )
+    .await?;
+    if claimed == 0 {
+        let seen = sql::query_one(
+            c,
+            "SELECT digest, work_request_id FROM retry_tokens WHERE tenancy_id = $1 AND token = $2",
+            &[&tenancy_id, &retry.token],
+        )
+        .await?;
+        let (digest, earlier): (String, String) = (seen.get(0), seen.get(1));
+        return Ok(Some(if digest == retry.request_digest {
+            Created::Replayed(earlier)
+        } else {
+            Created::TokenConflict
+        }));
+    }
+    Ok(None)
+}
+
 pub(crate) async fn create_queue(
     c: &impl GenericClient,
     new: &NewQueue,
     work: &WorkRequest,
     retry: Option<&RetryToken>,
 ) -> Result<Created, StoreError> {
-    if let Some(retry) = retry {
-        sql::execute(
-            c,
-            "DELETE FROM retry_tokens WHERE tenancy_id = $1 AND token = $2 AND expires_at <= $3",
-            &[&new.tenancy_id, &retry.token, &new.now.0],
-        )
-        .await?;
-        // Claims the token, or finds who holds it (a concurrent retry waits for the holder).
-        let claimed = sql::execute(
-            c,
-            "INSERT INTO retry_tokens (tenancy_id, token, digest, work_request_id, expires_at)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            &[&new.tenancy_id, &retry.token, &retry.request_digest, &work.id, &retry.expires_at.0],
-        )
-        .await?;
-        if claimed == 0 {
-            let seen = sql::query_one(
-                c,
-                "SELECT digest, work_request_id FROM retry_tokens WHERE tenancy_id = $1 AND token = $2",
-                &[&new.tenancy_id, &retry.token],
-            )
-            .await?;
-            let (digest, work_request_id): (String, String) = (seen.get(0), seen.get(1));
-            return Ok(if digest == retry.request_digest {
-                Created::Replayed(work_request_id)
-            } else {
-                Created::TokenConflict
-            });
-        }
+    if let Some(seen) = check_retry_token(c, &new.tenancy_id, retry, &work.id, new.now).await? {
+        return Ok(seen);
     }
     sql::execute(
         c,
@@ -94,14 +107,14 @@ pub(crate) async fn create_queue(
 
 pub(crate) async fn get_queue(c: &impl GenericClient, tenancy_id: &str, id: &str) -> Result<Option<Queue>, StoreError> {
     let statement =
-        format!("SELECT {QUEUE_COLUMNS} FROM queues q WHERE q.id = $1 AND q.tenancy_id = $2 AND q.state <> 'DELETED'");
+        format!("SELECT {QUEUE_COLUMNS} FROM queues q WHERE q.id = $1 AND q.tenancy_id = $2 AND q.state <> 'DELETED' AND q.parent IS NULL");
     sql::query_opt(c, &statement, &[&id, &tenancy_id]).await?.as_ref().map(queue).transpose()
 }
 
 pub(crate) async fn all_live_queues(c: &impl GenericClient) -> Result<Vec<(String, Queue)>, StoreError> {
     let statement = format!(
         "SELECT {QUEUE_COLUMNS}, t.name FROM queues q JOIN tenancies t ON t.id = q.tenancy_id
-         WHERE q.state <> 'DELETED' ORDER BY t.name, q.created_at, q.row"
+         WHERE q.state <> 'DELETED' AND q.parent IS NULL ORDER BY t.name, q.created_at, q.row"
     );
     let rows = sql::query(c, &statement, &[]).await?;
     rows.iter().map(|row| Ok((row.get(8), queue(row)?))).collect()
@@ -122,7 +135,7 @@ pub(crate) async fn list_queues(
     };
     let statement = format!(
         "SELECT {QUEUE_COLUMNS} FROM queues q
-         WHERE q.tenancy_id = $1
+         WHERE q.tenancy_id = $1 AND q.parent IS NULL
            AND (CASE WHEN $2::text IS NULL THEN q.state <> 'DELETED' ELSE q.state = $2 END)
            AND ($3::text IS NULL OR q.compartment_id = $3)
            AND ($4::text IS NULL OR q.display_name = $4)
@@ -168,8 +181,33 @@ pub(crate) async fn save_queue(
     .await?;
     if changed == 1 {
         insert_work_request(c, work).await?;
+        follow_queue(c, q).await?;
     }
     Ok(changed == 1)
+}
+
+/// Makes a queue's consumer groups follow its new row: deleted with it, thresholds of
+/// those without their own taken from it.
+async fn follow_queue(c: &impl GenericClient, q: &Queue) -> Result<(), StoreError> {
+    if q.state == LifecycleState::Deleted {
+        sql::execute(
+            c,
+            "UPDATE queues SET state = 'DELETED', updated_at = $1 WHERE parent = $2 AND state <> 'DELETED'",
+            &[&q.updated_at.0, &q.row],
+        )
+        .await?;
+    }
+    for group in super::consumer_groups::of_queue(c, q.row).await? {
+        let threshold = i64::from(group.spec.dead_letter_after(q.spec.policy.dead_letter_after));
+        // The primary group's stream is the queue's own: its threshold holds there.
+        sql::execute(
+            c,
+            "UPDATE queues SET dead_letter_after = $1 WHERE row = ANY($2)",
+            &[&threshold, &vec![group.row, group.stream]],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 pub(crate) async fn work_request(

@@ -11,8 +11,9 @@ use deadpool_postgres::Object;
 
 use super::pg;
 
-/// The layout this build reads and writes. A database with a newer one is refused.
-pub(crate) const LAYOUT: i64 = 1;
+/// The layout this build reads and writes. A database with a newer one is refused; one of
+/// layout 1 gets [`CONSUMER_GROUPS`].
+pub(crate) const LAYOUT: i64 = 2;
 
 /// Advisory lock key held while the schema is made, so that nodes starting at once do not race.
 const SCHEMA_LOCK: i64 = 0x6265_7274_6801; // "berth" + 1
@@ -94,6 +95,38 @@ ALTER TABLE messages SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_
                           autovacuum_vacuum_cost_delay = 0, vacuum_truncate = false);
 ";
 
+/// Layout 2: consumer groups. A group is a `queues` row with its queue's row in `parent`
+/// and in `stream` the row its messages live in (NULL: its own; the primary group's is its
+/// queue's). A put fanned out to several streams is one row per stream with the same id and
+/// no content, and one `bodies` row with the content and how many streams hold it; each
+/// such row deleted leaves its id in `body_releases` (append-only, so that groups deleting
+/// copies of the same messages never wait for each other), which the sweeper folds into
+/// `refs`, deleting a body once no stream holds it.
+const CONSUMER_GROUPS: &str = "
+ALTER TABLE queues ADD COLUMN IF NOT EXISTS parent bigint;
+ALTER TABLE queues ADD COLUMN IF NOT EXISTS stream bigint;
+CREATE INDEX IF NOT EXISTS queues_by_parent ON queues (parent) WHERE parent IS NOT NULL;
+ALTER TABLE messages ALTER COLUMN content DROP NOT NULL;
+ALTER TABLE messages DROP CONSTRAINT messages_pkey;
+ALTER TABLE messages ADD PRIMARY KEY (id, queue);
+CREATE TABLE IF NOT EXISTS bodies (
+    id         bigint PRIMARY KEY,
+    content    text NOT NULL,
+    properties text,
+    refs       integer NOT NULL
+);
+CREATE TABLE IF NOT EXISTS body_releases (
+    id bigint NOT NULL
+);
+CREATE OR REPLACE FUNCTION berth_release_body() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO body_releases (id) VALUES (OLD.id);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER messages_release_body AFTER DELETE ON messages
+    FOR EACH ROW WHEN (OLD.content IS NULL) EXECUTE FUNCTION berth_release_body();
+";
+
 /// The layout of the schema found, if Berth made one here.
 async fn layout(tx: &deadpool_postgres::Transaction<'_>) -> Result<Option<i64>, StoreError> {
     let made: bool = tx.query_one("SELECT to_regclass('berth_meta') IS NOT NULL", &[]).await.map_err(pg)?.get(0);
@@ -118,6 +151,7 @@ pub(crate) async fn prepare(client: &mut Object) -> Result<String, StoreError> {
         Some(found) => found,
         None => {
             tx.batch_execute(SCHEMA).await.map_err(pg)?;
+            tx.batch_execute(CONSUMER_GROUPS).await.map_err(pg)?;
             tx.execute(
                 "INSERT INTO berth_meta (key, value) VALUES ('layout', convert_to($1, 'UTF8')) ON CONFLICT DO NOTHING",
                 &[&LAYOUT.to_string()],
@@ -127,6 +161,12 @@ pub(crate) async fn prepare(client: &mut Object) -> Result<String, StoreError> {
             LAYOUT
         }
     };
+    if found == 1 {
+        tx.batch_execute(CONSUMER_GROUPS).await.map_err(pg)?;
+        tx.execute("UPDATE berth_meta SET value = convert_to($1, 'UTF8') WHERE key = 'layout'", &[&LAYOUT.to_string()])
+            .await
+            .map_err(pg)?;
+    }
     if found > LAYOUT {
         return Err(StoreError::Backend(format!(
             "the database has Berth schema layout {found}, newer than this build's {LAYOUT}: \

@@ -72,7 +72,7 @@ pub(crate) async fn all(c: &impl GenericClient, now: Timestamp, limit: u32) -> R
 /// Rows of `DUE_COLUMNS` and the queue's threshold, each moved as its fate says.
 async fn apply(c: &impl GenericClient, due: &[Row], now: Timestamp) -> Result<Settled, StoreError> {
     let mut settled = Settled::default();
-    let (mut expire, mut redeliver, mut dead_letter) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut expire, mut redeliver, mut dead_letter) = (Rows::default(), Rows::default(), Rows::default());
     for row in due {
         let ended = Ended {
             delivery_count: u32::try_from(row.get::<_, i64>(2)).unwrap_or(u32::MAX),
@@ -80,16 +80,16 @@ async fn apply(c: &impl GenericClient, due: &[Row], now: Timestamp) -> Result<Se
             expire_at: Timestamp(row.get(4)),
         };
         let threshold = u32::try_from(row.get::<_, i64>(5)).unwrap_or(0);
-        let id: i64 = row.get(0);
+        let (id, queue): (i64, QueueRow) = (row.get(0), row.get(1));
         let fate = after_lease(ended, threshold, now);
         match fate {
             AfterLease::Expire => {
-                expire.push(id);
+                expire.push(id, queue);
                 settled.moved.entry(row.get(1)).or_default().expired += 1;
             }
-            AfterLease::Redeliver => redeliver.push(id),
+            AfterLease::Redeliver => redeliver.push(id, queue),
             AfterLease::DeadLetter => {
-                dead_letter.push(id);
+                dead_letter.push(id, queue);
                 settled.moved.entry(row.get(1)).or_default().dead_lettered += 1;
             }
         }
@@ -97,17 +97,31 @@ async fn apply(c: &impl GenericClient, due: &[Row], now: Timestamp) -> Result<Se
             settled.queues.insert(row.get(1));
         }
     }
-    if !expire.is_empty() {
-        settled.report.expired = sql::execute(c, "DELETE FROM messages WHERE id = ANY($1)", &[&expire]).await?;
-    }
-    if !redeliver.is_empty() {
-        settled.report.released =
-            sql::execute(c, "UPDATE messages SET leased = false WHERE id = ANY($1)", &[&redeliver]).await?;
-    }
-    if !dead_letter.is_empty() {
-        settled.report.dead_lettered =
-            sql::execute(c, "UPDATE messages SET leased = false, dlq = true WHERE id = ANY($1)", &[&dead_letter])
-                .await?;
-    }
+    settled.report.expired = expire.apply(c, "DELETE FROM messages").await?;
+    settled.report.released = redeliver.apply(c, "UPDATE messages SET leased = false").await?;
+    settled.report.dead_lettered = dead_letter.apply(c, "UPDATE messages SET leased = false, dlq = true").await?;
     Ok(settled)
+}
+
+/// Messages by (id, stream): a fanned-out message has the same id in each stream.
+#[derive(Default)]
+struct Rows {
+    ids: Vec<i64>,
+    queues: Vec<QueueRow>,
+}
+
+impl Rows {
+    fn push(&mut self, id: i64, queue: QueueRow) {
+        self.ids.push(id);
+        self.queues.push(queue);
+    }
+
+    /// Runs `change` (a DELETE or UPDATE of `messages`) on these rows.
+    async fn apply(&self, c: &impl GenericClient, change: &str) -> Result<u64, StoreError> {
+        if self.ids.is_empty() {
+            return Ok(0);
+        }
+        let statement = format!("{change} WHERE (id, queue) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[]))");
+        sql::execute(c, &statement, &[&self.ids, &self.queues]).await
+    }
 }

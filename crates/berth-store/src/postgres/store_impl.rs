@@ -7,18 +7,20 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use berth_core::clock::Timestamp;
+use berth_core::consumer_group::{ConsumerGroup, ConsumerGroupFilter, NewConsumerGroup};
 use berth_core::error::StoreError;
 use berth_core::model::{
     LeaseRef, LeaseRequest, MessageToStore, PeekRequest, PeekedMessage, PurgeTarget, Queue, QueueFilter, QueueRow,
     QueueStats, Tenancy, User, WorkRequest,
 };
 use berth_core::store::{
-    Appended, Change, Created, Leased, NewQueue, RetryToken, Settle, Store, StoreObserver, StoreResult, SweepReport,
+    Appended, Change, Created, GroupSaved, Leased, NewQueue, RetryToken, Settle, Store, StoreObserver, StoreResult,
+    SweepReport,
 };
 use tokio::sync::broadcast;
 
 use super::settle::Locked;
-use super::{identity, messages, pg, queues, settle, sql, sweep, PostgresStore};
+use super::{consumer_groups, identity, messages, pg, queues, settle, sql, sweep, PostgresStore};
 
 /// Ended leases settled per lease call; the sweep handles any surplus.
 const SETTLE_PER_LEASE: u32 = 256;
@@ -125,17 +127,62 @@ impl Store for PostgresStore {
         queues::list_work_requests(&self.client().await?, tenancy_id, compartment_id, id, offset, limit).await
     }
 
+    async fn create_consumer_group(
+        &self,
+        group: NewConsumerGroup,
+        work: WorkRequest,
+        retry: Option<RetryToken>,
+    ) -> StoreResult<Created> {
+        Ok(transaction!(self, |tx| consumer_groups::create(&tx, &group, &work, retry.as_ref()).await?))
+    }
+
+    async fn consumer_group(&self, tenancy_id: &str, id: &str) -> StoreResult<Option<ConsumerGroup>> {
+        consumer_groups::get(&self.client().await?, tenancy_id, id).await
+    }
+
+    async fn list_consumer_groups(
+        &self,
+        tenancy_id: &str,
+        filter: &ConsumerGroupFilter,
+        offset: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<ConsumerGroup>> {
+        consumer_groups::list(&self.client().await?, tenancy_id, filter, offset, limit).await
+    }
+
+    async fn save_consumer_group(
+        &self,
+        group: &ConsumerGroup,
+        expected_version: i64,
+        work: &WorkRequest,
+    ) -> StoreResult<GroupSaved> {
+        let saved = transaction!(self, |tx| consumer_groups::save(&tx, group, expected_version, work).await?);
+        if saved == GroupSaved::Saved {
+            // Pollers of a deleted group wake and find it gone.
+            self.announce(changed([group.stream]));
+        }
+        Ok(saved)
+    }
+
     async fn put_messages(
         &self,
         queue: QueueRow,
         messages: Vec<MessageToStore>,
         max_channels: u32,
     ) -> StoreResult<Appended> {
-        let appended = transaction!(self, |tx| messages::put(&tx, queue, &messages, max_channels).await?);
+        let (appended, streams) = transaction!(self, |tx| messages::put(&tx, queue, &messages, max_channels).await?);
         if let Appended::Stored(ids) = &appended {
             if let Some(&first) = ids.first() {
                 let channels: BTreeSet<&str> = messages.iter().map(|m| m.message.channel.as_str()).collect();
-                self.announce_put(queue, first, channels, Change::of_put(queue, &messages));
+                match streams {
+                    None => self.announce_put(queue, first, channels, Change::of_put(queue, &messages)),
+                    // Fanned out: each stream's pollers look again.
+                    Some(streams) => {
+                        for stream in streams {
+                            self.announce_put(stream, first, channels.clone(), Change::Changed { queue: stream });
+                        }
+                    }
+                }
             }
         }
         Ok(appended)

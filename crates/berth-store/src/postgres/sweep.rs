@@ -28,7 +28,7 @@ pub(crate) async fn sweep(
         let (row, updated_at): (i64, i64) = (queue.get(0), queue.get(1));
         let removed = sql::execute(
             c,
-            "DELETE FROM messages WHERE id IN (
+            "DELETE FROM messages WHERE queue = $1 AND id IN (
                  (SELECT id FROM messages WHERE queue = $1 AND NOT leased LIMIT $2)
                  UNION ALL
                  (SELECT id FROM messages WHERE queue = $1 AND leased LIMIT $2)
@@ -44,8 +44,8 @@ pub(crate) async fn sweep(
     }
     let expired = sql::query(
         c,
-        "DELETE FROM messages WHERE id IN (
-             SELECT id FROM messages WHERE NOT leased AND expire_at <= $1
+        "DELETE FROM messages WHERE (id, queue) IN (
+             SELECT id, queue FROM messages WHERE NOT leased AND expire_at <= $1
              ORDER BY expire_at LIMIT $2 FOR UPDATE SKIP LOCKED)
          RETURNING queue",
         &[&now.0, &batch_rows],
@@ -63,7 +63,29 @@ pub(crate) async fn sweep(
         &[&(now.0 - WORK_REQUEST_RETENTION_MS), &batch_rows],
     )
     .await?;
+    reclaimed += release_bodies(c, batch_rows).await?;
     settled.report.expired += expired.len() as u64;
     settled.report.reclaimed += reclaimed;
     Ok(settled)
+}
+
+/// Folds up to `limit` released copies of fanned-out messages into their bodies' counts, and
+/// deletes the bodies no stream holds any more; returns how many. Only the sweeping node
+/// does this, so no two transactions count down one body at once.
+async fn release_bodies(c: &impl GenericClient, limit: i64) -> Result<u64, StoreError> {
+    let gone = sql::query(
+        c,
+        "WITH released AS (
+             DELETE FROM body_releases WHERE ctid IN (SELECT ctid FROM body_releases LIMIT $1) RETURNING id),
+         counted AS (SELECT id, count(*)::int AS n FROM released GROUP BY id)
+         UPDATE bodies b SET refs = b.refs - counted.n FROM counted WHERE b.id = counted.id
+         RETURNING b.id, b.refs",
+        &[&limit],
+    )
+    .await?;
+    let unheld: Vec<i64> = gone.iter().filter(|row| row.get::<_, i32>(1) <= 0).map(|row| row.get(0)).collect();
+    if unheld.is_empty() {
+        return Ok(0);
+    }
+    sql::execute(c, "DELETE FROM bodies WHERE id = ANY($1)", &[&unheld]).await
 }

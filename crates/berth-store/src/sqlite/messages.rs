@@ -1,16 +1,19 @@
 //! Message operations: the [`Index`] decides, SQLite keeps the durable copy. Each runs as a
 //! writer job; [`persist`] writes what the index changed in the same transaction.
 
+use std::collections::{HashMap, HashSet};
+
 use berth_core::clock::Timestamp;
+use berth_core::consumer_group::fan_out;
 use berth_core::delivery::Standing;
 use berth_core::model::{LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, PeekedMessage, PurgeTarget, QueueRow};
 use berth_core::store::{Appended, Leased, Settle, SweepReport};
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::index::{Index, NewSlot, Persist, Pick, Picked, Slot};
-use super::schema::{self, MessageMeta};
-use super::{per_message_states, PutFailed};
+use super::index::{self, Index, NewSlot, Persist, Pick, Picked, Slot};
+use super::schema::{self, Fanout, MessageMeta};
+use super::{consumer_groups, per_message_states, PutFailed};
 
 /// Expired leases released per lease call; the sweeper handles any surplus.
 const RELEASE_PER_LEASE: u32 = 256;
@@ -22,8 +25,9 @@ pub(crate) fn load(conn: &Connection) -> rusqlite::Result<Index> {
         .optional()?;
     let mut index = Index::new(seq.unwrap_or(0) + 1);
     let mut legacy = per_message_states::LegacyStates::read(conn)?;
+    let mut views = stream_states(conn)?;
     let mut batches = conn.prepare(
-        "SELECT b.id, b.queue, b.created_at, b.expire_at, b.meta, s.states
+        "SELECT b.id, b.queue, b.created_at, b.expire_at, b.meta, s.states, b.fanout
          FROM message_batches b LEFT JOIN message_batch_states s ON s.id = b.id ORDER BY b.id",
     )?;
     let mut batches = batches.query([])?;
@@ -33,7 +37,28 @@ pub(crate) fn load(conn: &Connection) -> rusqlite::Result<Index> {
         let last: i64 = batch.get(0)?;
         let meta = parse_meta(batch, 4)?;
         let first = last - meta.len() as i64 + 1;
-        let created_at: i64 = batch.get(2)?;
+        let (created_at, expire_at): (i64, i64) = (batch.get(2)?, batch.get(3)?);
+        if let Some(fanout) = batch.get_ref(6)?.as_str_or_null()? {
+            let Fanout(targets) = serde_json::from_str(fanout)
+                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(6, Type::Text, Box::new(e)))?;
+            let news: Vec<NewSlot<'_>> = meta
+                .iter()
+                .map(|m| NewSlot { channel: &m.channel, size: m.size, delayed_until: m.delayed_until })
+                .collect();
+            for (stream, positions) in targets {
+                let positions: Vec<usize> = positions.into_iter().map(|at| at as usize).collect();
+                let mut slots = index::view_slots(&news, &positions, created_at);
+                match views.remove(&(stream, last)) {
+                    // The stream is done with this batch.
+                    Some(states) if states.is_empty() => continue,
+                    Some(states) => schema::decode_states(&states, &mut slots)
+                        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(2, Type::Blob, e.into()))?,
+                    None => {}
+                }
+                index.restore_view(stream, first, created_at, expire_at, slots);
+            }
+            continue;
+        }
         // A fresh vector: collecting in place would keep the (larger) meta buffer for good.
         let mut slots: Vec<Slot> = Vec::with_capacity(meta.len());
         slots.extend(meta.into_iter().map(|m| {
@@ -47,14 +72,28 @@ pub(crate) fn load(conn: &Connection) -> rusqlite::Result<Index> {
         if let Some(legacy) = &mut legacy {
             legacy.apply(first, last, &mut slots);
         }
-        index.restore(batch.get(1)?, first, created_at, batch.get(3)?, slots);
+        index.restore(batch.get(1)?, first, created_at, expire_at, slots);
     }
     let mut policies = conn.prepare("SELECT row, dead_letter_after FROM queues")?;
     let mut policies = policies.query([])?;
     while let Some(queue) = policies.next()? {
         index.set_dead_letter_after(queue.get(0)?, queue.get(1)?);
     }
+    let parents: Vec<QueueRow> = conn
+        .prepare("SELECT DISTINCT parent FROM queues WHERE parent IS NOT NULL AND state <> 'DELETED'")?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for queue in parents {
+        index.set_subscribers(queue, consumer_groups::subscribers(conn, queue)?);
+    }
     Ok(index)
+}
+
+/// Each stream's stored state of each fanned-out batch it had, by (stream, last id).
+fn stream_states(conn: &Connection) -> rusqlite::Result<HashMap<(QueueRow, i64), Vec<u8>>> {
+    let mut statement = conn.prepare("SELECT stream, id, states FROM stream_batch_states")?;
+    let rows = statement.query_map([], |row| Ok(((row.get(0)?, row.get(1)?), row.get(2)?)))?;
+    rows.collect()
 }
 
 fn parse_meta(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<Vec<MessageMeta>> {
@@ -76,7 +115,7 @@ fn durably<T>(
 
 /// Writes what index changes need: each changed batch's state row once, as the index now
 /// has it, and the rows of batches gone.
-pub(super) fn persist(conn: &Connection, index: &Index, writes: &[Persist]) -> rusqlite::Result<()> {
+pub(super) fn persist(conn: &Connection, index: &mut Index, writes: &[Persist]) -> rusqlite::Result<()> {
     if writes.is_empty() {
         return Ok(());
     }
@@ -87,35 +126,57 @@ pub(super) fn persist(conn: &Connection, index: &Index, writes: &[Persist]) -> r
     )?;
     let mut drop_batch = conn.prepare_cached("DELETE FROM message_batches WHERE id = ?1")?;
     let mut drop_states = conn.prepare_cached("DELETE FROM message_batch_states WHERE id = ?1")?;
-    let mut saved = std::collections::HashSet::new();
+    let mut save_view = conn.prepare_cached(
+        "INSERT INTO stream_batch_states (stream, id, states) VALUES (?1, ?2, ?3)
+         ON CONFLICT (stream, id) DO UPDATE SET states = excluded.states",
+    )?;
+    let mut drop_views = conn.prepare_cached("DELETE FROM stream_batch_states WHERE id = ?1")?;
+    let mut saved = HashSet::new();
     for write in writes {
         match *write {
             Persist::States { queue, last } => {
                 // A batch dropped later in the same job is gone from the index: its rows go.
                 let Some(slots) = index.batch_slots(queue, last) else { continue };
-                if saved.insert(last) {
+                if !saved.insert((queue, last)) {
+                    continue;
+                }
+                if index.is_shared(last) {
+                    save_view.execute(params![queue, last, schema::encode_states(slots)])?;
+                } else {
                     save.execute(params![last, schema::encode_states(slots)])?;
                 }
             }
-            Persist::DropBatch { last } => {
-                drop_batch.execute(params![last])?;
-                drop_states.execute(params![last])?;
+            Persist::DropBatch { queue, last } => {
+                if !index.is_shared(last) {
+                    drop_batch.execute(params![last])?;
+                    drop_states.execute(params![last])?;
+                } else if index.release_view(last) {
+                    drop_batch.execute(params![last])?;
+                    drop_views.execute(params![last])?;
+                } else {
+                    // Other streams still have messages of it.
+                    save_view.execute(params![queue, last, Vec::<u8>::new()])?;
+                }
             }
         }
     }
     Ok(())
 }
 
-/// Stores one put as one batch row. The index changes only once the row is written, so a
-/// failed put leaves it as it was.
+/// Where a put went: its outcome, and for a queue with consumer groups the streams that
+/// got messages (`None`: the queue itself).
+pub(crate) type Put = (Appended, Option<Vec<QueueRow>>);
+
+/// Stores one put as one batch row, fanned out to the queue's consumer groups if it has
+/// any. The index changes only once the row is written, so a failed put leaves it as it was.
 pub(crate) fn put(
     conn: &Connection,
     index: &mut Index,
     queue: QueueRow,
     messages: Vec<MessageToStore>,
     max_channels: u32,
-) -> Result<Appended, PutFailed> {
-    let Some(head) = messages.first() else { return Ok(Appended::Stored(Vec::new())) };
+) -> Result<Put, PutFailed> {
+    let Some(head) = messages.first() else { return Ok((Appended::Stored(Vec::new()), None)) };
     // The engine stamps a put's messages alike.
     let (created_at, expire_at) = (head.created_at.0, head.expire_at.0);
     if !index.knows_policy(queue) {
@@ -128,9 +189,27 @@ pub(crate) fn put(
             index.set_dead_letter_after(queue, threshold);
         }
     }
+    let targets = index.subscribers(queue).map(|subscribers| fan_out(subscribers, &messages));
     let channels: Vec<&str> = messages.iter().map(|m| m.message.channel.as_str()).collect();
-    if !index.channels_fit(queue, &channels, max_channels) {
-        return Ok(Appended::ChannelsFull);
+    let fit = match &targets {
+        None => index.channels_fit(queue, &channels, max_channels),
+        Some(targets) => targets.iter().all(|(stream, positions)| {
+            let taken: Vec<&str> = positions.iter().map(|&at| channels[at]).collect();
+            index.channels_fit(*stream, &taken, max_channels)
+        }),
+    };
+    if !fit {
+        return Ok((Appended::ChannelsFull, None));
+    }
+    let first = index.next_id();
+    let last = first + messages.len() as i64 - 1;
+    let ids = Appended::Stored((first..=last).collect());
+    if targets.as_ref().is_some_and(Vec::is_empty) {
+        // No group takes them: dropped, as OCI does, but their ids stay used.
+        conn.prepare_cached("UPDATE sqlite_sequence SET seq = max(seq, ?1) WHERE name = 'message_batches'")?
+            .execute(params![last])?;
+        index.skip_ids(messages.len());
+        return Ok((ids, Some(Vec::new())));
     }
     let sums = schema::encode_sums(messages.iter().map(|m| m.message.content.as_bytes()));
     let mut bodies = Vec::with_capacity(messages.iter().map(|m| m.message.content.len()).sum());
@@ -146,19 +225,36 @@ pub(crate) fn put(
             }
         })
         .collect();
-    let meta_json =
-        serde_json::to_string(&meta).map_err(|e| PutFailed(berth_core::error::StoreError::Backend(e.to_string())))?;
-    let first = index.next_id();
-    let last = first + messages.len() as i64 - 1;
+    let meta_json = json(&meta)?;
+    let fanout = targets
+        .as_ref()
+        .map(|targets| {
+            let positions = |p: &Vec<usize>| p.iter().map(|&at| at as u32).collect();
+            json(&Fanout(targets.iter().map(|(stream, p)| (*stream, positions(p))).collect()))
+        })
+        .transpose()?;
     conn.prepare_cached(
-        "INSERT INTO message_batches (id, queue, created_at, expire_at, meta, bodies, sums)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO message_batches (id, queue, created_at, expire_at, meta, bodies, sums, fanout)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )
-    .and_then(|mut s| s.execute(params![last, queue, created_at, expire_at, meta_json, bodies, sums]))?;
+    .and_then(|mut s| s.execute(params![last, queue, created_at, expire_at, meta_json, bodies, sums, fanout]))?;
     let slots: Vec<NewSlot<'_>> =
         meta.iter().map(|m| NewSlot { channel: &m.channel, size: m.size, delayed_until: m.delayed_until }).collect();
-    index.put(queue, &slots, created_at, expire_at);
-    Ok(Appended::Stored((first..=last).collect()))
+    let streams = match &targets {
+        None => {
+            index.put(queue, &slots, created_at, expire_at);
+            None
+        }
+        Some(targets) => {
+            index.put_fanned(targets, &slots, created_at, expire_at);
+            Some(targets.iter().map(|(stream, _)| *stream).collect())
+        }
+    };
+    Ok((ids, streams))
+}
+
+fn json(value: &impl serde::Serialize) -> Result<String, PutFailed> {
+    serde_json::to_string(value).map_err(|e| PutFailed(berth_core::error::StoreError::Backend(e.to_string())))
 }
 
 /// Leases as the request says; also whether ended leases were settled on the way (messages

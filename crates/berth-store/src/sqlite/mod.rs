@@ -10,6 +10,7 @@
 //! `<database>.lock` ([`SqliteStore::owns_messages`]). Tools that manage only tenancies and
 //! users open it with [`SqliteStore::open_without_messages`] and take no lock.
 
+mod consumer_groups;
 mod identity;
 mod index;
 mod messages;
@@ -148,8 +149,8 @@ impl SqliteStore {
         let store_id = identity::ensure_store_id(&conn).map_err(backend)?;
         let index = match owner {
             Some(_) => {
-                let index = messages::load(&conn).map_err(backend)?;
-                per_message_states::convert(&conn, &index).map_err(backend)?;
+                let mut index = messages::load(&conn).map_err(backend)?;
+                per_message_states::convert(&conn, &mut index).map_err(backend)?;
                 schema::record_layout(&conn).map_err(backend)?;
                 index
             }

@@ -78,7 +78,7 @@ fn has_message_states(conn: &Connection) -> rusqlite::Result<bool> {
 
 /// Writes layout 4's per-message state rows, already read into `index`, as batch state
 /// rows, and drops their table. Run once, on open, by the process serving the messages.
-pub(crate) fn convert(conn: &Connection, index: &Index) -> rusqlite::Result<()> {
+pub(crate) fn convert(conn: &Connection, index: &mut Index) -> rusqlite::Result<()> {
     if !has_message_states(conn)? {
         return Ok(());
     }
@@ -97,7 +97,7 @@ pub(crate) fn convert(conn: &Connection, index: &Index) -> rusqlite::Result<()> 
         .into_iter()
         .map(|(queue, last)| match index.batch_slots(queue, last) {
             Some(_) => Persist::States { queue, last },
-            None => Persist::DropBatch { last },
+            None => Persist::DropBatch { queue, last },
         })
         .collect();
     persist(&tx, index, &writes)?;
@@ -130,8 +130,8 @@ mod tests {
         schema::migrate(&conn, true).unwrap();
         conn.execute_batch(schema::MESSAGE_STATES).unwrap();
         conn.execute_batch(LAYOUT_4).unwrap();
-        let index = load(&conn).unwrap();
-        convert(&conn, &index).unwrap();
+        let mut index = load(&conn).unwrap();
+        convert(&conn, &mut index).unwrap();
         assert!(!has_message_states(&conn).unwrap(), "the per-message table is gone");
         let rows: Vec<i64> = conn
             .prepare("SELECT id FROM message_batch_states ORDER BY id")

@@ -1,17 +1,17 @@
 //! Queues, work requests and retry tokens.
 
-use berth_core::model::{LifecycleState, Queue, QueueFilter, QueueSort, WorkRequest};
+use berth_core::model::{LifecycleState, Queue, QueueFilter, QueueRow, QueueSort, WorkRequest};
 use berth_core::store::{Created, NewQueue, RetryToken};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
 use berth_core::clock::Timestamp;
 
-fn to_json<T: serde::Serialize>(value: &T) -> rusqlite::Result<String> {
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> rusqlite::Result<String> {
     serde_json::to_string(value).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(column: usize, text: &str) -> rusqlite::Result<T> {
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(column: usize, text: &str) -> rusqlite::Result<T> {
     serde_json::from_str(text)
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e)))
 }
@@ -41,35 +41,48 @@ pub(crate) fn insert_work_request(conn: &Connection, work: &WorkRequest) -> rusq
     Ok(())
 }
 
+/// Records a create's retry token, or says what an earlier request with it did.
+pub(crate) fn check_retry_token(
+    conn: &Connection,
+    tenancy_id: &str,
+    retry: Option<&RetryToken>,
+    work_request_id: &str,
+    now: Timestamp,
+) -> rusqlite::Result<Option<Created>> {
+    let Some(retry) = retry else { return Ok(None) };
+    conn.execute(
+        "DELETE FROM retry_tokens WHERE tenancy_id = ?1 AND token = ?2 AND expires_at <= ?3",
+        params![tenancy_id, retry.token, now.0],
+    )?;
+    let seen: Option<(String, String)> = conn
+        .query_row(
+            "SELECT digest, work_request_id FROM retry_tokens WHERE tenancy_id = ?1 AND token = ?2",
+            params![tenancy_id, retry.token],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    if let Some((digest, earlier)) = seen {
+        return Ok(Some(if digest == retry.request_digest {
+            Created::Replayed(earlier)
+        } else {
+            Created::TokenConflict
+        }));
+    }
+    conn.execute(
+        "INSERT INTO retry_tokens (tenancy_id, token, digest, work_request_id, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![tenancy_id, retry.token, retry.request_digest, work_request_id, retry.expires_at.0],
+    )?;
+    Ok(None)
+}
+
 pub(crate) fn create_queue(
     conn: &Connection,
     new: &NewQueue,
     work: &WorkRequest,
     retry: Option<&RetryToken>,
 ) -> rusqlite::Result<Created> {
-    if let Some(retry) = retry {
-        conn.execute(
-            "DELETE FROM retry_tokens WHERE tenancy_id = ?1 AND token = ?2 AND expires_at <= ?3",
-            params![new.tenancy_id, retry.token, new.now.0],
-        )?;
-        let seen: Option<(String, String)> = conn
-            .query_row(
-                "SELECT digest, work_request_id FROM retry_tokens WHERE tenancy_id = ?1 AND token = ?2",
-                params![new.tenancy_id, retry.token],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()?;
-        if let Some((digest, work_request_id)) = seen {
-            return Ok(if digest == retry.request_digest {
-                Created::Replayed(work_request_id)
-            } else {
-                Created::TokenConflict
-            });
-        }
-        conn.execute(
-            "INSERT INTO retry_tokens (tenancy_id, token, digest, work_request_id, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![new.tenancy_id, retry.token, retry.request_digest, work.id, retry.expires_at.0],
-        )?;
+    if let Some(seen) = check_retry_token(conn, &new.tenancy_id, retry, &work.id, new.now)? {
+        return Ok(seen);
     }
     conn.execute(
         "INSERT INTO queues (id, tenancy_id, compartment_id, display_name, state, created_at, updated_at, version,
@@ -90,7 +103,7 @@ pub(crate) fn create_queue(
 }
 
 pub(crate) fn get_queue(conn: &Connection, tenancy_id: &str, id: &str) -> rusqlite::Result<Option<Queue>> {
-    let sql = format!("SELECT {QUEUE_COLUMNS} FROM queues WHERE id = ?1 AND tenancy_id = ?2 AND state <> 'DELETED'");
+    let sql = format!("SELECT {QUEUE_COLUMNS} FROM queues WHERE id = ?1 AND tenancy_id = ?2 AND state <> 'DELETED' AND parent IS NULL");
     conn.prepare_cached(&sql)?.query_row(params![id, tenancy_id], queue).optional()
 }
 
@@ -99,7 +112,7 @@ pub(crate) fn all_live_queues(conn: &Connection) -> rusqlite::Result<Vec<(String
     let columns = QUEUE_COLUMNS.split(", ").map(|c| format!("q.{c}")).collect::<Vec<_>>().join(", ");
     let sql = format!(
         "SELECT {columns}, t.name FROM queues q JOIN tenancies t ON t.id = q.tenancy_id
-         WHERE q.state <> 'DELETED' ORDER BY t.name, q.created_at, q.row"
+         WHERE q.state <> 'DELETED' AND q.parent IS NULL ORDER BY t.name, q.created_at, q.row"
     );
     let mut statement = conn.prepare_cached(&sql)?;
     let rows = statement.query_map([], |row| Ok((row.get(8)?, queue(row)?)))?;
@@ -113,7 +126,7 @@ pub(crate) fn list_queues(
     offset: u64,
     limit: u32,
 ) -> rusqlite::Result<Vec<Queue>> {
-    let mut sql = format!("SELECT {QUEUE_COLUMNS} FROM queues WHERE tenancy_id = ?");
+    let mut sql = format!("SELECT {QUEUE_COLUMNS} FROM queues WHERE tenancy_id = ? AND parent IS NULL");
     let mut args = vec![Value::from(tenancy_id.to_owned())];
     match filter.state {
         Some(state) => {
@@ -169,6 +182,30 @@ pub(crate) fn save_queue(
         insert_work_request(conn, work)?;
     }
     Ok(changed == 1)
+}
+
+/// Makes a queue's consumer groups follow its new row: deleted with it, thresholds of
+/// those without their own taken from it. Returns each stream's threshold now.
+pub(crate) fn follow_queue(conn: &Connection, q: &Queue) -> rusqlite::Result<Vec<(QueueRow, u32)>> {
+    if q.state == LifecycleState::Deleted {
+        conn.execute(
+            "UPDATE queues SET state = 'DELETED', updated_at = ?1 WHERE parent = ?2 AND state <> 'DELETED'",
+            params![q.updated_at.0, q.row],
+        )?;
+    }
+    let groups = super::consumer_groups::of_queue(conn, q.row)?;
+    let mut thresholds = vec![(q.row, q.spec.policy.dead_letter_after)];
+    for group in groups {
+        let threshold = group.spec.dead_letter_after(q.spec.policy.dead_letter_after);
+        conn.execute("UPDATE queues SET dead_letter_after = ?1 WHERE row = ?2", params![threshold, group.row])?;
+        if group.primary {
+            conn.execute("UPDATE queues SET dead_letter_after = ?1 WHERE row = ?2", params![threshold, q.row])?;
+        }
+        // The primary group's stream is the queue's own: its threshold wins there.
+        thresholds.retain(|(stream, _)| *stream != group.stream);
+        thresholds.push((group.stream, threshold));
+    }
+    Ok(thresholds)
 }
 
 pub(crate) fn work_request(conn: &Connection, tenancy_id: &str, id: &str) -> rusqlite::Result<Option<WorkRequest>> {

@@ -120,7 +120,30 @@ CREATE TABLE IF NOT EXISTS message_batch_states (
     id     INTEGER PRIMARY KEY,
     states BLOB NOT NULL
 );
+-- A put fanned out to consumer groups is one batch row whose `fanout` names each stream
+-- that got some of its messages (see `Fanout`); each stream's state of it, once changed, is
+-- here (an empty `states`: the stream is done with it). The row goes with the last stream.
+CREATE TABLE IF NOT EXISTS stream_batch_states (
+    stream INTEGER NOT NULL,
+    id     INTEGER NOT NULL,
+    states BLOB NOT NULL,
+    PRIMARY KEY (stream, id)
+) WITHOUT ROWID;
 ";
+
+/// Layout 6 added consumer groups: a group is a `queues` row with its queue's row in
+/// `parent`, and in `stream` the row its messages live in (NULL: its own; the primary
+/// group's is its queue's). Queues have NULL in both.
+const CONSUMER_GROUP_COLUMNS: &str = "
+ALTER TABLE queues ADD COLUMN parent INTEGER;
+ALTER TABLE queues ADD COLUMN stream INTEGER;
+ALTER TABLE message_batches ADD COLUMN fanout TEXT;
+CREATE INDEX IF NOT EXISTS queues_by_parent ON queues (parent) WHERE parent IS NOT NULL;
+";
+
+/// Which streams a fanned-out batch row feeds: each with the positions of its messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Fanout(pub(crate) Vec<(i64, Vec<u32>)>);
 
 /// Layout 4 kept a state row per changed message; `per_message_states::convert` turns
 /// them into batch state rows. leased = 1: invisible until visible_at (a lease, or a delay
@@ -188,7 +211,7 @@ pub(crate) fn decode_states(bytes: &[u8], slots: &mut [Slot]) -> Result<(), Stri
 
 /// The message layout this build writes, kept in `PRAGMA user_version` (0 in databases of
 /// layouts 1 to 4, which predate it). A newer layout is refused: this build would misread it.
-pub(crate) const LAYOUT: i64 = 5;
+pub(crate) const LAYOUT: i64 = 6;
 
 /// Whether the database holds another program's tables: some, but not Berth's `meta`.
 pub(crate) fn is_foreign(conn: &Connection) -> rusqlite::Result<bool> {
@@ -249,6 +272,13 @@ pub(crate) fn migrate(conn: &Connection, messages_owned: bool) -> rusqlite::Resu
     if !has_sums && messages_owned {
         // Older rows keep NULL: their bodies are served unchecked.
         conn.execute_batch("ALTER TABLE message_batches ADD COLUMN sums BLOB")?;
+    }
+    let has_groups: bool =
+        conn.query_row("SELECT EXISTS (SELECT 1 FROM pragma_table_info('queues') WHERE name = 'parent')", [], |row| {
+            row.get(0)
+        })?;
+    if !has_groups && messages_owned {
+        conn.execute_batch(&format!("BEGIN IMMEDIATE; {CONSUMER_GROUP_COLUMNS} COMMIT;"))?;
     }
     Ok(())
 }

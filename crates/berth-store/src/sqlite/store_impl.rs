@@ -4,19 +4,21 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use berth_core::clock::Timestamp;
+use berth_core::consumer_group::{ConsumerGroup, ConsumerGroupFilter, NewConsumerGroup};
 use berth_core::error::StoreError;
 use berth_core::model::{
     LeaseRef, LeaseRequest, MessageToStore, PeekRequest, PeekedMessage, PurgeTarget, Queue, QueueFilter, QueueRow,
     QueueStats, Tenancy, User, WorkRequest,
 };
 use berth_core::store::{
-    Appended, Change, Created, Leased, NewQueue, RetryToken, Settle, Store, StoreObserver, StoreResult, SweepReport,
+    Appended, Change, Created, GroupSaved, Leased, NewQueue, RetryToken, Settle, Store, StoreObserver, StoreResult,
+    SweepReport,
 };
 use rusqlite::Connection;
 use tokio::sync::broadcast;
 
 use super::index::Index;
-use super::{backend, identity, messages, queues, PutFailed, SqliteStore};
+use super::{backend, consumer_groups, identity, messages, queues, PutFailed, SqliteStore};
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -92,7 +94,10 @@ impl Store for SqliteStore {
         let job = move |c: &Connection, index: &mut Index| {
             let saved = queues::save_queue(c, &queue, expected_version, &work).map_err(backend)?;
             if saved {
-                index.set_dead_letter_after(queue.row, queue.spec.policy.dead_letter_after);
+                for (stream, threshold) in queues::follow_queue(c, &queue).map_err(backend)? {
+                    index.set_dead_letter_after(stream, threshold);
+                }
+                index.set_subscribers(queue.row, consumer_groups::subscribers(c, queue.row).map_err(backend)?);
             }
             Ok(saved)
         };
@@ -123,6 +128,64 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn create_consumer_group(
+        &self,
+        group: NewConsumerGroup,
+        work: WorkRequest,
+        retry: Option<RetryToken>,
+    ) -> StoreResult<Created> {
+        // With the index: puts after this commit fan out to the group.
+        let job = move |c: &Connection, index: &mut Index| {
+            let (created, stream) = consumer_groups::create(c, &group, &work, retry.as_ref()).map_err(backend)?;
+            if let Some((stream, threshold)) = stream {
+                index.set_dead_letter_after(stream, threshold);
+                index.set_subscribers(
+                    group.queue_row,
+                    consumer_groups::subscribers(c, group.queue_row).map_err(backend)?,
+                );
+            }
+            Ok(created)
+        };
+        self.write_messages(job, |_| Vec::new()).await
+    }
+
+    async fn consumer_group(&self, tenancy_id: &str, id: &str) -> StoreResult<Option<ConsumerGroup>> {
+        let (t, id) = (tenancy_id.to_owned(), id.to_owned());
+        self.read(move |c| consumer_groups::get(c, &t, &id)).await
+    }
+
+    async fn list_consumer_groups(
+        &self,
+        tenancy_id: &str,
+        filter: &ConsumerGroupFilter,
+        offset: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<ConsumerGroup>> {
+        let (t, filter) = (tenancy_id.to_owned(), filter.clone());
+        self.read(move |c| consumer_groups::list(c, &t, &filter, offset, limit)).await
+    }
+
+    async fn save_consumer_group(
+        &self,
+        group: &ConsumerGroup,
+        expected_version: i64,
+        work: &WorkRequest,
+    ) -> StoreResult<GroupSaved> {
+        let (group, work) = (group.clone(), work.clone());
+        let job = move |c: &Connection, index: &mut Index| {
+            let (saved, stream) = consumer_groups::save(c, &group, expected_version, &work).map_err(backend)?;
+            if let Some((stream, threshold)) = stream {
+                index.set_dead_letter_after(stream, threshold);
+                index.set_subscribers(
+                    group.queue_row,
+                    consumer_groups::subscribers(c, group.queue_row).map_err(backend)?,
+                );
+            }
+            Ok(saved)
+        };
+        self.write_messages(job, |_| Vec::new()).await
+    }
+
     async fn put_messages(
         &self,
         queue: QueueRow,
@@ -135,11 +198,14 @@ impl Store for SqliteStore {
             room.check(c)?;
             messages::put(c, index, queue, messages, max_channels)
         };
-        let announce = move |appended: &Appended| match appended {
-            Appended::Stored(_) => vec![change],
-            Appended::ChannelsFull => Vec::new(),
+        let announce = move |put: &messages::Put| match put {
+            (Appended::Stored(_), None) => vec![change],
+            // Fanned out: each stream's pollers look again.
+            (Appended::Stored(_), Some(streams)) => changed(streams.iter().copied()),
+            (Appended::ChannelsFull, _) => Vec::new(),
         };
-        self.write_messages(job, announce).await.map_err(|PutFailed(e)| e)
+        let (appended, _) = self.write_messages(job, announce).await.map_err(|PutFailed(e)| e)?;
+        Ok(appended)
     }
 
     fn changes(&self) -> broadcast::Receiver<Change> {

@@ -13,6 +13,8 @@ use berth_core::store::{Moved, Store, StoreObserver};
 use berth_core::{Engine, ManualClock, QueueError, Timestamp};
 use tokio_util::sync::CancellationToken;
 
+pub(crate) mod consumer_groups;
+
 pub(crate) const T: &str = "ocid1.tenancy.oc1..a";
 
 /// A store under test.
@@ -543,12 +545,12 @@ pub(crate) async fn purge_removes_the_chosen_side_and_channels(backend: Arc<dyn 
     r.advance(2); // b1's only delivery ended undeleted: it is due for the DLQ
     let before = r.engine.stats(T, &q, None).await.unwrap();
     assert_eq!((before.queue.visible, before.dead_letter.visible), (2, 1));
-    r.engine.purge_queue(T, &q, None, PurgeTarget::Normal, Some(vec!["a".into()])).await.unwrap();
+    r.engine.purge_queue(T, &q, None, PurgeTarget::Normal, Some(vec!["a".into()]), None).await.unwrap();
     let after = r.engine.stats(T, &q, None).await.unwrap();
     assert_eq!((after.queue.visible, after.dead_letter.visible), (1, 1));
-    r.engine.purge_queue(T, &q, None, PurgeTarget::DeadLetter, None).await.unwrap();
+    r.engine.purge_queue(T, &q, None, PurgeTarget::DeadLetter, None, None).await.unwrap();
     assert_eq!(r.engine.stats(T, &q, None).await.unwrap().dead_letter.visible, 0);
-    r.engine.purge_queue(T, &q, None, PurgeTarget::Both, None).await.unwrap();
+    r.engine.purge_queue(T, &q, None, PurgeTarget::Both, None, None).await.unwrap();
     assert_eq!(r.engine.stats(T, &q, None).await.unwrap().queue.visible, 0);
 }
 
@@ -959,7 +961,7 @@ pub(crate) async fn the_observer_hears_of_commits_dead_letters_and_expiry_per_qu
     let (q_row, other_row) = (row(&q).await, row(&other).await);
     r.put(&q, &["poison", "old"]).await;
     r.put(&other, &["purged"]).await;
-    r.engine.purge_queue(T, &other, None, PurgeTarget::Both, None).await.unwrap();
+    r.engine.purge_queue(T, &other, None, PurgeTarget::Both, None, None).await.unwrap();
     r.put(&other, &["kept"]).await;
     let commits = recorded.commits.load(std::sync::atomic::Ordering::Relaxed);
     assert!(commits >= 2, "puts commit: {commits}");
@@ -984,6 +986,34 @@ pub(crate) async fn the_observer_hears_of_commits_dead_letters_and_expiry_per_qu
 /// giving an `Arc<dyn Backend>`).
 macro_rules! conformance_suite {
     ($backend:expr) => {
+        #[tokio::test]
+        async fn each_group_reads_its_own_copy_with_its_own_leases_receipts_and_counts() {
+            conformance::consumer_groups::each_group_reads_its_own_copy_with_its_own_leases_receipts_and_counts($backend).await
+        }
+        #[tokio::test]
+        async fn a_filter_takes_only_matching_messages_and_a_message_no_group_takes_is_dropped() {
+            conformance::consumer_groups::a_filter_takes_only_matching_messages_and_a_message_no_group_takes_is_dropped($backend).await
+        }
+        #[tokio::test]
+        async fn a_group_dead_letters_by_its_own_threshold_or_its_queues() {
+            conformance::consumer_groups::a_group_dead_letters_by_its_own_threshold_or_its_queues($backend).await
+        }
+        #[tokio::test]
+        async fn a_disabled_group_gets_no_new_messages_and_a_new_group_starts_with_later_ones() {
+            conformance::consumer_groups::a_disabled_group_gets_no_new_messages_and_a_new_group_starts_with_later_ones($backend).await
+        }
+        #[tokio::test]
+        async fn a_deleted_group_is_gone_and_its_copies_are_reclaimed() {
+            conformance::consumer_groups::a_deleted_group_is_gone_and_its_copies_are_reclaimed($backend).await
+        }
+        #[tokio::test]
+        async fn purge_empties_the_primary_group_one_group_or_all() {
+            conformance::consumer_groups::purge_empties_the_primary_group_one_group_or_all($backend).await
+        }
+        #[tokio::test]
+        async fn a_long_poll_of_a_group_wakes_at_a_put_to_its_queue() {
+            conformance::consumer_groups::a_long_poll_of_a_group_wakes_at_a_put_to_its_queue($backend).await
+        }
         #[tokio::test]
         async fn the_observer_hears_of_commits_dead_letters_and_expiry_per_queue() {
             conformance::the_observer_hears_of_commits_dead_letters_and_expiry_per_queue($backend).await

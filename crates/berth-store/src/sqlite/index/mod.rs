@@ -16,6 +16,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use berth_core::clock::Timestamp;
+use berth_core::consumer_group::Subscriber;
 use berth_core::delivery::{after_lease, AfterLease, Ended};
 use berth_core::model::{LeaseRef, MessageCounts, PurgeTarget, QueueRow, QueueStats};
 use berth_core::store::{Moved, SweepReport};
@@ -87,8 +88,9 @@ pub(crate) struct Batch {
 pub(crate) enum Persist {
     /// Write the state row of the batch ending at `last` as its slots now are.
     States { queue: QueueRow, last: Id },
-    /// Every message of the batch ending at `last` is gone: drop its rows.
-    DropBatch { last: Id },
+    /// Every message of the queue's batch ending at `last` is gone: drop its rows (of a
+    /// fanned-out batch, the queue's state; the batch row with the last stream's).
+    DropBatch { queue: QueueRow, last: Id },
 }
 
 /// A message a lease took: where its body is, and what to answer.
@@ -157,6 +159,10 @@ pub(crate) struct Index {
     dead_letter_after: HashMap<QueueRow, u32>,
     /// What retention and the dead-letter rule moved since the last commit was reported.
     moved: HashMap<QueueRow, Moved>,
+    /// Where puts to a queue with consumer groups go (no entry: to the queue itself).
+    subscribers: HashMap<QueueRow, Vec<Subscriber>>,
+    /// Fanned-out batch rows (by last id): how many streams still have a message of them.
+    shared: HashMap<Id, u32>,
 }
 
 fn side(dlq: bool) -> usize {
@@ -283,7 +289,7 @@ impl QueueIndex {
         }
         if emptied {
             self.batches.remove(&last);
-            return Some(Persist::DropBatch { last });
+            return Some(Persist::DropBatch { queue: self.row, last });
         }
         Some(Persist::States { queue: self.row, last })
     }
@@ -293,6 +299,24 @@ impl QueueIndex {
     }
 }
 
+/// A stream's slots of a fanned-out put: its positions as put, the others gone.
+pub(crate) fn view_slots(messages: &[NewSlot<'_>], positions: &[usize], created_at: i64) -> Vec<Slot> {
+    let mut slots: Vec<Slot> = messages
+        .iter()
+        .map(|m| {
+            let mut slot = Slot::as_put(Arc::from(m.channel), m.size, m.delayed_until, created_at);
+            slot.phase = Phase::Gone;
+            slot
+        })
+        .collect();
+    for &at in positions {
+        if let (Some(slot), Some(m)) = (slots.get_mut(at), messages.get(at)) {
+            *slot = Slot::as_put(Arc::from(m.channel), m.size, m.delayed_until, created_at);
+        }
+    }
+    slots
+}
+
 /// Whether `channel` is one of `only` (every channel when `None`).
 fn in_channels(only: Option<&[String]>, channel: &str) -> bool {
     only.is_none_or(|only| only.iter().any(|c| c == channel))
@@ -300,7 +324,14 @@ fn in_channels(only: Option<&[String]>, channel: &str) -> bool {
 impl Index {
     /// An empty index whose first message id is `next_id`.
     pub(crate) fn new(next_id: Id) -> Self {
-        Index { queues: HashMap::new(), next_id, dead_letter_after: HashMap::new(), moved: HashMap::new() }
+        Index {
+            queues: HashMap::new(),
+            next_id,
+            dead_letter_after: HashMap::new(),
+            moved: HashMap::new(),
+            subscribers: HashMap::new(),
+            shared: HashMap::new(),
+        }
     }
 
     /// What retention and the dead-letter rule moved since the last call (for metrics, once
@@ -338,7 +369,15 @@ impl Index {
     }
 
     /// Adds a put's messages: read back from storage with their stored state, or new.
-    pub(crate) fn restore(&mut self, queue: QueueRow, first: Id, created_at: i64, expire_at: i64, slots: Vec<Slot>) {
+    /// Returns whether any of them is live.
+    pub(crate) fn restore(
+        &mut self,
+        queue: QueueRow,
+        first: Id,
+        created_at: i64,
+        expire_at: i64,
+        slots: Vec<Slot>,
+    ) -> bool {
         let last = first + slots.len() as Id - 1;
         let mut batch = Batch { first, created_at, expire_at, live: 0, slots };
         let q = self.queues.entry(queue).or_insert_with(|| QueueIndex::new(queue));
@@ -348,7 +387,7 @@ impl Index {
         batch.live = batch.slots.iter().filter(|s| s.phase != Phase::Gone).count() as u32;
         self.next_id = self.next_id.max(last + 1);
         if batch.live == 0 {
-            return;
+            return false;
         }
         for (at, slot) in batch.slots.iter().enumerate() {
             if slot.phase != Phase::Gone {
@@ -359,6 +398,56 @@ impl Index {
             }
         }
         q.batches.insert(last, batch);
+        true
+    }
+
+    /// Adds one stream's view of a fanned-out batch row: read back, or new.
+    pub(crate) fn restore_view(
+        &mut self,
+        stream: QueueRow,
+        first: Id,
+        created_at: i64,
+        expire_at: i64,
+        slots: Vec<Slot>,
+    ) {
+        let last = first + slots.len() as Id - 1;
+        if self.restore(stream, first, created_at, expire_at, slots) {
+            *self.shared.entry(last).or_default() += 1;
+        }
+    }
+
+    /// Whether the batch row ending at `last` is fanned out to streams.
+    pub(crate) fn is_shared(&self, last: Id) -> bool {
+        self.shared.contains_key(&last)
+    }
+
+    /// A stream is done with a fanned-out batch row: whether it was the last one.
+    pub(crate) fn release_view(&mut self, last: Id) -> bool {
+        let Some(views) = self.shared.get_mut(&last) else { return true };
+        *views -= 1;
+        if *views > 0 {
+            return false;
+        }
+        self.shared.remove(&last);
+        true
+    }
+
+    /// Where puts to the queue go now (`None`: to the queue itself).
+    pub(crate) fn subscribers(&self, queue: QueueRow) -> Option<&[Subscriber]> {
+        self.subscribers.get(&queue).map(Vec::as_slice)
+    }
+
+    /// Records where puts to the queue go (`None`: it has no consumer groups).
+    pub(crate) fn set_subscribers(&mut self, queue: QueueRow, subscribers: Option<Vec<Subscriber>>) {
+        match subscribers {
+            Some(subscribers) => self.subscribers.insert(queue, subscribers),
+            None => self.subscribers.remove(&queue),
+        };
+    }
+
+    /// Ids taken by a put that no stream took.
+    pub(crate) fn skip_ids(&mut self, count: usize) {
+        self.next_id += count as Id;
     }
 
     /// Whether the messages of a put keep the queue within `max_channels` non-empty named channels.
@@ -383,6 +472,24 @@ impl Index {
         let slots =
             messages.iter().map(|m| Slot::as_put(q.intern(m.channel), m.size, m.delayed_until, created_at)).collect();
         self.restore(queue, first, created_at, expire_at, slots);
+        first
+    }
+
+    /// Appends one put fanned out to streams, each with the positions it takes (check
+    /// [`Index::channels_fit`] for each first); returns the first id, as [`Index::put`].
+    pub(crate) fn put_fanned(
+        &mut self,
+        targets: &[(QueueRow, Vec<usize>)],
+        messages: &[NewSlot<'_>],
+        created_at: i64,
+        expire_at: i64,
+    ) -> Id {
+        let first = self.next_id;
+        for (stream, positions) in targets {
+            let slots = view_slots(messages, positions, created_at);
+            self.restore_view(*stream, first, created_at, expire_at, slots);
+        }
+        self.next_id = self.next_id.max(first + messages.len() as Id);
         first
     }
 

@@ -161,7 +161,7 @@ impl Index {
         while reclaimed < u64::from(limit) {
             let Some((last, batch)) = q.batches.pop_first() else { break };
             reclaimed += u64::from(batch.live);
-            writes.push(Persist::DropBatch { last });
+            writes.push(Persist::DropBatch { queue, last });
         }
         let empty = q.is_empty();
         if empty {
