@@ -106,3 +106,29 @@ if sizes:
     if churn:
         print(f"W8-churn: {fmt(churn.get('received_per_s'))} messages/s over the run, "
               f"exactly once: {churn.get('exactly_once')}")
+w9 = [label for label in runs if label.startswith("W9")]
+if w9:
+    print()
+    print("| W9 run | groups | messages/s per group (each group) | deliveries/s | server CPU µs/delivery | "
+          "PostgreSQL CPU µs/msg | exactly once |")
+    print("|---|---|---|---|---|---|---|")
+    for label in w9:
+        run = runs[label]
+        groups = run.get("consumer_groups") or {}
+        each = [g.get("received_per_s") for g in groups.get("groups", [])]
+        print(f"| {label} | {len(each) or 'none'} | {', '.join(fmt(x) for x in each) or fmt(run.get('received_per_s'))} | "
+              f"{fmt(groups.get('delivered_per_s', run.get('received_per_s')))} | "
+              f"{fmt(groups.get('server_cpu_us_per_delivered', run.get('server_cpu_us_per_msg')))} | "
+              f"{fmt(run.get('postgres_cpu_us_per_msg'))} | {run.get('exactly_once')} |")
+    for prefix in ("W9", "W9-pg"):
+        for n in (1, 4):
+            ratios = []
+            for label in w9:
+                if label.startswith(f"{prefix}-groups{n}-"):
+                    plain = runs.get(f"{prefix}-groups0-{label.rsplit('-', 1)[1]}", {})
+                    mine = (runs[label].get("consumer_groups") or {}).get("delivered_per_s")
+                    if plain.get("received_per_s") and mine:
+                        ratios.append(mine / plain["received_per_s"])
+            if ratios:
+                print(f"{prefix} {n} group(s): deliveries/s over the plain queue's, per round: "
+                      f"{', '.join(f'{r:.2f}' for r in ratios)} (median {statistics.median(ratios):.2f})")

@@ -108,6 +108,11 @@ struct Args {
     /// Send unsigned requests (server started with --insecure-no-auth).
     #[arg(long)]
     unsigned: bool,
+    /// Read through this many consumer groups (REST): the queue gets the CONSUMER_GROUPS
+    /// capability and N - 1 groups beside its primary one, each with `--consumers`
+    /// consumers of its own, and every message is counted once per group (0 = a plain queue).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=32))]
+    consumer_groups: u32,
     /// Label printed in the summary.
     #[arg(long, default_value = "")]
     label: String,
@@ -119,7 +124,10 @@ struct Shared {
     /// One client per endpoint.
     rests: Vec<RestClient>,
     queue_id: String,
-    record: Recorder,
+    /// The consumer groups read (`None`: the queue itself, or its primary group).
+    groups: Vec<Option<String>>,
+    /// One per group: each gets every message.
+    records: Vec<Recorder>,
     /// Producers stop at this.
     stop_producing: CancellationToken,
     /// Consumers stop at this.
@@ -131,6 +139,19 @@ struct Shared {
 }
 
 impl Shared {
+    /// The first group's record (the only one without consumer groups).
+    fn record(&self) -> &Recorder {
+        &self.records[0]
+    }
+
+    fn sending(&self, keys: &[u64]) {
+        self.records.iter().for_each(|r| r.sending(keys));
+    }
+
+    fn acked(&self, keys: &[u64]) {
+        self.records.iter().for_each(|r| r.acked(keys));
+    }
+
     /// The client of the `n`th producer or consumer: endpoints in turn.
     fn rest(&self, n: usize) -> &RestClient {
         &self.rests[n % self.rests.len()]
@@ -141,7 +162,8 @@ impl Shared {
         if self.args.max_backlog == 0 || self.args.preload > 0 {
             return;
         }
-        while self.record.outstanding() > self.args.max_backlog && !self.stop_producing.is_cancelled() {
+        let behind = || self.records.iter().map(Recorder::outstanding).max().unwrap_or(0);
+        while behind() > self.args.max_backlog && !self.stop_producing.is_cancelled() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
@@ -168,11 +190,11 @@ async fn produce_rest(s: Arc<Shared>, producer: u64) {
         let keys: Vec<u64> = (0..n).map(|i| key(producer, seq + i)).collect();
         seq += keys.len() as u64;
         let bodies: Vec<String> = keys.iter().map(|k| body(*k, s.args.size)).collect();
-        s.record.sending(&keys);
+        s.sending(&keys);
         match s.rest(producer as usize).put(&s.queue_id, &bodies).await {
-            Ok(()) => s.record.acked(&keys),
+            Ok(()) => s.acked(&keys),
             Err(e) => {
-                s.record.errors_put.fetch_add(1, Ordering::Relaxed);
+                s.record().errors_put.fetch_add(1, Ordering::Relaxed);
                 eprintln!("put failed: {e:#}");
             }
         }
@@ -182,13 +204,14 @@ async fn produce_rest(s: Arc<Shared>, producer: u64) {
     }
 }
 
-async fn consume_rest(s: Arc<Shared>, consumer: usize) {
+async fn consume_rest(s: Arc<Shared>, consumer: usize, group: usize) {
     let rest = s.rest(consumer);
+    let (record, group_id) = (&s.records[group], s.groups[group].as_deref());
     while !s.stop_consuming.is_cancelled() {
-        let got = match rest.get(&s.queue_id, s.args.get_limit, s.args.visibility, 1).await {
+        let got = match rest.get(&s.queue_id, group_id, s.args.get_limit, s.args.visibility, 1).await {
             Ok(got) => got,
             Err(e) => {
-                s.record.errors_get.fetch_add(1, Ordering::Relaxed);
+                record.errors_get.fetch_add(1, Ordering::Relaxed);
                 eprintln!("get failed: {e:#}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
@@ -198,15 +221,15 @@ async fn consume_rest(s: Arc<Shared>, consumer: usize) {
             continue;
         }
         for g in &got {
-            s.record.received(&g.content);
+            record.received(&g.content);
         }
-        match rest.delete(&s.queue_id, &got).await {
+        match rest.delete(&s.queue_id, group_id, &got).await {
             Ok(0) => {}
             Ok(failed) => {
-                s.record.errors_delete.fetch_add(failed, Ordering::Relaxed);
+                record.errors_delete.fetch_add(failed, Ordering::Relaxed);
             }
             Err(e) => {
-                s.record.errors_delete.fetch_add(1, Ordering::Relaxed);
+                record.errors_delete.fetch_add(1, Ordering::Relaxed);
                 eprintln!("delete failed: {e:#}");
             }
         }
@@ -238,7 +261,7 @@ async fn produce_stomp(s: Arc<Shared>, producer: u64) -> anyhow::Result<()> {
             }
             let k = key(producer, seq);
             seq += 1;
-            s.record.sending(&[k]);
+            s.sending(&[k]);
             client.send(&destination, &body(k, s.args.size), seq).await?;
             unreceipted.push_back((seq, k));
             if let Some(pause) = s.args.interval {
@@ -247,9 +270,9 @@ async fn produce_stomp(s: Arc<Shared>, producer: u64) -> anyhow::Result<()> {
         }
         let Some((receipt, k)) = unreceipted.pop_front() else { return Ok(()) };
         match client.receipt().await {
-            Ok(id) if id == receipt => s.record.acked(&[k]),
+            Ok(id) if id == receipt => s.acked(&[k]),
             outcome => {
-                s.record.errors_put.fetch_add(1, Ordering::Relaxed);
+                s.record().errors_put.fetch_add(1, Ordering::Relaxed);
                 return match outcome {
                     Ok(id) => Err(anyhow::anyhow!("RECEIPT {id} arrived while {receipt} was expected")),
                     Err(e) => Err(e),
@@ -271,10 +294,10 @@ async fn consume_stomp(s: Arc<Shared>) -> anyhow::Result<()> {
         if frame.command != "MESSAGE" {
             continue;
         }
-        s.record.received(&String::from_utf8_lossy(&frame.body));
+        s.record().received(&String::from_utf8_lossy(&frame.body));
         let ack = frame.get("ack").or_else(|| frame.get("message-id")).unwrap_or_default().to_owned();
         if let Err(e) = client.ack(&ack).await {
-            s.record.errors_delete.fetch_add(1, Ordering::Relaxed);
+            s.record().errors_delete.fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
     }
@@ -299,12 +322,13 @@ fn spawn_producers(s: &Arc<Shared>, producers: u32) -> Vec<tokio::task::JoinHand
 }
 
 fn spawn_consumers(s: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..s.args.consumers)
+    let each = s.args.consumers as usize;
+    (0..each * s.groups.len())
         .map(|c| {
             let s = s.clone();
             tokio::spawn(async move {
                 match s.args.protocol {
-                    Protocol::Rest => consume_rest(s, c as usize).await,
+                    Protocol::Rest => consume_rest(s, c, c / each).await,
                     Protocol::Stomp => {
                         if let Err(e) = consume_stomp(s).await {
                             eprintln!("STOMP consumer failed: {e:#}");
@@ -322,7 +346,7 @@ async fn preload(s: &Arc<Shared>) {
     for task in spawn_producers(s, s.args.producers.max(1)) {
         let _ = task.await;
     }
-    let sent = s.record.sent.load(Ordering::Relaxed);
+    let sent = s.record().sent.load(Ordering::Relaxed);
     eprintln!("preloaded {sent} messages in {:.1} s", started.elapsed().as_secs_f64());
 }
 
@@ -360,17 +384,28 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|endpoint| RestClient::new(&creds, endpoint, !args.unsigned))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if args.consumer_groups > 0 && args.protocol != Protocol::Rest {
+        anyhow::bail!("--consumer-groups is for --protocol rest");
+    }
     let queue_id = if args.protocol == Protocol::Stomp && args.stomp_destination.is_some() {
         String::new()
+    } else if args.consumer_groups > 0 {
+        let name = format!("{}-groups", args.queue);
+        rests[0].ensure_queue(&creds.tenancy_id, &name, args.visibility, true).await?
     } else {
-        rests[0].ensure_queue(&creds.tenancy_id, &args.queue, args.visibility).await?
+        rests[0].ensure_queue(&creds.tenancy_id, &args.queue, args.visibility, false).await?
     };
+    let mut groups = vec![None];
+    for n in 2..=args.consumer_groups {
+        groups.push(Some(rests[0].ensure_group(&queue_id, &format!("g{n}")).await?));
+    }
     let s = Arc::new(Shared {
         args: args.clone(),
         creds,
         rests,
         queue_id,
-        record: Recorder::default(),
+        records: groups.iter().map(|_| Recorder::default()).collect(),
+        groups,
         stop_producing: CancellationToken::new(),
         stop_consuming: CancellationToken::new(),
         total: if args.preload > 0 { Some(args.preload) } else { args.total },
@@ -391,7 +426,7 @@ async fn main() -> anyhow::Result<()> {
             let mut last = (0, 0);
             loop {
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                let now = (s.record.sent.load(Ordering::Relaxed), s.record.received_total());
+                let now = (s.record().sent.load(Ordering::Relaxed), s.record().received_total());
                 eprintln!(
                     "[{:>5.1}s] sent {} ({}/s) received {} ({}/s)",
                     started.elapsed().as_secs_f64(),
@@ -408,20 +443,20 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(warmup).await;
     let cpu_before = servers_cpu(&args.server_pid);
     let own_cpu_before = procfs::cpu_seconds(std::process::id());
-    let received_before = s.record.received_total();
-    s.record.measuring.store(true, Ordering::Relaxed);
+    let received_before = s.record().received_total();
+    s.records.iter().for_each(|r| r.measuring.store(true, Ordering::Relaxed));
     let window_start = Instant::now();
     // The window ends at its duration, or earlier when a preloaded backlog is drained
     // or the total is reached and everything sent has arrived.
     while window_start.elapsed() < duration {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let sent = s.record.sent.load(Ordering::Relaxed);
+        let sent = s.record().sent.load(Ordering::Relaxed);
         let done_producing = producers.iter().all(|p| p.is_finished());
-        if done_producing && s.record.received_total() >= sent && sent > 0 {
+        if done_producing && s.records.iter().all(|r| r.received_total() >= sent) && sent > 0 {
             break;
         }
     }
-    s.record.measuring.store(false, Ordering::Relaxed);
+    s.records.iter().for_each(|r| r.measuring.store(false, Ordering::Relaxed));
     let window = window_start.elapsed().as_secs_f64();
     let cpu_after = servers_cpu(&args.server_pid);
     let own_cpu_after = procfs::cpu_seconds(std::process::id());
@@ -432,7 +467,8 @@ async fn main() -> anyhow::Result<()> {
         let _ = p.await;
     }
     let drain_until = Instant::now() + Duration::from(args.drain);
-    while s.record.received_total() < s.record.sent.load(Ordering::Relaxed) && Instant::now() < drain_until {
+    let drained = || s.records.iter().all(|r| r.received_total() >= r.sent.load(Ordering::Relaxed));
+    while !drained() && Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     s.stop_consuming.cancel();
@@ -441,23 +477,51 @@ async fn main() -> anyhow::Result<()> {
     }
     progress.abort();
 
-    let r = &s.record;
-    // Not received is not lost while it is still in the queue (a drain cut short).
-    let unreceived = r.unreceived();
-    let left_in_queue = if s.queue_id.is_empty() { None } else { s.rests[0].messages_left(&s.queue_id).await.ok() };
-    let lost = unreceived.saturating_sub(left_in_queue.unwrap_or(0));
+    // Per group: not received is not lost while it is still in the queue (a drain cut short).
+    let mut per_group = Vec::with_capacity(s.groups.len());
+    for (record, group) in s.records.iter().zip(&s.groups) {
+        let left = if s.queue_id.is_empty() {
+            None
+        } else {
+            s.rests[0].messages_left(&s.queue_id, group.as_deref()).await.ok()
+        };
+        let unreceived = record.unreceived();
+        let lost = unreceived.saturating_sub(left.unwrap_or(0));
+        per_group.push((unreceived, left, lost));
+    }
+    let r = s.record();
+    let (unreceived, left_in_queue, lost) = per_group[0];
     let received_window = r.received_measured.load(Ordering::Relaxed);
+    let delivered_window: u64 = s.records.iter().map(|r| r.received_measured.load(Ordering::Relaxed)).sum();
     let sent_window = r.sent_measured.load(Ordering::Relaxed);
     let [p50, p90, p99, max] = r.latency_ms();
     let [s50, s90, s99, smax] = r.latency_from_send_ms();
-    let per_msg = |before: Option<f64>, after: Option<f64>| match (before, after) {
-        (Some(a), Some(b)) if received_window > 0 => Some(((b - a) * 1e7 / received_window as f64).round() / 10.0),
+    let per = |count: u64, before: Option<f64>, after: Option<f64>| match (before, after) {
+        (Some(a), Some(b)) if count > 0 => Some(((b - a) * 1e7 / count as f64).round() / 10.0),
         _ => None,
     };
-    let cpu_us_per_msg = per_msg(cpu_before, cpu_after);
+    let cpu_us_per_msg = per(received_window, cpu_before, cpu_after);
     // The load generator's own CPU: on a shared machine it bounds what the server can show.
-    let bench_cpu_us_per_msg = per_msg(own_cpu_before, own_cpu_after);
-    let summary = serde_json::json!({
+    let bench_cpu_us_per_msg = per(received_window, own_cpu_before, own_cpu_after);
+    let count = |pick: fn(&Recorder) -> &AtomicU64| s.records.iter().map(|r| pick(r).load(Ordering::Relaxed)).sum::<u64>();
+    let groups: Vec<serde_json::Value> = s
+        .records
+        .iter()
+        .zip(&per_group)
+        .map(|(r, (unreceived, left, lost))| {
+            let duplicates = r.duplicates.load(Ordering::Relaxed);
+            serde_json::json!({
+                "received_per_s": (r.received_measured.load(Ordering::Relaxed) as f64 / window).round(),
+                "duplicates": duplicates,
+                "unreceived": unreceived,
+                "left_in_queue": left,
+                "lost": lost,
+                "exactly_once": duplicates == 0 && *lost == 0,
+            })
+        })
+        .collect();
+    let exactly_once = groups.iter().all(|g| g["exactly_once"] == true);
+    let mut summary = serde_json::json!({
         "label": args.label,
         "protocol": format!("{:?}", args.protocol).to_lowercase(),
         "producers": args.producers,
@@ -479,14 +543,22 @@ async fn main() -> anyhow::Result<()> {
         "unreceived": unreceived,
         "left_in_queue": left_in_queue,
         "lost": lost,
-        "foreign": r.foreign.load(Ordering::Relaxed),
+        "foreign": count(|r| &r.foreign),
         "errors": {
-            "put": r.errors_put.load(Ordering::Relaxed),
-            "get": r.errors_get.load(Ordering::Relaxed),
-            "delete": r.errors_delete.load(Ordering::Relaxed),
+            "put": count(|r| &r.errors_put),
+            "get": count(|r| &r.errors_get),
+            "delete": count(|r| &r.errors_delete),
         },
-        "exactly_once": r.duplicates.load(Ordering::Relaxed) == 0 && lost == 0,
+        "exactly_once": exactly_once,
     });
+    if args.consumer_groups > 0 {
+        // Every group gets every message: the server's work is per delivery.
+        summary["consumer_groups"] = serde_json::json!({
+            "delivered_per_s": (delivered_window as f64 / window).round(),
+            "server_cpu_us_per_delivered": per(delivered_window, cpu_before, cpu_after),
+            "groups": groups,
+        });
+    }
     println!("BENCH {summary}");
     Ok(())
 }

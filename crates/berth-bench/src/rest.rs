@@ -111,17 +111,39 @@ impl RestClient {
         self.call("GET", path, None::<&()>).await
     }
 
-    /// The id of the queue with this display name, created if absent.
-    pub(crate) async fn ensure_queue(&self, compartment: &str, name: &str, visibility: u32) -> anyhow::Result<String> {
+    /// The id of the queue with this display name, created if absent (with the
+    /// CONSUMER_GROUPS capability if `consumer_groups`).
+    pub(crate) async fn ensure_queue(
+        &self,
+        compartment: &str,
+        name: &str,
+        visibility: u32,
+        consumer_groups: bool,
+    ) -> anyhow::Result<String> {
         let list = format!("/queues?displayName={name}&limit=1");
         let found: Value = self.get_json(&list).await?;
         if let Some(id) = found["items"][0]["id"].as_str() {
             return Ok(id.to_owned());
         }
-        let create = json!({"displayName": name, "compartmentId": compartment, "visibilityInSeconds": visibility});
+        let capabilities: &[Value] = if consumer_groups { &[json!({"type": "CONSUMER_GROUPS"})] } else { &[] };
+        let create = json!({"displayName": name, "compartmentId": compartment, "visibilityInSeconds": visibility,
+                            "capabilities": capabilities});
         let _: IgnoredAny = self.call("POST", "/queues", Some(&create)).await?;
         let found: Value = self.get_json(&list).await?;
         found["items"][0]["id"].as_str().map(str::to_owned).context("created queue not listed")
+    }
+
+    /// The id of the queue's consumer group with this display name, created if absent.
+    pub(crate) async fn ensure_group(&self, queue: &str, name: &str) -> anyhow::Result<String> {
+        let list = format!("/consumerGroups?queueId={queue}&displayName={name}&limit=1");
+        let found: Value = self.get_json(&list).await?;
+        if let Some(id) = found["items"][0]["id"].as_str() {
+            return Ok(id.to_owned());
+        }
+        let create = json!({"displayName": name, "queueId": queue});
+        let _: IgnoredAny = self.call("POST", "/consumerGroups", Some(&create)).await?;
+        let found: Value = self.get_json(&list).await?;
+        found["items"][0]["id"].as_str().map(str::to_owned).context("created consumer group not listed")
     }
 
     pub(crate) async fn put(&self, queue: &str, contents: &[String]) -> anyhow::Result<()> {
@@ -130,26 +152,39 @@ impl RestClient {
         Ok(())
     }
 
-    pub(crate) async fn get(&self, queue: &str, limit: u32, visibility: u32, timeout: u32) -> anyhow::Result<Vec<Got>> {
+    pub(crate) async fn get(
+        &self,
+        queue: &str,
+        group: Option<&str>,
+        limit: u32,
+        visibility: u32,
+        timeout: u32,
+    ) -> anyhow::Result<Vec<Got>> {
         let path = format!(
-            "/queues/{queue}/messages?limit={limit}&visibilityInSeconds={visibility}&timeoutInSeconds={timeout}"
+            "/queues/{queue}/messages?limit={limit}&visibilityInSeconds={visibility}&timeoutInSeconds={timeout}{}",
+            in_group(group, '&')
         );
         let body: GetBody = self.get_json(&path).await?;
         Ok(body.messages)
     }
 
-    /// Messages still in the queue (visible, in flight or delayed).
-    pub(crate) async fn messages_left(&self, queue: &str) -> anyhow::Result<u64> {
-        let stats: Value = self.get_json(&format!("/queues/{queue}/stats")).await?;
+    /// Messages still in the queue or group (visible, in flight or delayed).
+    pub(crate) async fn messages_left(&self, queue: &str, group: Option<&str>) -> anyhow::Result<u64> {
+        let stats: Value = self.get_json(&format!("/queues/{queue}/stats{}", in_group(group, '?'))).await?;
         let q = &stats["queue"];
         Ok(["visibleMessages", "inFlightMessages", "delayedMessages"].iter().filter_map(|k| q[k].as_u64()).sum())
     }
 
     /// DeleteMessages of what a get returned; returns how many entries failed.
-    pub(crate) async fn delete(&self, queue: &str, got: &[Got]) -> anyhow::Result<u64> {
+    pub(crate) async fn delete(&self, queue: &str, group: Option<&str>, got: &[Got]) -> anyhow::Result<u64> {
         let body = DeleteBody { entries: got.iter().map(|g| Receipt { receipt: &g.receipt }).collect() };
-        let path = format!("/queues/{queue}/messages/actions/deleteMessages");
+        let path = format!("/queues/{queue}/messages/actions/deleteMessages{}", in_group(group, '?'));
         let result: DeleteResult = self.call("POST", &path, Some(&body)).await?;
         Ok(result.client_failures + result.server_failures)
     }
+}
+
+/// The query parameter naming a consumer group, after `separator`; nothing without one.
+fn in_group(group: Option<&str>, separator: char) -> String {
+    group.map(|id| format!("{separator}consumerGroupId={id}")).unwrap_or_default()
 }

@@ -212,6 +212,26 @@ impl Subscriber {
     }
 }
 
+/// Where a put to a queue goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// All of it to the queue's own stream, as to a queue without groups (stored as such).
+    Itself,
+    /// Fanned out: each stream with the positions of its messages (see [`fan_out`]).
+    Streams(Vec<(QueueRow, Vec<usize>)>),
+}
+
+/// Where a put to `queue` goes, given its enabled groups (`None`: it has none).
+pub fn route(queue: QueueRow, subscribers: Option<&[Subscriber]>, messages: &[MessageToStore]) -> Route {
+    let Some(subscribers) = subscribers else { return Route::Itself };
+    let streams = fan_out(subscribers, messages);
+    match streams.as_slice() {
+        // Only the primary group, taking everything: nothing to share.
+        [(stream, positions)] if *stream == queue && positions.len() == messages.len() => Route::Itself,
+        _ => Route::Streams(streams),
+    }
+}
+
 /// Where one put goes: each stream with the positions (in put order) of its messages.
 /// Streams with no message are left out; a message no stream takes is dropped, as OCI does.
 pub fn fan_out(subscribers: &[Subscriber], messages: &[MessageToStore]) -> Vec<(QueueRow, Vec<usize>)> {
@@ -267,6 +287,16 @@ mod tests {
             vec![(1, vec![0, 1, 2]), (2, vec![0]), (3, vec![2])]
         );
         assert_eq!(fan_out(&[a, big], &put[1..2]), vec![]);
+    }
+
+    #[test]
+    fn a_put_that_only_the_primary_group_takes_in_full_goes_to_the_queue_as_without_groups() {
+        let put = [message(&[("kind", "a")]), message(&[])];
+        assert_eq!(route(1, None, &put), Route::Itself);
+        assert_eq!(route(1, Some(&[subscriber(1, "")]), &put), Route::Itself);
+        assert_eq!(route(1, Some(&[subscriber(1, ":kind")]), &put), Route::Streams(vec![(1, vec![0])]));
+        assert_eq!(route(1, Some(&[subscriber(2, "")]), &put), Route::Streams(vec![(2, vec![0, 1])]));
+        assert_eq!(route(1, Some(&[]), &put), Route::Streams(vec![]), "no enabled group: dropped");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
 use berth_core::clock::Timestamp;
-use berth_core::consumer_group::fan_out;
+use berth_core::consumer_group::{route, Route};
 use berth_core::delivery::{after_lease, standing, AfterLease, Ended, Held};
 use berth_core::error::StoreError;
 use berth_core::model::{
@@ -61,13 +61,13 @@ pub(crate) async fn put(
     max_channels: u32,
 ) -> Result<Put, StoreError> {
     let Some(head) = messages.first() else { return Ok((Appended::Stored(Vec::new()), None)) };
-    let Some(subscribers) = consumer_groups::subscribers(c, queue).await? else {
+    let subscribers = consumer_groups::subscribers(c, queue).await?;
+    let Route::Streams(targets) = route(queue, subscribers.as_deref(), messages) else {
         if !channels_fit(c, queue, messages.iter(), max_channels).await? {
             return Ok((Appended::ChannelsFull, None));
         }
         return Ok((append(c, queue, head, messages).await?, None));
     };
-    let targets = fan_out(&subscribers, messages);
     for (stream, positions) in &targets {
         if !channels_fit(c, *stream, positions.iter().map(|&at| &messages[at]), max_channels).await? {
             return Ok((Appended::ChannelsFull, None));

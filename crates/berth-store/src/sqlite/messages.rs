@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use berth_core::clock::Timestamp;
-use berth_core::consumer_group::fan_out;
+use berth_core::consumer_group::{route, Route};
 use berth_core::delivery::Standing;
 use berth_core::model::{LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, PeekedMessage, PurgeTarget, QueueRow};
 use berth_core::store::{Appended, Leased, Settle, SweepReport};
@@ -189,7 +189,10 @@ pub(crate) fn put(
             index.set_dead_letter_after(queue, threshold);
         }
     }
-    let targets = index.subscribers(queue).map(|subscribers| fan_out(subscribers, &messages));
+    let targets = match route(queue, index.subscribers(queue), &messages) {
+        Route::Itself => None,
+        Route::Streams(streams) => Some(streams),
+    };
     let channels: Vec<&str> = messages.iter().map(|m| m.message.channel.as_str()).collect();
     let fit = match &targets {
         None => index.channels_fit(queue, &channels, max_channels),
