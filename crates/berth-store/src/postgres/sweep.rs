@@ -70,22 +70,24 @@ pub(crate) async fn sweep(
 }
 
 /// Folds up to `limit` released copies of fanned-out messages into their bodies' counts, and
-/// deletes the bodies no stream holds any more; returns how many. Only the sweeping node
-/// does this, so no two transactions count down one body at once.
+/// deletes the bodies no stream holds any more; returns how many releases it folded (a
+/// full batch makes the sweeper go on at once, so releases do not pile up under fan-out).
+/// Only the sweeping node does this, so no two transactions count down one body at once.
 async fn release_bodies(c: &impl GenericClient, limit: i64) -> Result<u64, StoreError> {
-    let gone = sql::query(
+    let counted = sql::query(
         c,
         "WITH released AS (
              DELETE FROM body_releases WHERE ctid IN (SELECT ctid FROM body_releases LIMIT $1) RETURNING id),
-         counted AS (SELECT id, count(*)::int AS n FROM released GROUP BY id)
-         UPDATE bodies b SET refs = b.refs - counted.n FROM counted WHERE b.id = counted.id
-         RETURNING b.id, b.refs",
+         counted AS (SELECT id, count(*)::int AS n FROM released GROUP BY id),
+         remaining AS (UPDATE bodies b SET refs = b.refs - counted.n FROM counted WHERE b.id = counted.id
+                  RETURNING b.id, b.refs)
+         SELECT (SELECT coalesce(sum(n), 0)::bigint FROM counted), array(SELECT id FROM remaining WHERE refs <= 0)",
         &[&limit],
     )
     .await?;
-    let unheld: Vec<i64> = gone.iter().filter(|row| row.get::<_, i32>(1) <= 0).map(|row| row.get(0)).collect();
-    if unheld.is_empty() {
-        return Ok(0);
+    let (folded, unheld): (i64, Vec<i64>) = counted.first().map_or((0, Vec::new()), |row| (row.get(0), row.get(1)));
+    if !unheld.is_empty() {
+        sql::execute(c, "DELETE FROM bodies WHERE id = ANY($1)", &[&unheld]).await?;
     }
-    sql::execute(c, "DELETE FROM bodies WHERE id = ANY($1)", &[&unheld]).await
+    Ok(u64::try_from(folded).unwrap_or(0))
 }
