@@ -503,7 +503,8 @@ async fn main() -> anyhow::Result<()> {
     let cpu_us_per_msg = per(received_window, cpu_before, cpu_after);
     // The load generator's own CPU: on a shared machine it bounds what the server can show.
     let bench_cpu_us_per_msg = per(received_window, own_cpu_before, own_cpu_after);
-    let count = |pick: fn(&Recorder) -> &AtomicU64| s.records.iter().map(|r| pick(r).load(Ordering::Relaxed)).sum::<u64>();
+    let count =
+        |pick: fn(&Recorder) -> &AtomicU64| s.records.iter().map(|r| pick(r).load(Ordering::Relaxed)).sum::<u64>();
     let groups: Vec<serde_json::Value> = s
         .records
         .iter()
