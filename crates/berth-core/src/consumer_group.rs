@@ -246,17 +246,22 @@ pub fn fan_out(subscribers: &[Subscriber], messages: &[MessageToStore]) -> Vec<(
         if taken.is_empty() {
             continue;
         }
-        // Two groups on one stream cannot happen, but a stream must not get a message twice.
-        match out.iter_mut().find(|(stream, _)| *stream == subscriber.stream) {
-            Some((_, positions)) => {
-                positions.extend(taken);
-                positions.sort_unstable();
-                positions.dedup();
-            }
-            None => out.push((subscriber.stream, taken)),
-        }
+        // Every group has a stream of its own, so no stream is listed twice.
+        out.push((subscriber.stream, taken));
     }
     out
+}
+
+/// Where puts to a queue with these live groups go: `None` for a queue without groups
+/// (to itself); else the enabled groups' subscribers.
+pub fn subscribers(groups: &[ConsumerGroup]) -> Option<Vec<Subscriber>> {
+    (!groups.is_empty()).then(|| groups.iter().filter_map(Subscriber::of).collect())
+}
+
+/// Whether a group of `groups` other than `other_than` has this display name, in any case.
+pub fn name_taken(groups: &[ConsumerGroup], name: &str, other_than: Option<QueueRow>) -> bool {
+    let name = name.to_lowercase();
+    groups.iter().any(|g| Some(g.row) != other_than && g.spec.display_name.to_lowercase() == name)
 }
 
 #[cfg(test)]

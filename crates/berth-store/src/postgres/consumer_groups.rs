@@ -3,7 +3,7 @@
 //! across nodes.
 
 use berth_core::clock::Timestamp;
-use berth_core::consumer_group::{ConsumerGroup, ConsumerGroupFilter, NewConsumerGroup, Subscriber};
+use berth_core::consumer_group::{self, ConsumerGroup, ConsumerGroupFilter, NewConsumerGroup, Subscriber};
 use berth_core::error::StoreError;
 use berth_core::model::{LifecycleState, QueueRow, QueueSpec, WorkRequest};
 use berth_core::store::{Created, GroupSaved, RetryToken};
@@ -49,13 +49,7 @@ pub(crate) async fn subscribers(
     queue: QueueRow,
 ) -> Result<Option<Vec<Subscriber>>, StoreError> {
     let groups = of_queue(c, queue).await?;
-    Ok((!groups.is_empty()).then(|| groups.iter().filter_map(Subscriber::of).collect()))
-}
-
-/// Whether another live group of the queue has this name, in any case.
-fn name_taken(groups: &[ConsumerGroup], name: &str, other_than: Option<QueueRow>) -> bool {
-    let name = name.to_lowercase();
-    groups.iter().any(|g| Some(g.row) != other_than && g.spec.display_name.to_lowercase() == name)
+    Ok(consumer_group::subscribers(&groups))
 }
 
 /// Locks a live queue's row; its own threshold (its policy's: its stream's is its primary
@@ -77,7 +71,7 @@ pub(crate) async fn create(
     retry: Option<&RetryToken>,
 ) -> Result<Created, StoreError> {
     let Some(queue_threshold) = lock_queue(c, new.queue_row).await? else { return Ok(Created::QueueGone) };
-    if name_taken(&of_queue(c, new.queue_row).await?, &new.spec.display_name, None) {
+    if consumer_group::name_taken(&of_queue(c, new.queue_row).await?, &new.spec.display_name, None) {
         return Ok(Created::NameTaken);
     }
     if let Some(seen) = check_retry_token(c, &new.tenancy_id, retry, &work.id, new.now).await? {
@@ -162,7 +156,7 @@ pub(crate) async fn save(
     // A deleted queue's groups are deleted with it; its threshold no longer matters.
     let queue_threshold = lock_queue(c, g.queue_row).await?.unwrap_or(0);
     if g.state != LifecycleState::Deleted
-        && name_taken(&of_queue(c, g.queue_row).await?, &g.spec.display_name, Some(g.row))
+        && consumer_group::name_taken(&of_queue(c, g.queue_row).await?, &g.spec.display_name, Some(g.row))
     {
         return Ok(GroupSaved::NameTaken);
     }

@@ -1,7 +1,7 @@
 //! Consumer groups: rows of `queues` with their queue's row in `parent` (see `schema.rs`).
 
 use berth_core::clock::Timestamp;
-use berth_core::consumer_group::{ConsumerGroup, ConsumerGroupFilter, NewConsumerGroup, Subscriber};
+use berth_core::consumer_group::{self, ConsumerGroup, ConsumerGroupFilter, NewConsumerGroup, Subscriber};
 use berth_core::model::{LifecycleState, QueueRow, QueueSpec, WorkRequest};
 use berth_core::store::{Created, GroupSaved, RetryToken};
 use rusqlite::types::Value;
@@ -44,13 +44,7 @@ pub(crate) fn of_queue(conn: &Connection, queue: QueueRow) -> rusqlite::Result<V
 /// Where a put to the queue goes: `None` for a queue without consumer groups (to itself).
 pub(crate) fn subscribers(conn: &Connection, queue: QueueRow) -> rusqlite::Result<Option<Vec<Subscriber>>> {
     let groups = of_queue(conn, queue)?;
-    Ok((!groups.is_empty()).then(|| groups.iter().filter_map(Subscriber::of).collect()))
-}
-
-/// Whether another live group of the queue has this name, in any case.
-fn name_taken(groups: &[ConsumerGroup], name: &str, other_than: Option<QueueRow>) -> bool {
-    let name = name.to_lowercase();
-    groups.iter().any(|g| Some(g.row) != other_than && g.spec.display_name.to_lowercase() == name)
+    Ok(consumer_group::subscribers(&groups))
 }
 
 /// The queue's own threshold (its policy's, not its stream's, which its primary group sets).
@@ -73,7 +67,7 @@ pub(crate) fn create(
     retry: Option<&RetryToken>,
 ) -> rusqlite::Result<(Created, Option<(QueueRow, u32)>)> {
     let Some(queue_threshold) = queue_threshold(conn, new.queue_row)? else { return Ok((Created::QueueGone, None)) };
-    if name_taken(&of_queue(conn, new.queue_row)?, &new.spec.display_name, None) {
+    if consumer_group::name_taken(&of_queue(conn, new.queue_row)?, &new.spec.display_name, None) {
         return Ok((Created::NameTaken, None));
     }
     if let Some(seen) = check_retry_token(conn, &new.tenancy_id, retry, &work.id, new.now)? {
@@ -153,7 +147,7 @@ pub(crate) fn save(
     work: &WorkRequest,
 ) -> rusqlite::Result<(GroupSaved, Option<(QueueRow, u32)>)> {
     if g.state != LifecycleState::Deleted
-        && name_taken(&of_queue(conn, g.queue_row)?, &g.spec.display_name, Some(g.row))
+        && consumer_group::name_taken(&of_queue(conn, g.queue_row)?, &g.spec.display_name, Some(g.row))
     {
         return Ok((GroupSaved::NameTaken, None));
     }
