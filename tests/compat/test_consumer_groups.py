@@ -136,6 +136,35 @@ def test_list_update_delete_with_etags_pages_and_unique_names(tenant):
         admin.update_queue(qid, UpdateQueueDetails(capabilities=[]))
 
 
+def test_update_queue_sets_the_primary_group_and_a_retried_create_replays(tenant):
+    admin = tenant.admin
+    qid = tenant.create_queue()
+    added = ConsumerGroupsCapabilityDetails(primary_consumer_group_display_name="first",
+                                            primary_consumer_group_dead_letter_queue_delivery_count=3)
+    admin.update_queue(qid, UpdateQueueDetails(capabilities=[added]))
+    [listed] = admin.list_consumer_groups(queue_id=qid).data.items
+    primary = admin.get_consumer_group(listed.id).data
+    assert (primary.display_name, primary.dead_letter_queue_delivery_count) == ("first", 3)
+    changed = ConsumerGroupsCapabilityDetails(primary_consumer_group_display_name="main",
+                                              is_primary_consumer_group_enabled=False)
+    admin.update_queue(qid, UpdateQueueDetails(capabilities=[changed]))
+    [listed] = admin.list_consumer_groups(queue_id=qid).data.items
+    g = admin.get_consumer_group(listed.id).data
+    assert (g.id, g.display_name, g.lifecycle_state, g.dead_letter_queue_delivery_count) == (
+        primary.id, "main", "INACTIVE", 3)
+    with raises_service_error(400, "InvalidParameter"):
+        admin.update_queue(qid, UpdateQueueDetails(capabilities=[
+            ConsumerGroupsCapabilityDetails(primary_consumer_group_filter=":a")]))
+
+    details = CreateConsumerGroupDetails(display_name="b", queue_id=qid)
+    first = admin.create_consumer_group(details, opc_retry_token="retry-b").headers["opc-work-request-id"]
+    again = admin.create_consumer_group(details, opc_retry_token="retry-b").headers["opc-work-request-id"]
+    assert again == first, "a retry answers with the first work request"
+    with raises_service_error(409, "InvalidatedRetryToken"):
+        admin.create_consumer_group(CreateConsumerGroupDetails(display_name="c", queue_id=qid),
+                                    opc_retry_token="retry-b")
+
+
 def test_purge_one_group_or_all_and_groups_are_their_tenancys_and_queues_own(tenant, tenant_b):
     admin, qc = tenant.admin, tenant.qc
     qid, primary = grouped_queue(tenant)

@@ -85,6 +85,26 @@ impl ConsumerGroupDetails {
         validate(&spec, primary)?;
         Ok(spec)
     }
+
+    /// Applies the fields these details set to the primary group's spec, checked.
+    ///
+    /// # Errors
+    /// `InvalidParameter` for a bad name, a filter or a bad threshold.
+    pub fn apply_to_primary(&self, spec: &mut ConsumerGroupSpec) -> Result<(), QueueError> {
+        if let Some(name) = &self.display_name {
+            spec.display_name = name.clone();
+        }
+        if let Some(filter) = &self.filter {
+            spec.filter = filter.clone();
+        }
+        if let Some(enabled) = self.enabled {
+            spec.enabled = enabled;
+        }
+        if let Some(threshold) = self.dead_letter_after {
+            spec.dead_letter_after = Some(dead_letter_threshold(threshold)?);
+        }
+        validate(spec, true)
+    }
 }
 
 /// A client's dead-letter threshold, checked.

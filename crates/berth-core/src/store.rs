@@ -32,6 +32,36 @@ pub struct NewQueue {
     pub spec: QueueSpec,
     /// Creation time.
     pub now: Timestamp,
+    /// Its primary consumer group, created with it (the store sets its `queue_row`).
+    pub primary_group: Option<NewConsumerGroup>,
+}
+
+/// What a queue change does to its primary consumer group, in the same transaction.
+#[derive(Debug, Clone)]
+pub enum PrimaryGroup {
+    /// The queue gets its primary group; the change is refused if it has one already.
+    New(NewConsumerGroup),
+    /// The primary group changes; refused if its version moved on or another live group
+    /// of the queue has its new display name.
+    Changed {
+        /// The group as it will be.
+        group: ConsumerGroup,
+        /// The version it was read at.
+        expected_version: i64,
+    },
+}
+
+impl PrimaryGroup {
+    /// Whether it may apply to a queue whose live groups are `groups`.
+    pub fn allowed(&self, groups: &[ConsumerGroup]) -> bool {
+        match self {
+            PrimaryGroup::New(_) => !groups.iter().any(|g| g.primary),
+            PrimaryGroup::Changed { group, expected_version } => {
+                groups.iter().any(|g| g.row == group.row && g.version == *expected_version)
+                    && !crate::consumer_group::name_taken(groups, &group.spec.display_name, Some(group.row))
+            }
+        }
+    }
 }
 
 /// An `opc-retry-token` and a digest of the request it came with.
@@ -111,16 +141,27 @@ pub enum Change {
 
 impl Change {
     /// What a put of these messages announces.
-    pub fn of_put(queue: QueueRow, messages: &[MessageToStore]) -> Change {
-        if messages.iter().any(|m| m.delayed_until.is_some()) {
-            // Sleeping pollers timed their sleep before this delay existed.
-            return Change::Changed { queue };
+    pub fn of_put<'a>(queue: QueueRow, messages: impl IntoIterator<Item = &'a MessageToStore>) -> Change {
+        let (mut count, mut channels) = (0, Vec::new());
+        for m in messages {
+            if m.delayed_until.is_some() {
+                // Sleeping pollers timed their sleep before this delay existed.
+                return Change::Changed { queue };
+            }
+            count += 1;
+            if !m.message.channel.is_empty() {
+                channels.push(m.message.channel.clone());
+            }
         }
-        let mut channels: Vec<String> =
-            messages.iter().map(|m| &m.message.channel).filter(|c| !c.is_empty()).cloned().collect();
         channels.sort_unstable();
         channels.dedup();
-        Change::Ready { queue, count: messages.len(), channels }
+        Change::Ready { queue, count, channels }
+    }
+
+    /// What a fanned-out put changed: each stream's share of it, as [`Change::of_put`].
+    pub fn of_fanned_put(targets: &[(QueueRow, Vec<usize>)], messages: &[MessageToStore]) -> Vec<Change> {
+        let share = |positions: &[usize]| positions.iter().map(|&at| &messages[at]).collect::<Vec<_>>();
+        targets.iter().map(|(stream, positions)| Change::of_put(*stream, share(positions))).collect()
     }
 }
 
@@ -226,10 +267,17 @@ pub trait Store: Send + Sync + 'static {
         offset: u64,
         limit: u32,
     ) -> StoreResult<Vec<Queue>>;
-    /// Replaces a queue's row if its version is still `expected_version`, and records `work`.
-    /// Returns false (and changes nothing) if the version moved on. Its consumer groups
-    /// follow: deleted with it, and those without a threshold of their own take its new one.
-    async fn save_queue(&self, queue: &Queue, expected_version: i64, work: &WorkRequest) -> StoreResult<bool>;
+    /// Replaces a queue's row if its version is still `expected_version`, applies `primary`
+    /// and records `work`. Returns false (and changes nothing) if the version moved on or
+    /// `primary` is refused. Its consumer groups follow: deleted with it, and those without
+    /// a threshold of their own take its new one.
+    async fn save_queue(
+        &self,
+        queue: &Queue,
+        expected_version: i64,
+        work: &WorkRequest,
+        primary: Option<&PrimaryGroup>,
+    ) -> StoreResult<bool>;
     /// Records a work request that changes no queue row (e.g. a purge).
     async fn insert_work_request(&self, work: &WorkRequest) -> StoreResult<()>;
     /// A work request of this tenancy.

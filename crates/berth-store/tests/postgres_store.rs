@@ -182,6 +182,20 @@ async fn a_redrive_waits_for_a_dead_letter_move_in_flight() {
 }
 
 /// Rows of a table of the store's schema.
+/// Waits (at most 5 s) until no session with this application name is connected.
+async fn sessions_end(name: &str) {
+    let (client, connection) = tokio_postgres::connect(&server_url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    for _ in 0..100 {
+        let sessions = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1";
+        if client.query_one(sessions, &[&name]).await.unwrap().get::<_, i64>(0) == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("sessions of {name} are still connected");
+}
+
 async fn rows(url: &str, table: &str) -> i64 {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
@@ -215,17 +229,23 @@ async fn a_fanned_out_body_is_stored_once_and_goes_once_no_group_holds_it() {
 #[tokio::test]
 async fn a_layout_1_database_gets_consumer_groups_and_keeps_its_messages() {
     use conformance::consumer_groups::{get_in, group, named, via};
-    let backend = postgres().await;
-    let url = backend.options.url.clone();
+    // Its own application name: the upgrade waits for no other node of it to be connected.
+    let mut options = new_schema().await;
+    let name = format!("berth-upgrade-{:08x}", rand::random::<u32>());
+    options.url = format!("{}&application_name={name}", options.url);
+    let url = options.url.clone();
+    let backend = Arc::new(Postgres { options, opened: Mutex::new(None) });
     let r = conformance::rig(backend.clone()).await;
     let q = r.queue(Default::default()).await;
     let ids = r.put(&q, &["old"]).await;
     r.store.close().await.unwrap();
     drop(r);
-    // Back to layout 1 as the previous release left it.
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    drop(backend.opened.lock().unwrap().take());
+    sessions_end(&name).await;
+    // Back to layout 1 as the previous release left it, with a node of it still connected.
+    let (old_node, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
-    client
+    old_node
         .batch_execute(
             "DROP TRIGGER messages_release_body ON messages; DROP FUNCTION berth_release_body();
              DROP TABLE bodies, body_releases;
@@ -236,7 +256,13 @@ async fn a_layout_1_database_gets_consumer_groups_and_keeps_its_messages() {
         )
         .await
         .unwrap();
+    let refused = PostgresStore::open(&backend.options).await.err().expect("refused while an older node is connected");
+    assert!(refused.to_string().contains("stop every node of the older release"), "{refused}");
+    drop(old_node);
+    sessions_end(&name).await;
     let r = conformance::rig(backend).await;
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
     let layout: String = client
         .query_one("SELECT convert_from(value, 'UTF8') FROM berth_meta WHERE key = 'layout'", &[])
         .await
@@ -254,4 +280,24 @@ async fn a_layout_1_database_gets_consumer_groups_and_keeps_its_messages() {
     assert_eq!(conformance::contents(&got), ["old", "new"], "the queue's messages are its primary group's");
     assert_eq!(got[0].message.id, ids[0]);
     assert_eq!(conformance::contents(&get_in(&r, via(&q, &g), 5, 30).await), ["new"]);
+}
+
+#[tokio::test]
+async fn an_unreadable_message_goes_to_the_dlq_and_the_rest_of_its_queue_flows() {
+    let backend = postgres().await;
+    let url = backend.options.url.clone();
+    let r = conformance::rig(backend).await;
+    let q = r.queue(Default::default()).await;
+    let ids = r.put(&q, &["first", "no body", "bad properties", "last"]).await;
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client.execute("UPDATE messages SET content = NULL WHERE id = $1", &[&ids[1]]).await.unwrap();
+    client.execute("UPDATE messages SET properties = '{not json' WHERE id = $1", &[&ids[2]]).await.unwrap();
+    let peeked = r.engine.peek(conformance::T, q.as_str(), Default::default()).await.unwrap();
+    assert_eq!(peeked.items.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["first", "last"]);
+    assert_eq!(conformance::contents(&r.get(&q, 10, 30).await), ["first", "last"]);
+    let stats = r.engine.stats(conformance::T, q.as_str(), None).await.unwrap();
+    assert_eq!((stats.queue.visible, stats.queue.in_flight, stats.dead_letter.visible), (0, 2, 2));
+    assert!(r.get_with(&q, 10, 30, None, true).await.is_empty(), "from the DLQ they are taken away");
+    assert_eq!(rows(&url, "messages").await, 2);
 }

@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 
 use crate::clock::Timestamp;
 use crate::consumer_group::{
-    dead_letter_threshold, validate, ConsumerGroup, ConsumerGroupDetails, ConsumerGroupFilter, ConsumerGroupSpec,
+    self, dead_letter_threshold, validate, ConsumerGroup, ConsumerGroupDetails, ConsumerGroupFilter, ConsumerGroupSpec,
     NewConsumerGroup, CONSUMER_GROUPS,
 };
 use crate::error::QueueError;
 use crate::model::{ActionType, LifecycleState, OperationType, Page, Queue, QueueRow, WorkRequest, WorkResource};
 use crate::ocid;
-use crate::store::{Created, GroupSaved, RetryToken};
+use crate::store::{Created, GroupSaved, PrimaryGroup, RetryToken};
 
 use super::queues::{page_window, paged, RETRY_TOKEN_SECS};
 use super::Engine;
@@ -56,6 +56,12 @@ pub struct ConsumerGroupChange {
     pub defined_tags: Option<BTreeMap<String, BTreeMap<String, serde_json::Value>>>,
 }
 
+fn name_taken(queue_id: &str, name: &str) -> QueueError {
+    QueueError::invalid(format!(
+        "queue {queue_id} already has a consumer group named {name:?} (names are unique regardless of case)"
+    ))
+}
+
 impl Engine {
     /// A group's work request, in its queue's compartment (groups have none of their own).
     fn group_work(
@@ -94,63 +100,77 @@ impl Engine {
                 "queue {queue_id} does not have the {CONSUMER_GROUPS} capability: add it with UpdateQueue first"
             )));
         }
-        self.ensure_primary_group(&queue, ConsumerGroupDetails::default()).await?;
-        let spec = details.spec(false)?;
-        let now = self.clock.now();
+        let new = self.new_group(&queue, details.spec(false)?, false);
         let retry = retry_token.map(|(token, request_digest)| RetryToken {
             token,
             request_digest,
-            expires_at: now.plus_secs(RETRY_TOKEN_SECS),
+            expires_at: new.now.plus_secs(RETRY_TOKEN_SECS),
         });
-        self.insert_group(&queue, spec, false, retry).await
+        let work = self.group_work(&queue, &new.id, OperationType::CreateConsumerGroup, ActionType::Created, new.now);
+        let name = new.spec.display_name.clone();
+        match self.store.create_consumer_group(new, work, retry).await? {
+            Created::New(work) => Ok(work),
+            Created::Replayed(id) => self.get_work_request(&queue.tenancy_id, &id).await,
+            Created::TokenConflict => Err(QueueError::RetryTokenReused),
+            Created::NameTaken => Err(name_taken(&queue.id, &name)),
+            Created::QueueGone => Err(QueueError::QueueNotFound),
+        }
     }
 
-    async fn insert_group(
-        &self,
-        queue: &Queue,
-        spec: ConsumerGroupSpec,
-        primary: bool,
-        retry: Option<RetryToken>,
-    ) -> Result<WorkRequest, QueueError> {
-        let now = self.clock.now();
-        let new = NewConsumerGroup {
+    /// A new group of `queue`, its id minted.
+    pub(super) fn new_group(&self, queue: &Queue, spec: ConsumerGroupSpec, primary: bool) -> NewConsumerGroup {
+        NewConsumerGroup {
             id: ocid::new("queueconsumergroup", &self.region, "aaaaaaaa"),
             tenancy_id: queue.tenancy_id.clone(),
             queue_row: queue.row,
             queue_id: queue.id.clone(),
             primary,
             spec,
-            now,
-        };
-        let work = self.group_work(queue, &new.id, OperationType::CreateConsumerGroup, ActionType::Created, now);
-        let name = new.spec.display_name.clone();
-        match self.store.create_consumer_group(new, work, retry).await? {
-            Created::New(work) => Ok(work),
-            Created::Replayed(id) => self.get_work_request(&queue.tenancy_id, &id).await,
-            Created::TokenConflict => Err(QueueError::RetryTokenReused),
-            Created::NameTaken => Err(QueueError::invalid(format!(
-                "queue {} already has a consumer group named {name:?} (names are unique regardless of case)",
-                queue.id
-            ))),
-            Created::QueueGone => Err(QueueError::QueueNotFound),
+            now: self.clock.now(),
         }
     }
 
-    /// Gives a queue with the capability its primary group, unless it has one.
-    pub(super) async fn ensure_primary_group(
+    /// The live groups of a queue, oldest first.
+    async fn groups_of(&self, queue: &Queue) -> Result<Vec<ConsumerGroup>, QueueError> {
+        let filter = ConsumerGroupFilter { queue_id: Some(queue.id.clone()), ..ConsumerGroupFilter::default() };
+        Ok(self.store.list_consumer_groups(&queue.tenancy_id, &filter, 0, u32::MAX).await?)
+    }
+
+    /// Every stream of a queue: its own, and those of its groups.
+    pub(super) async fn streams_of(&self, queue: &Queue) -> Result<Vec<QueueRow>, QueueError> {
+        let groups = self.groups_of(queue).await?;
+        let mut streams: Vec<QueueRow> = groups.iter().map(|g| g.stream).chain([queue.row]).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        Ok(streams)
+    }
+
+    /// What saving `queue` as it is now does to its primary group: a queue with the
+    /// capability and none gets one (the queue's messages so far are its), `details` (of its
+    /// CONSUMER_GROUPS capability) apply to an existing one.
+    pub(super) async fn primary_change(
         &self,
         queue: &Queue,
-        details: ConsumerGroupDetails,
-    ) -> Result<(), QueueError> {
-        if !queue.spec.capabilities.iter().any(|c| c == CONSUMER_GROUPS) {
-            return Ok(());
+        details: Option<&ConsumerGroupDetails>,
+    ) -> Result<Option<PrimaryGroup>, QueueError> {
+        if queue.state == LifecycleState::Deleted || !queue.spec.capabilities.iter().any(|c| c == CONSUMER_GROUPS) {
+            return Ok(None);
         }
-        let filter = ConsumerGroupFilter { queue_id: Some(queue.id.clone()), ..ConsumerGroupFilter::default() };
-        let groups = self.store.list_consumer_groups(&queue.tenancy_id, &filter, 0, 1_000).await?;
-        if groups.iter().any(|g| g.primary) {
-            return Ok(());
+        let groups = self.groups_of(queue).await?;
+        let Some(primary) = groups.iter().find(|g| g.primary) else {
+            let spec = details.cloned().unwrap_or_default().spec(true)?;
+            return Ok(Some(PrimaryGroup::New(self.new_group(queue, spec, true))));
+        };
+        let Some(details) = details else { return Ok(None) };
+        let mut group = primary.clone();
+        details.apply_to_primary(&mut group.spec)?;
+        if consumer_group::name_taken(&groups, &group.spec.display_name, Some(group.row)) {
+            return Err(name_taken(&queue.id, &group.spec.display_name));
         }
-        self.insert_group(queue, details.spec(true)?, true, None).await.map(|_| ())
+        group.state = ConsumerGroup::state_of(&group.spec);
+        group.version += 1;
+        group.updated_at = self.clock.now();
+        Ok(Some(PrimaryGroup::Changed { group, expected_version: primary.version }))
     }
 
     /// GetConsumerGroup.
@@ -201,12 +221,7 @@ impl Engine {
             self.groups.forget(tenancy_id, id);
             match saved {
                 GroupSaved::Saved => return Ok(work),
-                GroupSaved::NameTaken => {
-                    return Err(QueueError::invalid(format!(
-                        "queue {} already has a consumer group named {:?} (names are unique regardless of case)",
-                        group.queue_id, group.spec.display_name
-                    )))
-                }
+                GroupSaved::NameTaken => return Err(name_taken(&group.queue_id, &group.spec.display_name)),
                 GroupSaved::VersionMoved if if_match.is_some() => return Err(QueueError::EtagMismatch),
                 GroupSaved::VersionMoved => {}
             }
@@ -336,14 +351,7 @@ impl Engine {
     ) -> Result<Vec<QueueRow>, QueueError> {
         match consumer_group_id {
             None => Ok(vec![queue.row]),
-            Some(all) if all.eq_ignore_ascii_case("all") => {
-                let filter = ConsumerGroupFilter { queue_id: Some(queue.id.clone()), ..ConsumerGroupFilter::default() };
-                let groups = self.store.list_consumer_groups(&queue.tenancy_id, &filter, 0, u32::MAX).await?;
-                let mut streams: Vec<QueueRow> = groups.iter().map(|g| g.stream).chain([queue.row]).collect();
-                streams.sort_unstable();
-                streams.dedup();
-                Ok(streams)
-            }
+            Some(all) if all.eq_ignore_ascii_case("all") => self.streams_of(queue).await,
             Some(id) => {
                 let target = Target { queue_id: &queue.id, consumer_group_id: Some(id) };
                 Ok(vec![self.target(&queue.tenancy_id, target).await?.1])

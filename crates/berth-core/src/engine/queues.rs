@@ -12,7 +12,7 @@ use crate::model::{
     QueueSpec, WorkEntry, WorkRequest, WorkResource, WorkStatus,
 };
 use crate::ocid;
-use crate::store::{Created, NewQueue, RetryToken, Settle};
+use crate::store::{Created, NewQueue, PrimaryGroup, RetryToken, Settle};
 
 use super::Engine;
 
@@ -68,9 +68,6 @@ fn validate(spec: &QueueSpec) -> Result<(), QueueError> {
     )?;
     limits::in_range("deliveryDelayInSeconds", p.delivery_delay_secs.into(), 0, p.retention_secs.into())?;
     limits::in_range("channelConsumptionLimit", p.channel_consumption_limit.into(), 1, 100)?;
-    if let Some(details) = &spec.primary_consumer_group {
-        details.clone().spec(true)?;
-    }
     for capability in &spec.capabilities {
         match capability.as_str() {
             "LARGE_MESSAGES" | CONSUMER_GROUPS => {}
@@ -150,7 +147,6 @@ impl Engine {
         retry_token: Option<(String, String)>,
     ) -> Result<WorkRequest, QueueError> {
         validate(&spec)?;
-        let primary = spec.primary_consumer_group.clone().unwrap_or_default();
         let now = self.clock.now();
         let queue = Queue {
             row: 0,
@@ -162,26 +158,28 @@ impl Engine {
             version: 1,
             spec,
         };
+        let primary_group = match queue.spec.capabilities.iter().any(|c| c == CONSUMER_GROUPS) {
+            true => {
+                let details = queue.spec.primary_consumer_group.clone().unwrap_or_default();
+                Some(self.new_group(&queue, details.spec(true)?, true))
+            }
+            false => None,
+        };
         let work = self.work_request(&queue, OperationType::CreateQueue, ActionType::Created, now);
         let retry = retry_token.map(|(token, request_digest)| RetryToken {
             token,
             request_digest,
             expires_at: now.plus_secs(RETRY_TOKEN_SECS),
         });
-        let new = NewQueue { id: queue.id, tenancy_id: queue.tenancy_id, spec: queue.spec, now };
-        let work = match self.store.create_queue(new, work, retry).await? {
-            Created::New(work) => work,
-            Created::Replayed(id) => return self.get_work_request(tenancy_id, &id).await,
-            Created::TokenConflict => return Err(QueueError::RetryTokenReused),
+        let new = NewQueue { id: queue.id, tenancy_id: queue.tenancy_id, spec: queue.spec, now, primary_group };
+        match self.store.create_queue(new, work, retry).await? {
+            Created::New(work) => Ok(work),
+            Created::Replayed(id) => self.get_work_request(tenancy_id, &id).await,
+            Created::TokenConflict => Err(QueueError::RetryTokenReused),
             Created::NameTaken | Created::QueueGone => {
-                return Err(
-                    StoreError::Backend("only consumer groups are refused for their name or queue".into()).into()
-                )
+                Err(StoreError::Backend("only consumer groups are refused for their name or queue".into()).into())
             }
-        };
-        let queue = self.active_queue(tenancy_id, &work.resources[0].identifier).await?;
-        self.ensure_primary_group(&queue, primary).await?;
-        Ok(work)
+        }
     }
 
     /// GetQueue.
@@ -226,7 +224,9 @@ impl Engine {
         Ok(paged(items, offset, limit))
     }
 
-    /// Applies `change` to a queue if `if_match` (when given) names its current version.
+    /// Applies `change` to a queue if `if_match` (when given) names its current version; a
+    /// queue with consumer groups gets its primary group or has `primary` applied to it.
+    #[allow(clippy::too_many_arguments)]
     async fn change_queue(
         &self,
         tenancy_id: &str,
@@ -234,6 +234,7 @@ impl Engine {
         if_match: Option<&str>,
         operation: OperationType,
         action: ActionType,
+        primary: Option<&ConsumerGroupDetails>,
         change: impl Fn(&mut Queue) -> Result<(), QueueError>,
     ) -> Result<WorkRequest, QueueError> {
         // Optimistic: re-read and retry when another writer got there first, unless the
@@ -249,8 +250,12 @@ impl Engine {
             queue.version += 1;
             queue.updated_at = now;
             let work = self.work_request(&queue, operation, action, now);
-            let saved = self.store.save_queue(&queue, expected, &work).await?;
+            let primary = self.primary_change(&queue, primary).await?;
+            let saved = self.store.save_queue(&queue, expected, &work, primary.as_ref()).await?;
             self.queues.forget(tenancy_id, queue_id);
+            if let Some(PrimaryGroup::Changed { group, .. }) = &primary {
+                self.groups.forget(tenancy_id, &group.id);
+            }
             if saved {
                 return Ok(work);
             }
@@ -271,42 +276,35 @@ impl Engine {
         if_match: Option<&str>,
         change: QueueChange,
     ) -> Result<WorkRequest, QueueError> {
-        if let Some(details) = &change.primary_consumer_group {
-            details.clone().spec(true)?;
-        }
         let (operation, action) = (OperationType::UpdateQueue, ActionType::Updated);
-        let work = self
-            .change_queue(tenancy_id, queue_id, if_match, operation, action, |queue| {
-                let spec = &mut queue.spec;
-                if let Some(name) = &change.display_name {
-                    spec.display_name = name.clone();
+        let primary = change.primary_consumer_group.as_ref();
+        self.change_queue(tenancy_id, queue_id, if_match, operation, action, primary, |queue| {
+            let spec = &mut queue.spec;
+            if let Some(name) = &change.display_name {
+                spec.display_name = name.clone();
+            }
+            spec.policy.apply(&change)?;
+            if let Some(key) = &change.custom_encryption_key_id {
+                spec.custom_encryption_key_id = (!key.is_empty()).then(|| key.clone());
+            }
+            if let Some(capabilities) = &change.capabilities {
+                let had_groups = spec.capabilities.iter().any(|c| c == CONSUMER_GROUPS);
+                if had_groups && !capabilities.iter().any(|c| c == CONSUMER_GROUPS) {
+                    return Err(QueueError::invalid(
+                        "the CONSUMER_GROUPS capability cannot be removed from a queue that has it",
+                    ));
                 }
-                spec.policy.apply(&change)?;
-                if let Some(key) = &change.custom_encryption_key_id {
-                    spec.custom_encryption_key_id = (!key.is_empty()).then(|| key.clone());
-                }
-                if let Some(capabilities) = &change.capabilities {
-                    let had_groups = spec.capabilities.iter().any(|c| c == CONSUMER_GROUPS);
-                    if had_groups && !capabilities.iter().any(|c| c == CONSUMER_GROUPS) {
-                        return Err(QueueError::invalid(
-                            "the CONSUMER_GROUPS capability cannot be removed from a queue that has it",
-                        ));
-                    }
-                    spec.capabilities = capabilities.clone();
-                }
-                if let Some(tags) = &change.freeform_tags {
-                    spec.freeform_tags = tags.clone();
-                }
-                if let Some(tags) = &change.defined_tags {
-                    spec.defined_tags = tags.clone();
-                }
-                validate(spec)
-            })
-            .await?;
-        // Added the capability: the primary group (the queue's messages so far are its).
-        let queue = self.active_queue(tenancy_id, queue_id).await?;
-        self.ensure_primary_group(&queue, change.primary_consumer_group.unwrap_or_default()).await?;
-        Ok(work)
+                spec.capabilities = capabilities.clone();
+            }
+            if let Some(tags) = &change.freeform_tags {
+                spec.freeform_tags = tags.clone();
+            }
+            if let Some(tags) = &change.defined_tags {
+                spec.defined_tags = tags.clone();
+            }
+            validate(spec)
+        })
+        .await
     }
 
     /// DeleteQueue: the queue disappears at once; its messages are reclaimed in the background.
@@ -319,15 +317,19 @@ impl Engine {
         queue_id: &str,
         if_match: Option<&str>,
     ) -> Result<WorkRequest, QueueError> {
-        let row = self.active_queue(tenancy_id, queue_id).await?.row;
+        let queue = self.active_queue(tenancy_id, queue_id).await?;
+        let streams = self.streams_of(&queue).await?;
+        let (operation, action) = (OperationType::DeleteQueue, ActionType::Deleted);
         let work = self
-            .change_queue(tenancy_id, queue_id, if_match, OperationType::DeleteQueue, ActionType::Deleted, |queue| {
+            .change_queue(tenancy_id, queue_id, if_match, operation, action, None, |queue| {
                 queue.state = LifecycleState::Deleted;
                 Ok(())
             })
             .await?;
-        // Waiting long polls wake, find the queue gone and answer 404.
-        self.wakeups.forget(row);
+        // Waiting long polls, of the queue and of its groups, wake, find it gone and answer 404.
+        for stream in streams {
+            self.wakeups.forget(stream);
+        }
         Ok(work)
     }
 
@@ -342,7 +344,8 @@ impl Engine {
         if_match: Option<&str>,
         compartment_id: String,
     ) -> Result<WorkRequest, QueueError> {
-        self.change_queue(tenancy_id, queue_id, if_match, OperationType::MoveQueue, ActionType::Updated, |queue| {
+        let (operation, action) = (OperationType::MoveQueue, ActionType::Updated);
+        self.change_queue(tenancy_id, queue_id, if_match, operation, action, None, |queue| {
             queue.spec.compartment_id = compartment_id.clone();
             validate(&queue.spec)
         })

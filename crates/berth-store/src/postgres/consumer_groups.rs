@@ -6,12 +6,12 @@ use berth_core::clock::Timestamp;
 use berth_core::consumer_group::{self, ConsumerGroup, ConsumerGroupFilter, NewConsumerGroup, Subscriber};
 use berth_core::error::StoreError;
 use berth_core::model::{LifecycleState, QueueRow, QueueSpec, WorkRequest};
-use berth_core::store::{Created, GroupSaved, RetryToken};
+use berth_core::store::{Created, GroupSaved, PrimaryGroup, RetryToken};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::queues::{check_retry_token, insert_work_request};
+use super::queues::{check_retry_token, forget_retry_token, insert_work_request};
 use super::{from_json, json, sql};
 
 const COLUMNS: &str = "g.row, coalesce(g.stream, g.row), g.id, g.parent, p.id, g.tenancy_id, g.stream IS NOT NULL,
@@ -54,7 +54,7 @@ pub(crate) async fn subscribers(
 
 /// Locks a live queue's row; its own threshold (its policy's: its stream's is its primary
 /// group's to set).
-async fn lock_queue(c: &impl GenericClient, queue: QueueRow) -> Result<Option<u32>, StoreError> {
+pub(crate) async fn lock_queue(c: &impl GenericClient, queue: QueueRow) -> Result<Option<u32>, StoreError> {
     let row = sql::query_opt(
         c,
         "SELECT spec FROM queues WHERE row = $1 AND parent IS NULL AND state <> 'DELETED' FOR UPDATE",
@@ -71,12 +71,26 @@ pub(crate) async fn create(
     retry: Option<&RetryToken>,
 ) -> Result<Created, StoreError> {
     let Some(queue_threshold) = lock_queue(c, new.queue_row).await? else { return Ok(Created::QueueGone) };
-    if consumer_group::name_taken(&of_queue(c, new.queue_row).await?, &new.spec.display_name, None) {
-        return Ok(Created::NameTaken);
-    }
+    // A retry of a create that succeeded finds its own name taken: the token answers first.
     if let Some(seen) = check_retry_token(c, &new.tenancy_id, retry, &work.id, new.now).await? {
         return Ok(seen);
     }
+    if consumer_group::name_taken(&of_queue(c, new.queue_row).await?, &new.spec.display_name, None) {
+        forget_retry_token(c, &new.tenancy_id, retry).await?;
+        return Ok(Created::NameTaken);
+    }
+    insert(c, new, new.queue_row, queue_threshold).await?;
+    insert_work_request(c, work).await?;
+    Ok(Created::New(work.clone()))
+}
+
+/// Inserts a group of the queue at `queue_row`.
+pub(crate) async fn insert(
+    c: &impl GenericClient,
+    new: &NewConsumerGroup,
+    queue_row: QueueRow,
+    queue_threshold: u32,
+) -> Result<(), StoreError> {
     let threshold = i64::from(new.spec.dead_letter_after(queue_threshold));
     let state = ConsumerGroup::state_of(&new.spec);
     sql::execute(
@@ -94,16 +108,14 @@ pub(crate) async fn create(
             &threshold,
             &json(&new.spec)?,
             &new.primary,
-            &new.queue_row,
+            &queue_row,
         ],
     )
     .await?;
     if new.primary {
-        sql::execute(c, "UPDATE queues SET dead_letter_after = $1 WHERE row = $2", &[&threshold, &new.queue_row])
-            .await?;
+        sql::execute(c, "UPDATE queues SET dead_letter_after = $1 WHERE row = $2", &[&threshold, &queue_row]).await?;
     }
-    insert_work_request(c, work).await?;
-    Ok(Created::New(work.clone()))
+    Ok(())
 }
 
 /// A live group of the tenancy.
@@ -155,6 +167,20 @@ pub(crate) async fn save(
 ) -> Result<GroupSaved, StoreError> {
     // A deleted queue's groups are deleted with it; its threshold no longer matters.
     let queue_threshold = lock_queue(c, g.queue_row).await?.unwrap_or(0);
+    let saved = update(c, g, expected_version, queue_threshold).await?;
+    if saved == GroupSaved::Saved {
+        insert_work_request(c, work).await?;
+    }
+    Ok(saved)
+}
+
+/// Replaces a group's row if its version is still `expected_version` and its name is free.
+async fn update(
+    c: &impl GenericClient,
+    g: &ConsumerGroup,
+    expected_version: i64,
+    queue_threshold: u32,
+) -> Result<GroupSaved, StoreError> {
     if g.state != LifecycleState::Deleted
         && consumer_group::name_taken(&of_queue(c, g.queue_row).await?, &g.spec.display_name, Some(g.row))
     {
@@ -184,6 +210,21 @@ pub(crate) async fn save(
     if g.primary {
         sql::execute(c, "UPDATE queues SET dead_letter_after = $1 WHERE row = $2", &[&threshold, &g.stream]).await?;
     }
-    insert_work_request(c, work).await?;
     Ok(GroupSaved::Saved)
+}
+
+/// Applies an allowed `primary` to the queue at `queue`, whose row this transaction has
+/// locked (its thresholds follow in `queues::follow_queue`).
+pub(crate) async fn apply_primary(
+    c: &impl GenericClient,
+    queue: QueueRow,
+    queue_threshold: u32,
+    primary: &PrimaryGroup,
+) -> Result<(), StoreError> {
+    match primary {
+        PrimaryGroup::New(new) => insert(c, new, queue, queue_threshold).await,
+        PrimaryGroup::Changed { group, expected_version } => {
+            update(c, group, *expected_version, queue_threshold).await.map(|_| ())
+        }
+    }
 }

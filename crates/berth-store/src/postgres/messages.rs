@@ -1,6 +1,6 @@
 //! Message operations, each run inside the caller's transaction.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
 use berth_core::clock::Timestamp;
@@ -48,9 +48,9 @@ const QUEUE_CHANNELS: &str = "
     UNION
     SELECT channel FROM messages WHERE queue = $1 AND leased";
 
-/// Where a put went: its outcome, and for a queue with consumer groups the streams that
-/// got messages (`None`: the queue itself).
-pub(crate) type Put = (Appended, Option<Vec<QueueRow>>);
+/// Where a put went: its outcome, and for a queue with consumer groups each stream that
+/// got messages with their positions in the put (`None`: the queue itself).
+pub(crate) type Put = (Appended, Option<Vec<(QueueRow, Vec<usize>)>>);
 
 /// Appends a put's messages in order, fanned out to the queue's consumer groups if it has
 /// any, unless a new channel would exceed `max_channels` in a stream.
@@ -82,7 +82,6 @@ pub(crate) async fn put(
     .await?;
     let mut ids: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
     ids.sort_unstable();
-    let streams: Vec<QueueRow> = targets.iter().map(|(stream, _)| *stream).collect();
     let mut holders = vec![0i32; messages.len()];
     for (_, positions) in &targets {
         for &at in positions {
@@ -92,7 +91,7 @@ pub(crate) async fn put(
     let held: Vec<usize> = (0..messages.len()).filter(|&at| holders[at] > 0).collect();
     if held.is_empty() {
         // No group takes them: dropped, as OCI does; their ids stay used.
-        return Ok((Appended::Stored(ids), Some(streams)));
+        return Ok((Appended::Stored(ids), Some(targets)));
     }
     let contents: Vec<&str> = held.iter().map(|&at| messages[at].message.content.as_str()).collect();
     let properties = held
@@ -130,7 +129,7 @@ pub(crate) async fn put(
         &[&head.created_at.0, &head.expire_at.0, &copy_ids, &copy_streams, &channels, &sizes, &delays],
     )
     .await?;
-    Ok((Appended::Stored(ids), Some(streams)))
+    Ok((Appended::Stored(ids), Some(targets)))
 }
 
 /// Whether these messages keep the stream within `max_channels` non-empty named channels.
@@ -308,23 +307,66 @@ pub(crate) async fn lease(
     )
     .await?;
     let mut by_id = HashMap::with_capacity(rows.len());
+    let mut unreadable = Vec::new();
     for row in rows {
-        let properties: Option<String> = row.get(2);
+        let id: i64 = row.get(0);
+        let (content, properties) = match readable_body(&row, 1, 2) {
+            Ok(body) => body,
+            Err(reason) => {
+                tracing::error!(queue = req.queue, message_id = id, %reason, "a stored message cannot be read; taken out of the queue");
+                unreadable.push(id);
+                continue;
+            }
+        };
         let message = LeasedMessage {
-            id: row.get(0),
-            content: row.get(1),
+            id,
+            content,
             channel: row.get(3),
-            properties: properties.as_deref().map(from_json).transpose()?,
+            properties,
             delivery_count: u32::try_from(row.get::<_, i64>(4)).unwrap_or(u32::MAX),
             created_at: Timestamp(row.get(5)),
             expire_at: Timestamp(row.get(6)),
             visible_after: req.visible_after,
             lease_token: token,
         };
-        by_id.insert(message.id, message);
+        by_id.insert(id, message);
+    }
+    if !unreadable.is_empty() {
+        quarantine(c, req, &unreadable).await?;
     }
     let messages = chosen.iter().filter_map(|id| by_id.remove(id)).collect();
     Ok((Leased { messages, next_visible_at: None }, pick))
+}
+
+/// A row's body (content, properties) at these columns, or why it cannot be read.
+fn readable_body(
+    row: &tokio_postgres::Row,
+    content: usize,
+    properties: usize,
+) -> Result<(String, Option<BTreeMap<String, String>>), String> {
+    let content: Option<String> = row.try_get(content).map_err(|e| e.to_string())?;
+    let content = content.ok_or("its body is missing")?;
+    let properties: Option<String> = row.try_get(properties).map_err(|e| e.to_string())?;
+    let properties = properties.as_deref().map(from_json).transpose().map_err(|e| format!("its properties: {e}"))?;
+    Ok((content, properties))
+}
+
+/// Takes just-leased messages whose body cannot be read out of the way, as the SQLite
+/// store does: from the queue to its DLQ (ready there, delivery count kept), from the DLQ
+/// away. One bad row must not stop its queue.
+async fn quarantine(c: &impl GenericClient, req: &LeaseRequest, ids: &[i64]) -> Result<(), StoreError> {
+    if req.dead_letter {
+        sql::execute(c, "DELETE FROM messages WHERE queue = $1 AND id = ANY($2)", &[&req.queue, &ids]).await?;
+    } else {
+        sql::execute(
+            c,
+            "UPDATE messages SET leased = false, dlq = true, visible_at = $3, delivery_count = delivery_count - 1
+             WHERE queue = $1 AND id = ANY($2)",
+            &[&req.queue, &ids, &req.now.0],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// The columns of each lease as arrays, for `unnest`.
@@ -523,12 +565,13 @@ pub(crate) async fn peek(c: &impl GenericClient, request: &PeekRequest) -> Resul
             if !request.shows(stands, dlq) {
                 continue;
             }
-            let properties: Option<String> = row.get(9);
+            // An unreadable one is left out; its next lease takes it out of the queue.
+            let Ok((content, properties)) = readable_body(row, 8, 9) else { continue };
             shown.push(PeekedMessage {
                 id: row.get(0),
-                content: row.get(8),
+                content,
                 channel: row.get(1),
-                properties: properties.as_deref().map(from_json).transpose()?,
+                properties,
                 delivery_count: held.delivery_count,
                 created_at: Timestamp(row.get(6)),
                 expire_at: held.expire_at,

@@ -2,8 +2,8 @@
 
 use berth_core::clock::Timestamp;
 use berth_core::error::StoreError;
-use berth_core::model::{LifecycleState, Queue, QueueFilter, QueueSort, WorkRequest};
-use berth_core::store::{Created, NewQueue, RetryToken};
+use berth_core::model::{LifecycleState, Queue, QueueFilter, QueueRow, QueueSort, WorkRequest};
+use berth_core::store::{Created, NewQueue, PrimaryGroup, RetryToken};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -76,6 +76,20 @@ pub(crate) async fn check_retry_token(
     Ok(None)
 }
 
+/// Forgets a retry token claimed by a request that failed after all.
+pub(crate) async fn forget_retry_token(
+    c: &impl GenericClient,
+    tenancy_id: &str,
+    retry: Option<&RetryToken>,
+) -> Result<(), StoreError> {
+    if let Some(retry) = retry {
+        sql::execute(c, "DELETE FROM retry_tokens WHERE tenancy_id = $1 AND token = $2", &[&tenancy_id, &retry.token])
+            .await?;
+    }
+    Ok(())
+}
+
+/// Inserts a queue, and its primary group if it has one.
 pub(crate) async fn create_queue(
     c: &impl GenericClient,
     new: &NewQueue,
@@ -85,11 +99,11 @@ pub(crate) async fn create_queue(
     if let Some(seen) = check_retry_token(c, &new.tenancy_id, retry, &work.id, new.now).await? {
         return Ok(seen);
     }
-    sql::execute(
+    let inserted = sql::query_one(
         c,
         "INSERT INTO queues (id, tenancy_id, compartment_id, display_name, state, created_at, updated_at, version,
                              dead_letter_after, spec)
-         VALUES ($1, $2, $3, $4, 'ACTIVE', $5, $5, 1, $6, $7)",
+         VALUES ($1, $2, $3, $4, 'ACTIVE', $5, $5, 1, $6, $7) RETURNING row",
         &[
             &new.id,
             &new.tenancy_id,
@@ -101,6 +115,9 @@ pub(crate) async fn create_queue(
         ],
     )
     .await?;
+    if let Some(primary) = &new.primary_group {
+        super::consumer_groups::insert(c, primary, inserted.get(0), new.spec.policy.dead_letter_after).await?;
+    }
     insert_work_request(c, work).await?;
     Ok(Created::New(work.clone()))
 }
@@ -155,12 +172,22 @@ pub(crate) async fn list_queues(
     rows.iter().map(queue).collect()
 }
 
+/// Saves a queue (see [`berth_core::store::Store::save_queue`]); when saved, the streams of
+/// its groups.
 pub(crate) async fn save_queue(
     c: &impl GenericClient,
     q: &Queue,
     expected_version: i64,
     work: &WorkRequest,
-) -> Result<bool, StoreError> {
+    primary: Option<&PrimaryGroup>,
+) -> Result<Option<Vec<QueueRow>>, StoreError> {
+    if let Some(primary) = primary {
+        // Under the queue row's lock, as every change to its groups.
+        super::consumer_groups::lock_queue(c, q.row).await?;
+        if !primary.allowed(&super::consumer_groups::of_queue(c, q.row).await?) {
+            return Ok(None);
+        }
+    }
     let changed = sql::execute(
         c,
         "UPDATE queues SET compartment_id = $1, display_name = $2, state = $3, updated_at = $4, version = $5,
@@ -179,16 +206,20 @@ pub(crate) async fn save_queue(
         ],
     )
     .await?;
-    if changed == 1 {
-        insert_work_request(c, work).await?;
-        follow_queue(c, q).await?;
+    if changed == 0 {
+        return Ok(None);
     }
-    Ok(changed == 1)
+    if let Some(primary) = primary {
+        super::consumer_groups::apply_primary(c, q.row, q.spec.policy.dead_letter_after, primary).await?;
+    }
+    insert_work_request(c, work).await?;
+    follow_queue(c, q).await.map(Some)
 }
 
 /// Makes a queue's consumer groups follow its new row: deleted with it, thresholds of
-/// those without their own taken from it.
-async fn follow_queue(c: &impl GenericClient, q: &Queue) -> Result<(), StoreError> {
+/// those without their own taken from it. Returns their streams.
+async fn follow_queue(c: &impl GenericClient, q: &Queue) -> Result<Vec<QueueRow>, StoreError> {
+    let groups = super::consumer_groups::of_queue(c, q.row).await?;
     if q.state == LifecycleState::Deleted {
         sql::execute(
             c,
@@ -197,7 +228,7 @@ async fn follow_queue(c: &impl GenericClient, q: &Queue) -> Result<(), StoreErro
         )
         .await?;
     }
-    for group in super::consumer_groups::of_queue(c, q.row).await? {
+    for group in &groups {
         let threshold = i64::from(group.spec.dead_letter_after(q.spec.policy.dead_letter_after));
         // The primary group's stream is the queue's own: its threshold holds there.
         sql::execute(
@@ -207,7 +238,7 @@ async fn follow_queue(c: &impl GenericClient, q: &Queue) -> Result<(), StoreErro
         )
         .await?;
     }
-    Ok(())
+    Ok(groups.iter().map(|g| g.stream).collect())
 }
 
 pub(crate) async fn work_request(

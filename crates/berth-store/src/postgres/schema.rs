@@ -141,6 +141,31 @@ async fn layout(tx: &deadpool_postgres::Transaction<'_>) -> Result<Option<i64>, 
     found.parse().map(Some).map_err(|_| StoreError::Backend(format!("unknown schema layout {found:?}")))
 }
 
+/// An upgrade changes how rows are addressed, which nodes of the older release would get
+/// wrong: it waits until no other session of this application name is connected, except
+/// nodes starting at once (waiting for the schema lock, they read the new layout after).
+async fn refuse_while_older_nodes_run(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    let others = tx
+        .query(
+            "SELECT pid FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND application_name = current_setting('application_name')
+               AND (wait_event_type IS DISTINCT FROM 'Lock' OR wait_event IS DISTINCT FROM 'advisory')",
+            &[],
+        )
+        .await
+        .map_err(pg)?;
+    if others.is_empty() {
+        return Ok(());
+    }
+    let pids: Vec<String> = others.iter().map(|row| row.get::<_, i32>(0).to_string()).collect();
+    Err(StoreError::Backend(format!(
+        "the database has Berth schema layout 1, which this build upgrades to {LAYOUT}, but other Berth sessions \
+         are connected (server pids {}): stop every node of the older release, then start this one",
+        pids.join(", ")
+    )))
+}
+
 /// Makes or checks the schema, and returns the store's id.
 pub(crate) async fn prepare(client: &mut Object) -> Result<String, StoreError> {
     let tx = client.transaction().await.map_err(pg)?;
@@ -162,6 +187,7 @@ pub(crate) async fn prepare(client: &mut Object) -> Result<String, StoreError> {
         }
     };
     if found == 1 {
+        refuse_while_older_nodes_run(&tx).await?;
         tx.batch_execute(CONSUMER_GROUPS).await.map_err(pg)?;
         tx.execute("UPDATE berth_meta SET value = convert_to($1, 'UTF8') WHERE key = 'layout'", &[&LAYOUT.to_string()])
             .await

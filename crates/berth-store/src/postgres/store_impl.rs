@@ -14,8 +14,8 @@ use berth_core::model::{
     QueueStats, Tenancy, User, WorkRequest,
 };
 use berth_core::store::{
-    Appended, Change, Created, GroupSaved, Leased, NewQueue, RetryToken, Settle, Store, StoreObserver, StoreResult,
-    SweepReport,
+    Appended, Change, Created, GroupSaved, Leased, NewQueue, PrimaryGroup, RetryToken, Settle, Store, StoreObserver,
+    StoreResult, SweepReport,
 };
 use tokio::sync::broadcast;
 
@@ -99,13 +99,18 @@ impl Store for PostgresStore {
         queues::list_queues(&self.client().await?, tenancy_id, filter, offset, limit).await
     }
 
-    async fn save_queue(&self, queue: &Queue, expected_version: i64, work: &WorkRequest) -> StoreResult<bool> {
-        let saved = transaction!(self, |tx| queues::save_queue(&tx, queue, expected_version, work).await?);
-        if saved {
-            // Other nodes' pollers of a deleted queue wake and find it gone.
-            self.announce(changed([queue.row]));
-        }
-        Ok(saved)
+    async fn save_queue(
+        &self,
+        queue: &Queue,
+        expected_version: i64,
+        work: &WorkRequest,
+        primary: Option<&PrimaryGroup>,
+    ) -> StoreResult<bool> {
+        let saved = transaction!(self, |tx| queues::save_queue(&tx, queue, expected_version, work, primary).await?);
+        let Some(streams) = saved else { return Ok(false) };
+        // Other nodes' pollers of a deleted queue, or of its groups, wake and find it gone.
+        self.announce(changed(streams.into_iter().chain([queue.row])));
+        Ok(true)
     }
 
     async fn insert_work_request(&self, work: &WorkRequest) -> StoreResult<()> {
@@ -170,16 +175,17 @@ impl Store for PostgresStore {
         messages: Vec<MessageToStore>,
         max_channels: u32,
     ) -> StoreResult<Appended> {
-        let (appended, streams) = transaction!(self, |tx| messages::put(&tx, queue, &messages, max_channels).await?);
+        let (appended, targets) = transaction!(self, |tx| messages::put(&tx, queue, &messages, max_channels).await?);
         if let Appended::Stored(ids) = &appended {
             if let Some(&first) = ids.first() {
                 let channels: BTreeSet<&str> = messages.iter().map(|m| m.message.channel.as_str()).collect();
-                match streams {
+                match targets {
                     None => self.announce_put(queue, first, channels, Change::of_put(queue, &messages)),
-                    // Fanned out: each stream's pollers look again.
-                    Some(streams) => {
-                        for stream in streams {
-                            self.announce_put(stream, first, channels.clone(), Change::Changed { queue: stream });
+                    Some(targets) => {
+                        let changes = Change::of_fanned_put(&targets, &messages);
+                        for ((stream, positions), change) in targets.iter().zip(changes) {
+                            let share = positions.iter().map(|&at| messages[at].message.channel.as_str()).collect();
+                            self.announce_put(*stream, ids[positions[0]], share, change);
                         }
                     }
                 }

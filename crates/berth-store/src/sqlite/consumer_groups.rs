@@ -3,11 +3,11 @@
 use berth_core::clock::Timestamp;
 use berth_core::consumer_group::{self, ConsumerGroup, ConsumerGroupFilter, NewConsumerGroup, Subscriber};
 use berth_core::model::{LifecycleState, QueueRow, QueueSpec, WorkRequest};
-use berth_core::store::{Created, GroupSaved, RetryToken};
+use berth_core::store::{Created, GroupSaved, PrimaryGroup, RetryToken};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
-use super::queues::{check_retry_token, from_json, insert_work_request, to_json};
+use super::queues::{check_retry_token, forget_retry_token, from_json, insert_work_request, to_json};
 
 const COLUMNS: &str = "g.row, coalesce(g.stream, g.row), g.id, g.parent, p.id, g.tenancy_id, g.stream IS NOT NULL,
                        g.created_at, g.updated_at, g.state, g.version, g.spec";
@@ -67,12 +67,26 @@ pub(crate) fn create(
     retry: Option<&RetryToken>,
 ) -> rusqlite::Result<(Created, Option<(QueueRow, u32)>)> {
     let Some(queue_threshold) = queue_threshold(conn, new.queue_row)? else { return Ok((Created::QueueGone, None)) };
-    if consumer_group::name_taken(&of_queue(conn, new.queue_row)?, &new.spec.display_name, None) {
-        return Ok((Created::NameTaken, None));
-    }
+    // A retry of a create that succeeded finds its own name taken: the token answers first.
     if let Some(seen) = check_retry_token(conn, &new.tenancy_id, retry, &work.id, new.now)? {
         return Ok((seen, None));
     }
+    if consumer_group::name_taken(&of_queue(conn, new.queue_row)?, &new.spec.display_name, None) {
+        forget_retry_token(conn, &new.tenancy_id, retry)?;
+        return Ok((Created::NameTaken, None));
+    }
+    let stream = insert(conn, new, new.queue_row, queue_threshold)?;
+    insert_work_request(conn, work)?;
+    Ok((Created::New(work.clone()), Some(stream)))
+}
+
+/// Inserts a group of the queue at `queue_row`: its stream and threshold.
+pub(crate) fn insert(
+    conn: &Connection,
+    new: &NewConsumerGroup,
+    queue_row: QueueRow,
+    queue_threshold: u32,
+) -> rusqlite::Result<(QueueRow, u32)> {
     let threshold = new.spec.dead_letter_after(queue_threshold);
     let state = ConsumerGroup::state_of(&new.spec);
     conn.execute(
@@ -89,15 +103,14 @@ pub(crate) fn create(
             threshold,
             to_json(&new.spec)?,
             new.primary,
-            new.queue_row
+            queue_row
         ],
     )?;
-    let stream = if new.primary { new.queue_row } else { conn.last_insert_rowid() };
+    let stream = if new.primary { queue_row } else { conn.last_insert_rowid() };
     if new.primary {
-        conn.execute("UPDATE queues SET dead_letter_after = ?1 WHERE row = ?2", params![threshold, new.queue_row])?;
+        conn.execute("UPDATE queues SET dead_letter_after = ?1 WHERE row = ?2", params![threshold, queue_row])?;
     }
-    insert_work_request(conn, work)?;
-    Ok((Created::New(work.clone()), Some((stream, threshold))))
+    Ok((stream, threshold))
 }
 
 /// A live group of the tenancy.
@@ -146,12 +159,27 @@ pub(crate) fn save(
     expected_version: i64,
     work: &WorkRequest,
 ) -> rusqlite::Result<(GroupSaved, Option<(QueueRow, u32)>)> {
+    let queue_threshold = queue_threshold(conn, g.queue_row)?.unwrap_or(0);
+    let saved = update(conn, g, expected_version, queue_threshold)?;
+    if saved.0 == GroupSaved::Saved {
+        insert_work_request(conn, work)?;
+    }
+    Ok(saved)
+}
+
+/// Replaces a group's row if its version is still `expected_version` and its name is free.
+fn update(
+    conn: &Connection,
+    g: &ConsumerGroup,
+    expected_version: i64,
+    queue_threshold: u32,
+) -> rusqlite::Result<(GroupSaved, Option<(QueueRow, u32)>)> {
     if g.state != LifecycleState::Deleted
         && consumer_group::name_taken(&of_queue(conn, g.queue_row)?, &g.spec.display_name, Some(g.row))
     {
         return Ok((GroupSaved::NameTaken, None));
     }
-    let threshold = g.spec.dead_letter_after(queue_threshold(conn, g.queue_row)?.unwrap_or(0));
+    let threshold = g.spec.dead_letter_after(queue_threshold);
     let changed = conn.execute(
         "UPDATE queues SET display_name = ?1, state = ?2, updated_at = ?3, version = ?4, dead_letter_after = ?5,
                            spec = ?6
@@ -173,6 +201,21 @@ pub(crate) fn save(
     if g.primary {
         conn.execute("UPDATE queues SET dead_letter_after = ?1 WHERE row = ?2", params![threshold, g.stream])?;
     }
-    insert_work_request(conn, work)?;
     Ok((GroupSaved::Saved, Some((g.stream, threshold))))
+}
+
+/// Applies an allowed `primary` to the queue at `queue` (its thresholds follow in
+/// `queues::follow_queue`).
+pub(crate) fn apply_primary(
+    conn: &Connection,
+    queue: QueueRow,
+    queue_threshold: u32,
+    primary: &PrimaryGroup,
+) -> rusqlite::Result<()> {
+    match primary {
+        PrimaryGroup::New(new) => insert(conn, new, queue, queue_threshold).map(|_| ()),
+        PrimaryGroup::Changed { group, expected_version } => {
+            update(conn, group, *expected_version, queue_threshold).map(|_| ())
+        }
+    }
 }

@@ -7,7 +7,7 @@ use berth_core::clock::Timestamp;
 use berth_core::consumer_group::{route, Route};
 use berth_core::delivery::Standing;
 use berth_core::model::{LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, PeekedMessage, PurgeTarget, QueueRow};
-use berth_core::store::{Appended, Leased, Settle, SweepReport};
+use berth_core::store::{Appended, Change, Leased, Settle, SweepReport};
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -163,9 +163,9 @@ pub(super) fn persist(conn: &Connection, index: &mut Index, writes: &[Persist]) 
     Ok(())
 }
 
-/// Where a put went: its outcome, and for a queue with consumer groups the streams that
-/// got messages (`None`: the queue itself).
-pub(crate) type Put = (Appended, Option<Vec<QueueRow>>);
+/// Where a put went: its outcome, and for a queue with consumer groups what it changed in
+/// each stream that got messages (`None`: the queue itself).
+pub(crate) type Put = (Appended, Option<Vec<Change>>);
 
 /// Stores one put as one batch row, fanned out to the queue's consumer groups if it has
 /// any. The index changes only once the row is written, so a failed put leaves it as it was.
@@ -209,8 +209,14 @@ pub(crate) fn put(
     let ids = Appended::Stored((first..=last).collect());
     if targets.as_ref().is_some_and(Vec::is_empty) {
         // No group takes them: dropped, as OCI does, but their ids stay used.
-        conn.prepare_cached("UPDATE sqlite_sequence SET seq = max(seq, ?1) WHERE name = 'message_batches'")?
+        // The table's sequence has no row before its first insert.
+        let moved = conn
+            .prepare_cached("UPDATE sqlite_sequence SET seq = max(seq, ?1) WHERE name = 'message_batches'")?
             .execute(params![last])?;
+        if moved == 0 {
+            conn.prepare_cached("INSERT INTO sqlite_sequence (name, seq) VALUES ('message_batches', ?1)")?
+                .execute(params![last])?;
+        }
         index.skip_ids(messages.len());
         return Ok((ids, Some(Vec::new())));
     }
@@ -250,7 +256,7 @@ pub(crate) fn put(
         }
         Some(targets) => {
             index.put_fanned(targets, &slots, created_at, expire_at);
-            Some(targets.iter().map(|(stream, _)| *stream).collect())
+            Some(Change::of_fanned_put(targets, &messages))
         }
     };
     Ok((ids, streams))

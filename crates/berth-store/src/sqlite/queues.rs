@@ -1,7 +1,7 @@
 //! Queues, work requests and retry tokens.
 
 use berth_core::model::{LifecycleState, Queue, QueueFilter, QueueRow, QueueSort, WorkRequest};
-use berth_core::store::{Created, NewQueue, RetryToken};
+use berth_core::store::{Created, NewQueue, PrimaryGroup, RetryToken};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
@@ -75,14 +75,30 @@ pub(crate) fn check_retry_token(
     Ok(None)
 }
 
+/// Forgets a retry token claimed by a request that failed after all.
+pub(crate) fn forget_retry_token(
+    conn: &Connection,
+    tenancy_id: &str,
+    retry: Option<&RetryToken>,
+) -> rusqlite::Result<()> {
+    if let Some(retry) = retry {
+        conn.execute(
+            "DELETE FROM retry_tokens WHERE tenancy_id = ?1 AND token = ?2",
+            params![tenancy_id, retry.token],
+        )?;
+    }
+    Ok(())
+}
+
+/// Inserts a queue, and its primary group if it has one; on success also the queue's row.
 pub(crate) fn create_queue(
     conn: &Connection,
     new: &NewQueue,
     work: &WorkRequest,
     retry: Option<&RetryToken>,
-) -> rusqlite::Result<Created> {
+) -> rusqlite::Result<(Created, Option<QueueRow>)> {
     if let Some(seen) = check_retry_token(conn, &new.tenancy_id, retry, &work.id, new.now)? {
-        return Ok(seen);
+        return Ok((seen, None));
     }
     conn.execute(
         "INSERT INTO queues (id, tenancy_id, compartment_id, display_name, state, created_at, updated_at, version,
@@ -98,8 +114,12 @@ pub(crate) fn create_queue(
             to_json(&new.spec)?
         ],
     )?;
+    let row = conn.last_insert_rowid();
+    if let Some(primary) = &new.primary_group {
+        super::consumer_groups::insert(conn, primary, row, new.spec.policy.dead_letter_after)?;
+    }
     insert_work_request(conn, work)?;
-    Ok(Created::New(work.clone()))
+    Ok((Created::New(work.clone()), Some(row)))
 }
 
 pub(crate) fn get_queue(conn: &Connection, tenancy_id: &str, id: &str) -> rusqlite::Result<Option<Queue>> {
@@ -161,7 +181,13 @@ pub(crate) fn save_queue(
     q: &Queue,
     expected_version: i64,
     work: &WorkRequest,
+    primary: Option<&PrimaryGroup>,
 ) -> rusqlite::Result<bool> {
+    if let Some(primary) = primary {
+        if !primary.allowed(&super::consumer_groups::of_queue(conn, q.row)?) {
+            return Ok(false);
+        }
+    }
     let changed = conn.execute(
         "UPDATE queues SET compartment_id = ?1, display_name = ?2, state = ?3, updated_at = ?4, version = ?5,
                            dead_letter_after = ?6, spec = ?7
@@ -179,6 +205,9 @@ pub(crate) fn save_queue(
         ],
     )?;
     if changed == 1 {
+        if let Some(primary) = primary {
+            super::consumer_groups::apply_primary(conn, q.row, q.spec.policy.dead_letter_after, primary)?;
+        }
         insert_work_request(conn, work)?;
     }
     Ok(changed == 1)

@@ -11,8 +11,8 @@ use berth_core::model::{
     QueueStats, Tenancy, User, WorkRequest,
 };
 use berth_core::store::{
-    Appended, Change, Created, GroupSaved, Leased, NewQueue, RetryToken, Settle, Store, StoreObserver, StoreResult,
-    SweepReport,
+    Appended, Change, Created, GroupSaved, Leased, NewQueue, PrimaryGroup, RetryToken, Settle, Store, StoreObserver,
+    StoreResult, SweepReport,
 };
 use rusqlite::Connection;
 use tokio::sync::broadcast;
@@ -65,7 +65,19 @@ impl Store for SqliteStore {
         work: WorkRequest,
         retry: Option<RetryToken>,
     ) -> StoreResult<Created> {
-        self.write(move |c| queues::create_queue(c, &queue, &work, retry.as_ref())).await
+        let Some(primary) = queue.primary_group.clone() else {
+            return self.write(move |c| queues::create_queue(c, &queue, &work, retry.as_ref()).map(|(c, _)| c)).await;
+        };
+        // With the index: puts after this commit fan out to the primary group.
+        let job = move |c: &Connection, index: &mut Index| {
+            let (created, row) = queues::create_queue(c, &queue, &work, retry.as_ref()).map_err(backend)?;
+            if let Some(row) = row {
+                index.set_dead_letter_after(row, primary.spec.dead_letter_after(queue.spec.policy.dead_letter_after));
+                index.set_subscribers(row, consumer_groups::subscribers(c, row).map_err(backend)?);
+            }
+            Ok(created)
+        };
+        self.write_messages(job, |_| Vec::new()).await
     }
 
     async fn queue(&self, tenancy_id: &str, id: &str) -> StoreResult<Option<Queue>> {
@@ -88,11 +100,17 @@ impl Store for SqliteStore {
         self.read(move |c| queues::list_queues(c, &t, &filter, offset, limit)).await
     }
 
-    async fn save_queue(&self, queue: &Queue, expected_version: i64, work: &WorkRequest) -> StoreResult<bool> {
-        let (queue, work) = (queue.clone(), work.clone());
+    async fn save_queue(
+        &self,
+        queue: &Queue,
+        expected_version: i64,
+        work: &WorkRequest,
+        primary: Option<&PrimaryGroup>,
+    ) -> StoreResult<bool> {
+        let (queue, work, primary) = (queue.clone(), work.clone(), primary.cloned());
         // With the index, so that settling and counts follow the new threshold from this commit on.
         let job = move |c: &Connection, index: &mut Index| {
-            let saved = queues::save_queue(c, &queue, expected_version, &work).map_err(backend)?;
+            let saved = queues::save_queue(c, &queue, expected_version, &work, primary.as_ref()).map_err(backend)?;
             if saved {
                 for (stream, threshold) in queues::follow_queue(c, &queue).map_err(backend)? {
                     index.set_dead_letter_after(stream, threshold);
@@ -200,8 +218,7 @@ impl Store for SqliteStore {
         };
         let announce = move |put: &messages::Put| match put {
             (Appended::Stored(_), None) => vec![change],
-            // Fanned out: each stream's pollers look again.
-            (Appended::Stored(_), Some(streams)) => changed(streams.iter().copied()),
+            (Appended::Stored(_), Some(changes)) => changes.clone(),
             (Appended::ChannelsFull, _) => Vec::new(),
         };
         let (appended, _) = self.write_messages(job, announce).await.map_err(|PutFailed(e)| e)?;

@@ -266,3 +266,105 @@ pub(crate) async fn a_long_poll_of_a_group_wakes_at_a_put_to_its_queue(backend: 
     let got = tokio::time::timeout(std::time::Duration::from_secs(5), poll).await.expect("woken by the put").unwrap();
     assert_eq!(contents(&got), ["x"]);
 }
+
+pub(crate) async fn a_retried_create_replays_its_work_request_and_a_refused_one_holds_no_token(
+    backend: Arc<dyn Backend>,
+) {
+    let r = rig(backend).await;
+    let (q, _) = queue_with_groups(&r, 0, ConsumerGroupDetails::default()).await;
+    let token = |t: &str, digest: &str| Some((t.to_owned(), digest.to_owned()));
+    let first = r.engine.create_consumer_group(T, &q, named("g", ""), token("t1", "d1")).await.unwrap();
+    let again = r.engine.create_consumer_group(T, &q, named("g", ""), token("t1", "d1")).await.unwrap();
+    assert_eq!(again.id, first.id, "a retry answers with the first work request, not with the name it took");
+    let other = r.engine.create_consumer_group(T, &q, named("h", ""), token("t1", "d2")).await;
+    assert!(matches!(other, Err(QueueError::RetryTokenReused)));
+    for _ in 0..2 {
+        let taken = r.engine.create_consumer_group(T, &q, named("G", ""), token("t2", "d3")).await;
+        assert!(matches!(taken, Err(QueueError::InvalidParameter(m)) if m.contains("already")));
+    }
+    assert_eq!(groups_of(&r, &q).await.len(), 2);
+}
+
+pub(crate) async fn the_primary_group_comes_with_the_capability_once_and_takes_its_settings(backend: Arc<dyn Backend>) {
+    let r = Arc::new(rig(backend).await);
+    let with_filter = ConsumerGroupDetails { filter: Some(":a".into()), ..ConsumerGroupDetails::default() };
+    let values = PolicyValues::default();
+    let mut spec = spec_with_defaults("bad".into(), T.into(), values.clone()).unwrap();
+    spec.capabilities = vec![CONSUMER_GROUPS.into()];
+    spec.primary_consumer_group = Some(with_filter);
+    assert!(matches!(r.engine.create_queue(T, spec, None).await, Err(QueueError::InvalidParameter(_))));
+    let filter = berth_core::model::QueueFilter {
+        compartment_id: None,
+        state: None,
+        display_name: Some("bad".into()),
+        id: None,
+        sort: berth_core::model::QueueSort::TimeCreated,
+        descending: false,
+    };
+    assert!(r.engine.list_queues(T, &filter, None, None).await.unwrap().items.is_empty(), "nothing of it is left");
+
+    // Concurrent updates that add the capability make one primary group between them.
+    let q = r.queue(values).await;
+    let adds = (0..4).map(|i| {
+        let (r, q) = (r.clone(), q.clone());
+        tokio::spawn(async move {
+            let change = QueueChange {
+                capabilities: Some(vec![CONSUMER_GROUPS.into()]),
+                primary_consumer_group: Some(ConsumerGroupDetails {
+                    display_name: Some(format!("first {i}")),
+                    dead_letter_after: Some(3),
+                    ..ConsumerGroupDetails::default()
+                }),
+                ..QueueChange::default()
+            };
+            r.engine.update_queue(T, &q, None, change).await.unwrap();
+        })
+    });
+    for add in adds.collect::<Vec<_>>() {
+        add.await.unwrap();
+    }
+    let primary = groups_of(&r, &q).await;
+    assert_eq!(primary.len(), 1, "one primary group");
+    let made = r.engine.get_consumer_group(T, &primary[0]).await.unwrap();
+    assert!(made.primary && made.spec.display_name.starts_with("first ") && made.spec.dead_letter_after == Some(3));
+
+    // Later updates change it, and are checked like UpdateConsumerGroup.
+    let change = |details: ConsumerGroupDetails| QueueChange {
+        capabilities: Some(vec![CONSUMER_GROUPS.into()]),
+        primary_consumer_group: Some(details),
+        ..QueueChange::default()
+    };
+    let off = ConsumerGroupDetails {
+        display_name: Some("main".into()),
+        enabled: Some(false),
+        ..ConsumerGroupDetails::default()
+    };
+    r.engine.update_queue(T, &q, None, change(off)).await.unwrap();
+    let changed = r.engine.get_consumer_group(T, &primary[0]).await.unwrap();
+    assert_eq!((changed.spec.display_name.as_str(), changed.state.as_str()), ("main", "INACTIVE"));
+    assert_eq!(changed.spec.dead_letter_after, Some(3), "what the update leaves out stays");
+    group(&r, &q, named("other", "")).await;
+    let taken = ConsumerGroupDetails { display_name: Some("OTHER".into()), ..ConsumerGroupDetails::default() };
+    assert!(matches!(r.engine.update_queue(T, &q, None, change(taken)).await, Err(QueueError::InvalidParameter(_))));
+    let filtered = ConsumerGroupDetails { filter: Some(":a".into()), ..ConsumerGroupDetails::default() };
+    assert!(matches!(r.engine.update_queue(T, &q, None, change(filtered)).await, Err(QueueError::InvalidParameter(_))));
+    assert_eq!(r.engine.get_consumer_group(T, &primary[0]).await.unwrap().spec.display_name, "main");
+}
+
+pub(crate) async fn deleting_a_queue_wakes_the_long_polls_of_its_groups(backend: Arc<dyn Backend>) {
+    let r = Arc::new(rig(backend).await);
+    let (q, _) = queue_with_groups(&r, 0, ConsumerGroupDetails::default()).await;
+    let g = group(&r, &q, named("g", "")).await;
+    let poll = {
+        let (r, q, g) = (r.clone(), q.clone(), g.clone());
+        tokio::spawn(async move {
+            let params = GetMessages::new(Some(30), Some(20), Some(5), None, false).unwrap();
+            r.engine.get_messages(T, via(&q, &g), params).await
+        })
+    };
+    super::polls_waiting(&r.engine, 1).await;
+    r.engine.delete_queue(T, &q, None).await.unwrap();
+    let got =
+        tokio::time::timeout(std::time::Duration::from_secs(5), poll).await.expect("woken by the delete").unwrap();
+    assert!(matches!(got, Err(QueueError::QueueNotFound)), "{got:?}");
+}

@@ -1015,6 +1015,18 @@ macro_rules! conformance_suite {
             conformance::consumer_groups::a_long_poll_of_a_group_wakes_at_a_put_to_its_queue($backend).await
         }
         #[tokio::test]
+        async fn a_retried_create_replays_its_work_request_and_a_refused_one_holds_no_token() {
+            conformance::consumer_groups::a_retried_create_replays_its_work_request_and_a_refused_one_holds_no_token($backend).await
+        }
+        #[tokio::test]
+        async fn the_primary_group_comes_with_the_capability_once_and_takes_its_settings() {
+            conformance::consumer_groups::the_primary_group_comes_with_the_capability_once_and_takes_its_settings($backend).await
+        }
+        #[tokio::test]
+        async fn deleting_a_queue_wakes_the_long_polls_of_its_groups() {
+            conformance::consumer_groups::deleting_a_queue_wakes_the_long_polls_of_its_groups($backend).await
+        }
+        #[tokio::test]
         async fn the_observer_hears_of_commits_dead_letters_and_expiry_per_queue() {
             conformance::the_observer_hears_of_commits_dead_letters_and_expiry_per_queue($backend).await
         }
