@@ -368,3 +368,14 @@ pub(crate) async fn deleting_a_queue_wakes_the_long_polls_of_its_groups(backend:
         tokio::time::timeout(std::time::Duration::from_secs(5), poll).await.expect("woken by the delete").unwrap();
     assert!(matches!(got, Err(QueueError::QueueNotFound)), "{got:?}");
 }
+
+pub(crate) async fn ids_of_a_first_put_no_group_takes_are_not_reused_after_a_restart(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
+    let disabled = ConsumerGroupDetails { enabled: Some(false), ..ConsumerGroupDetails::default() };
+    let (q, _) = queue_with_groups(&r, 0, disabled).await;
+    let dropped = put_with(&r, &q, &[("nobody's", &[])]).await[0];
+    let r = r.reopen().await;
+    let other = r.queue(PolicyValues::default()).await;
+    let next = r.put(&other, &["next"]).await[0];
+    assert!(next > dropped, "id {next} reused after the dropped {dropped}");
+}

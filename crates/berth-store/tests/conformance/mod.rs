@@ -1027,6 +1027,10 @@ macro_rules! conformance_suite {
             conformance::consumer_groups::deleting_a_queue_wakes_the_long_polls_of_its_groups($backend).await
         }
         #[tokio::test]
+        async fn ids_of_a_first_put_no_group_takes_are_not_reused_after_a_restart() {
+            conformance::consumer_groups::ids_of_a_first_put_no_group_takes_are_not_reused_after_a_restart($backend).await
+        }
+        #[tokio::test]
         async fn the_observer_hears_of_commits_dead_letters_and_expiry_per_queue() {
             conformance::the_observer_hears_of_commits_dead_letters_and_expiry_per_queue($backend).await
         }
