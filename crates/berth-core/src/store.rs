@@ -75,18 +75,25 @@ pub struct RetryToken {
     pub expires_at: Timestamp,
 }
 
-/// Outcome of [`Store::create_queue`].
+/// Outcome of a create with a retry token ([`Store::create_queue`]).
 #[derive(Debug, Clone)]
 pub enum Created {
-    /// The queue was created; here is its work request.
+    /// Created; here is its work request.
     New(WorkRequest),
     /// The retry token was seen before with the same request: the earlier work request id.
     Replayed(String),
     /// The retry token was seen before with another request.
     TokenConflict,
-    /// A live consumer group of the queue has this display name (consumer groups only).
+}
+
+/// Outcome of [`Store::create_consumer_group`].
+#[derive(Debug, Clone)]
+pub enum GroupCreated {
+    /// Created, or answered by its retry token.
+    Done(Created),
+    /// Nothing changed: a live consumer group of the queue has this display name.
     NameTaken,
-    /// The group's queue is deleted (consumer groups only).
+    /// Nothing changed: the group's queue is deleted.
     QueueGone,
 }
 
@@ -296,13 +303,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Inserts a consumer group of a live queue and its work request, honouring a retry
     /// token, unless a live group of the queue has its display name (in any case). A group
-    /// gets the messages put from its commit on.
+    /// gets the messages of every put answered after it was.
     async fn create_consumer_group(
         &self,
         group: NewConsumerGroup,
         work: WorkRequest,
         retry: Option<RetryToken>,
-    ) -> StoreResult<Created>;
+    ) -> StoreResult<GroupCreated>;
     /// A consumer group of this tenancy that is not deleted.
     async fn consumer_group(&self, tenancy_id: &str, id: &str) -> StoreResult<Option<ConsumerGroup>>;
     /// Consumer groups of a tenancy, filtered and sorted, `limit` from `offset`.

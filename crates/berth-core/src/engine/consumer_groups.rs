@@ -11,7 +11,7 @@ use crate::consumer_group::{
 use crate::error::QueueError;
 use crate::model::{ActionType, LifecycleState, OperationType, Page, Queue, QueueRow, WorkRequest, WorkResource};
 use crate::ocid;
-use crate::store::{Created, GroupSaved, PrimaryGroup, RetryToken};
+use crate::store::{GroupCreated, GroupSaved, PrimaryGroup, RetryToken};
 
 use super::queues::{page_window, paged, RETRY_TOKEN_SECS};
 use super::Engine;
@@ -109,11 +109,9 @@ impl Engine {
         let work = self.group_work(&queue, &new.id, OperationType::CreateConsumerGroup, ActionType::Created, new.now);
         let name = new.spec.display_name.clone();
         match self.store.create_consumer_group(new, work, retry).await? {
-            Created::New(work) => Ok(work),
-            Created::Replayed(id) => self.get_work_request(&queue.tenancy_id, &id).await,
-            Created::TokenConflict => Err(QueueError::RetryTokenReused),
-            Created::NameTaken => Err(name_taken(&queue.id, &name)),
-            Created::QueueGone => Err(QueueError::QueueNotFound),
+            GroupCreated::Done(created) => self.created(tenancy_id, created).await,
+            GroupCreated::NameTaken => Err(name_taken(&queue.id, &name)),
+            GroupCreated::QueueGone => Err(QueueError::QueueNotFound),
         }
     }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::clock::Timestamp;
 use crate::consumer_group::{ConsumerGroupDetails, CONSUMER_GROUPS};
-use crate::error::{QueueError, StoreError};
+use crate::error::QueueError;
 use crate::limits;
 use crate::model::{
     ActionType, LifecycleState, OperationType, Page, PurgeTarget, Queue, QueueFilter, QueuePolicy, QueueSort,
@@ -172,13 +172,16 @@ impl Engine {
             expires_at: now.plus_secs(RETRY_TOKEN_SECS),
         });
         let new = NewQueue { id: queue.id, tenancy_id: queue.tenancy_id, spec: queue.spec, now, primary_group };
-        match self.store.create_queue(new, work, retry).await? {
+        let created = self.store.create_queue(new, work, retry).await?;
+        self.created(tenancy_id, created).await
+    }
+
+    /// The work request of a create, or of the earlier one its retry token names.
+    pub(super) async fn created(&self, tenancy_id: &str, created: Created) -> Result<WorkRequest, QueueError> {
+        match created {
             Created::New(work) => Ok(work),
             Created::Replayed(id) => self.get_work_request(tenancy_id, &id).await,
             Created::TokenConflict => Err(QueueError::RetryTokenReused),
-            Created::NameTaken | Created::QueueGone => {
-                Err(StoreError::Backend("only consumer groups are refused for their name or queue".into()).into())
-            }
         }
     }
 

@@ -6,7 +6,7 @@ use berth_core::clock::Timestamp;
 use berth_core::consumer_group::{self, ConsumerGroup, ConsumerGroupFilter, NewConsumerGroup, Subscriber};
 use berth_core::error::StoreError;
 use berth_core::model::{LifecycleState, QueueRow, QueueSpec, WorkRequest};
-use berth_core::store::{Created, GroupSaved, PrimaryGroup, RetryToken};
+use berth_core::store::{Created, GroupCreated, GroupSaved, PrimaryGroup, RetryToken};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -69,19 +69,19 @@ pub(crate) async fn create(
     new: &NewConsumerGroup,
     work: &WorkRequest,
     retry: Option<&RetryToken>,
-) -> Result<Created, StoreError> {
-    let Some(queue_threshold) = lock_queue(c, new.queue_row).await? else { return Ok(Created::QueueGone) };
+) -> Result<GroupCreated, StoreError> {
+    let Some(queue_threshold) = lock_queue(c, new.queue_row).await? else { return Ok(GroupCreated::QueueGone) };
     // A retry of a create that succeeded finds its own name taken: the token answers first.
     if let Some(seen) = check_retry_token(c, &new.tenancy_id, retry, &work.id, new.now).await? {
-        return Ok(seen);
+        return Ok(GroupCreated::Done(seen));
     }
     if consumer_group::name_taken(&of_queue(c, new.queue_row).await?, &new.spec.display_name, None) {
         forget_retry_token(c, &new.tenancy_id, retry).await?;
-        return Ok(Created::NameTaken);
+        return Ok(GroupCreated::NameTaken);
     }
     insert(c, new, new.queue_row, queue_threshold).await?;
     insert_work_request(c, work).await?;
-    Ok(Created::New(work.clone()))
+    Ok(GroupCreated::Done(Created::New(work.clone())))
 }
 
 /// Inserts a group of the queue at `queue_row`.

@@ -61,7 +61,15 @@ pub(crate) async fn put(
     max_channels: u32,
 ) -> Result<Put, StoreError> {
     let Some(head) = messages.first() else { return Ok((Appended::Stored(Vec::new()), None)) };
-    let subscribers = consumer_groups::subscribers(c, queue).await?;
+    let mut subscribers = consumer_groups::subscribers(c, queue).await?;
+    if subscribers.is_some() {
+        // Groups are made and changed under the queue row's lock: read again under a key
+        // share of it (which only that lock waits for), so that a put answered after a
+        // group was fans out to it. (A queue without groups has none to miss: a put to it
+        // goes to its own stream, its primary group's.)
+        sql::execute(c, "SELECT 1 FROM queues WHERE row = $1 FOR KEY SHARE", &[&queue]).await?;
+        subscribers = consumer_groups::subscribers(c, queue).await?;
+    }
     let Route::Streams(targets) = route(queue, subscribers.as_deref(), messages) else {
         if !channels_fit(c, queue, messages.iter(), max_channels).await? {
             return Ok((Appended::ChannelsFull, None));
@@ -149,8 +157,9 @@ async fn channels_fit<'a>(
         return Ok(true);
     }
     // A new channel: count under the queue row's lock, so that puts adding channels at
-    // the same time cannot pass the limit together.
-    sql::execute(c, "SELECT 1 FROM queues WHERE row = $1 FOR UPDATE", &[&queue]).await?;
+    // the same time cannot pass the limit together (not FOR UPDATE: that would deadlock
+    // with the key share a fanned-out put holds).
+    sql::execute(c, "SELECT 1 FROM queues WHERE row = $1 FOR NO KEY UPDATE", &[&queue]).await?;
     let existing: HashSet<String> =
         sql::query(c, QUEUE_CHANNELS, &[&queue]).await?.iter().map(|row| row.get(0)).collect();
     let existing_named = existing.iter().filter(|c| !c.is_empty()).count();

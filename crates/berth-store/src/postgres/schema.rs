@@ -125,6 +125,14 @@ BEGIN
 END $$;
 CREATE TRIGGER messages_release_body AFTER DELETE ON messages
     FOR EACH ROW WHEN (OLD.content IS NULL) EXECUTE FUNCTION berth_release_body();
+-- They churn with the fanned-out messages: vacuumed as messages is.
+ALTER TABLE bodies SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 20000,
+                        autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 20000,
+                        autovacuum_vacuum_cost_delay = 0, vacuum_truncate = false);
+ALTER TABLE body_releases SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 20000,
+                               autovacuum_vacuum_insert_scale_factor = 0,
+                               autovacuum_vacuum_insert_threshold = 20000, autovacuum_vacuum_cost_delay = 0,
+                               vacuum_truncate = false);
 ";
 
 /// The layout of the schema found, if Berth made one here.

@@ -14,8 +14,8 @@ use berth_core::model::{
     QueueStats, Tenancy, User, WorkRequest,
 };
 use berth_core::store::{
-    Appended, Change, Created, GroupSaved, Leased, NewQueue, PrimaryGroup, RetryToken, Settle, Store, StoreObserver,
-    StoreResult, SweepReport,
+    Appended, Change, Created, GroupCreated, GroupSaved, Leased, NewQueue, PrimaryGroup, RetryToken, Settle, Store,
+    StoreObserver, StoreResult, SweepReport,
 };
 use tokio::sync::broadcast;
 
@@ -137,7 +137,7 @@ impl Store for PostgresStore {
         group: NewConsumerGroup,
         work: WorkRequest,
         retry: Option<RetryToken>,
-    ) -> StoreResult<Created> {
+    ) -> StoreResult<GroupCreated> {
         Ok(transaction!(self, |tx| consumer_groups::create(&tx, &group, &work, retry.as_ref()).await?))
     }
 

@@ -1,4 +1,5 @@
-//! Vacuuming the messages table as often as its churn needs.
+//! Vacuuming the messages table, and the bodies of fanned-out puts, as often as their
+//! churn needs.
 //!
 //! Every message leaves two dead row versions behind (its lease's update and its delete),
 //! and autovacuum visits a database at most once a minute by default: at 20,000 messages
@@ -28,24 +29,36 @@ pub(crate) struct Vacuum {
     last: Mutex<Option<Instant>>,
 }
 
+/// The tables that churn: every message, and the bodies fanned-out puts share.
+const TABLES: [&str; 3] = ["messages", "bodies", "body_releases"];
+
 impl Vacuum {
-    /// Vacuums the messages table if enough dead rows piled up.
+    /// Vacuums each churning table in which enough dead rows piled up.
     pub(crate) async fn if_due(&self, c: &impl GenericClient) -> Result<(), StoreError> {
         if self.last.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|at| at.elapsed() < MIN_INTERVAL) {
             return Ok(());
         }
-        let dead: Option<i64> =
-            sql::query_opt(c, "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = to_regclass('messages')", &[])
-                .await?
-                .map(|row| row.get(0));
-        if dead.unwrap_or(0) < DEAD_ROWS {
+        let due = sql::query(
+            c,
+            "SELECT relname::text, n_dead_tup FROM pg_stat_user_tables
+             WHERE relid = ANY(ARRAY[to_regclass('messages'), to_regclass('bodies'), to_regclass('body_releases')])
+               AND n_dead_tup >= $1",
+            &[&DEAD_ROWS],
+        )
+        .await?;
+        if due.is_empty() {
             return Ok(());
         }
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        // No truncation: it takes the table's exclusive lock, stalling every put and get, only
-        // for the next puts to extend the table again.
-        c.batch_execute("VACUUM (SKIP_LOCKED, TRUNCATE false) messages").await.map_err(pg)?;
-        tracing::debug!(dead_rows = dead, "vacuumed the messages table");
+        for row in due {
+            let (table, dead): (String, i64) = (row.get(0), row.get(1));
+            // Names from this list only: the statistics view may list others' tables too.
+            let Some(table) = TABLES.iter().find(|t| **t == table) else { continue };
+            // No truncation: it takes the table's exclusive lock, stalling every put and
+            // get, only for the next puts to extend the table again.
+            c.batch_execute(&format!("VACUUM (SKIP_LOCKED, TRUNCATE false) {table}")).await.map_err(pg)?;
+            tracing::debug!(table, dead_rows = dead, "vacuumed");
+        }
         Ok(())
     }
 }

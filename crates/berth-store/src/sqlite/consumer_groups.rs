@@ -3,7 +3,7 @@
 use berth_core::clock::Timestamp;
 use berth_core::consumer_group::{self, ConsumerGroup, ConsumerGroupFilter, NewConsumerGroup, Subscriber};
 use berth_core::model::{LifecycleState, QueueRow, QueueSpec, WorkRequest};
-use berth_core::store::{Created, GroupSaved, PrimaryGroup, RetryToken};
+use berth_core::store::{Created, GroupCreated, GroupSaved, PrimaryGroup, RetryToken};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
@@ -65,19 +65,21 @@ pub(crate) fn create(
     new: &NewConsumerGroup,
     work: &WorkRequest,
     retry: Option<&RetryToken>,
-) -> rusqlite::Result<(Created, Option<(QueueRow, u32)>)> {
-    let Some(queue_threshold) = queue_threshold(conn, new.queue_row)? else { return Ok((Created::QueueGone, None)) };
+) -> rusqlite::Result<(GroupCreated, Option<(QueueRow, u32)>)> {
+    let Some(queue_threshold) = queue_threshold(conn, new.queue_row)? else {
+        return Ok((GroupCreated::QueueGone, None));
+    };
     // A retry of a create that succeeded finds its own name taken: the token answers first.
     if let Some(seen) = check_retry_token(conn, &new.tenancy_id, retry, &work.id, new.now)? {
-        return Ok((seen, None));
+        return Ok((GroupCreated::Done(seen), None));
     }
     if consumer_group::name_taken(&of_queue(conn, new.queue_row)?, &new.spec.display_name, None) {
         forget_retry_token(conn, &new.tenancy_id, retry)?;
-        return Ok((Created::NameTaken, None));
+        return Ok((GroupCreated::NameTaken, None));
     }
     let stream = insert(conn, new, new.queue_row, queue_threshold)?;
     insert_work_request(conn, work)?;
-    Ok((Created::New(work.clone()), Some(stream)))
+    Ok((GroupCreated::Done(Created::New(work.clone())), Some(stream)))
 }
 
 /// Inserts a group of the queue at `queue_row`: its stream and threshold.

@@ -11,8 +11,8 @@ use berth_core::model::{
     QueueStats, Tenancy, User, WorkRequest,
 };
 use berth_core::store::{
-    Appended, Change, Created, GroupSaved, Leased, NewQueue, PrimaryGroup, RetryToken, Settle, Store, StoreObserver,
-    StoreResult, SweepReport,
+    Appended, Change, Created, GroupCreated, GroupSaved, Leased, NewQueue, PrimaryGroup, RetryToken, Settle, Store,
+    StoreObserver, StoreResult, SweepReport,
 };
 use rusqlite::Connection;
 use tokio::sync::broadcast;
@@ -151,7 +151,7 @@ impl Store for SqliteStore {
         group: NewConsumerGroup,
         work: WorkRequest,
         retry: Option<RetryToken>,
-    ) -> StoreResult<Created> {
+    ) -> StoreResult<GroupCreated> {
         // With the index: puts after this commit fan out to the group.
         let job = move |c: &Connection, index: &mut Index| {
             let (created, stream) = consumer_groups::create(c, &group, &work, retry.as_ref()).map_err(backend)?;
