@@ -32,7 +32,8 @@ pub struct NewQueue {
     pub spec: QueueSpec,
     /// Creation time.
     pub now: Timestamp,
-    /// Its primary consumer group, created with it (the store sets its `queue_row`).
+    /// Its primary consumer group, created with it (its `queue_row` is not known yet: the
+    /// store uses the row it gives the queue).
     pub primary_group: Option<NewConsumerGroup>,
 }
 

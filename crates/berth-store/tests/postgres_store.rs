@@ -120,16 +120,24 @@ async fn open_with(tls_keys: &str, host: &str) -> Result<bool, String> {
     let store = PostgresStore::open(&PostgresOptions { url, ..options }).await.map_err(|e| e.to_string())?;
     let (client, connection) = tokio_postgres::connect(&server_url(), tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
-    let row = client
-        .query_one(
-            "SELECT count(*), count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a
-             JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = $1",
-            &[&app],
-        )
-        .await
-        .unwrap();
+    // The listening connection is made in the background: wait for it (at most 5 s).
+    let (mut all, mut encrypted) = (0i64, 0i64);
+    for _ in 0..100 {
+        let row = client
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a
+                 JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = $1",
+                &[&app],
+            )
+            .await
+            .unwrap();
+        (all, encrypted) = (row.get(0), row.get(1));
+        if all >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     drop(store);
-    let (all, encrypted): (i64, i64) = (row.get(0), row.get(1));
     assert!(all >= 2, "the store holds a pooled and a listening connection: {all}");
     Ok(all == encrypted)
 }
@@ -181,7 +189,6 @@ async fn a_redrive_waits_for_a_dead_letter_move_in_flight() {
     assert_eq!((stats.queue.visible, stats.dead_letter.visible), (1, 0));
 }
 
-/// Rows of a table of the store's schema.
 /// Waits (at most 5 s) until no session with this application name is connected.
 async fn sessions_end(name: &str) {
     let (client, connection) = tokio_postgres::connect(&server_url(), tokio_postgres::NoTls).await.unwrap();
@@ -196,6 +203,7 @@ async fn sessions_end(name: &str) {
     panic!("sessions of {name} are still connected");
 }
 
+/// Rows of a table of the store's schema.
 async fn rows(url: &str, table: &str) -> i64 {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
@@ -300,4 +308,26 @@ async fn an_unreadable_message_goes_to_the_dlq_and_the_rest_of_its_queue_flows()
     assert_eq!((stats.queue.visible, stats.queue.in_flight, stats.dead_letter.visible), (0, 2, 2));
     assert!(r.get_with(&q, 10, 30, None, true).await.is_empty(), "from the DLQ they are taken away");
     assert_eq!(rows(&url, "messages").await, 2);
+}
+
+#[tokio::test]
+async fn a_poll_whose_lease_found_only_unreadable_messages_serves_those_behind_them() {
+    use conformance::consumer_groups::{group, named, queue_with_groups};
+    let backend = postgres().await;
+    let url = backend.options.url.clone();
+    let r = conformance::rig(backend).await;
+    // A fanned-out put, whose body went missing, ahead of a readable one.
+    let (q, _) = queue_with_groups(&r, 0, Default::default()).await;
+    group(&r, &q, named("g", "")).await;
+    let bad = r.put(&q, &["lost"]).await[0];
+    r.put(&q, &["behind"]).await;
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client.execute("DELETE FROM bodies WHERE id = $1", &[&bad]).await.unwrap();
+    let params = berth_core::engine::GetMessages::new(Some(30), Some(20), Some(1), None, false).unwrap();
+    let poll = r.engine.get_messages(conformance::T, q.as_str(), params);
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), poll).await.expect("served before its timeout");
+    assert_eq!(conformance::contents(&got.unwrap()), ["behind"]);
+    let stats = r.engine.stats(conformance::T, q.as_str(), None).await.unwrap();
+    assert_eq!(stats.dead_letter.visible, 1, "the unreadable one is in the DLQ");
 }

@@ -162,6 +162,10 @@ impl Engine {
         let Some(details) = details else { return Ok(None) };
         let mut group = primary.clone();
         details.apply_to_primary(&mut group.spec)?;
+        if group.spec == primary.spec {
+            // Resent as it is (tools send the whole capability list): its etag stays.
+            return Ok(None);
+        }
         if consumer_group::name_taken(&groups, &group.spec.display_name, Some(group.row)) {
             return Err(name_taken(&queue.id, &group.spec.display_name));
         }

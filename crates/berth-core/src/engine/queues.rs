@@ -241,7 +241,7 @@ impl Engine {
         change: impl Fn(&mut Queue) -> Result<(), QueueError>,
     ) -> Result<WorkRequest, QueueError> {
         // Optimistic: re-read and retry when another writer got there first, unless the
-        // client pinned a version with if-match.
+        // client pinned a version with if-match that is no longer the queue's.
         loop {
             // Changes start from the store's copy, never a cached one.
             self.queues.forget(tenancy_id, queue_id);
@@ -262,9 +262,8 @@ impl Engine {
             if saved {
                 return Ok(work);
             }
-            if if_match.is_some() {
-                return Err(QueueError::EtagMismatch);
-            }
+            // The version moved on (with if-match, the check above now refuses), or the
+            // primary group did (read it again).
         }
     }
 

@@ -52,9 +52,11 @@ pub(crate) async fn subscribers(
     Ok(consumer_group::subscribers(&groups))
 }
 
-/// Locks a live queue's row; its own threshold (its policy's: its stream's is its primary
-/// group's to set).
+/// Takes the queue's group lock, then locks its row if it is live; its own threshold (its
+/// policy's: its stream's is its primary group's to set). The group lock first: a put
+/// sharing it may wait for the row (a new channel), never the other way round.
 pub(crate) async fn lock_queue(c: &impl GenericClient, queue: QueueRow) -> Result<Option<u32>, StoreError> {
+    sql::execute(c, "SELECT pg_advisory_xact_lock($1)", &[&group_lock(queue)]).await?;
     let row = sql::query_opt(
         c,
         "SELECT spec FROM queues WHERE row = $1 AND parent IS NULL AND state <> 'DELETED' FOR UPDATE",
@@ -62,6 +64,20 @@ pub(crate) async fn lock_queue(c: &impl GenericClient, queue: QueueRow) -> Resul
     )
     .await?;
     row.map(|row| from_json::<QueueSpec>(row.get(0)).map(|spec| spec.policy.dead_letter_after)).transpose()
+}
+
+/// The advisory lock key that guards a queue's groups against puts reading them: a lock in
+/// memory, not a row lock, so that puts sharing it write nothing for it. (Stores sharing a
+/// database share keys too; that only makes them wait for each other now and then.)
+fn group_lock(queue: QueueRow) -> i64 {
+    // Above the keys of the schema lock and of the sweep locks (below 2^60).
+    queue | 0x4752_0000_0000_0000 // "GR"
+}
+
+/// Shares the queue's group lock until the transaction ends.
+pub(crate) async fn share_group_lock(c: &impl GenericClient, queue: QueueRow) -> Result<(), StoreError> {
+    sql::execute(c, "SELECT pg_advisory_xact_lock_shared($1)", &[&group_lock(queue)]).await?;
+    Ok(())
 }
 
 pub(crate) async fn create(
@@ -214,7 +230,8 @@ async fn update(
 }
 
 /// Applies an allowed `primary` to the queue at `queue`, whose row this transaction has
-/// locked (its thresholds follow in `queues::follow_queue`).
+/// locked (its thresholds follow in `queues::follow_queue`). Fails, rolling back, if it
+/// was not allowed after all.
 pub(crate) async fn apply_primary(
     c: &impl GenericClient,
     queue: QueueRow,
@@ -224,7 +241,12 @@ pub(crate) async fn apply_primary(
     match primary {
         PrimaryGroup::New(new) => insert(c, new, queue, queue_threshold).await,
         PrimaryGroup::Changed { group, expected_version } => {
-            update(c, group, *expected_version, queue_threshold).await.map(|_| ())
+            match update(c, group, *expected_version, queue_threshold).await? {
+                GroupSaved::Saved => Ok(()),
+                refused => {
+                    Err(StoreError::Backend(format!("the primary group moved under its queue's lock: {refused:?}")))
+                }
+            }
         }
     }
 }

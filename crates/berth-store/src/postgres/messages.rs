@@ -63,11 +63,10 @@ pub(crate) async fn put(
     let Some(head) = messages.first() else { return Ok((Appended::Stored(Vec::new()), None)) };
     let mut subscribers = consumer_groups::subscribers(c, queue).await?;
     if subscribers.is_some() {
-        // Groups are made and changed under the queue row's lock: read again under a key
-        // share of it (which only that lock waits for), so that a put answered after a
-        // group was fans out to it. (A queue without groups has none to miss: a put to it
-        // goes to its own stream, its primary group's.)
-        sql::execute(c, "SELECT 1 FROM queues WHERE row = $1 FOR KEY SHARE", &[&queue]).await?;
+        // Groups are made and changed holding the queue's group lock: read again sharing it,
+        // so that a put answered after a group was fans out to it. (A queue without groups
+        // has none to miss: a put to it goes to its own stream, its primary group's.)
+        consumer_groups::share_group_lock(c, queue).await?;
         subscribers = consumer_groups::subscribers(c, queue).await?;
     }
     let Route::Streams(targets) = route(queue, subscribers.as_deref(), messages) else {
@@ -157,9 +156,8 @@ async fn channels_fit<'a>(
         return Ok(true);
     }
     // A new channel: count under the queue row's lock, so that puts adding channels at
-    // the same time cannot pass the limit together (not FOR UPDATE: that would deadlock
-    // with the key share a fanned-out put holds).
-    sql::execute(c, "SELECT 1 FROM queues WHERE row = $1 FOR NO KEY UPDATE", &[&queue]).await?;
+    // the same time cannot pass the limit together.
+    sql::execute(c, "SELECT 1 FROM queues WHERE row = $1 FOR UPDATE", &[&queue]).await?;
     let existing: HashSet<String> =
         sql::query(c, QUEUE_CHANNELS, &[&queue]).await?.iter().map(|row| row.get(0)).collect();
     let existing_named = existing.iter().filter(|c| !c.is_empty()).count();
@@ -290,7 +288,7 @@ pub(crate) async fn lease(
     }
     let gave_back = chosen.len() < candidates.len() || locked_before.iter().any(|id| !chosen.contains(id));
     let exhausted = (candidates.len() as i64) < limit;
-    let pick = Pick { scan, listed: full && req.channel.is_none(), exhausted, taken, gave_back };
+    let mut pick = Pick { scan, listed: full && req.channel.is_none(), exhausted, taken, gave_back };
     if chosen.is_empty() {
         let next = sql::query_one(
             c,
@@ -342,6 +340,9 @@ pub(crate) async fn lease(
     }
     if !unreadable.is_empty() {
         quarantine(c, req, &unreadable).await?;
+        // Announced as a give-back: pollers look again (this lease may answer with nothing
+        // while messages stand behind those), and the DLQ's floors let the moved ones in.
+        pick.gave_back = true;
     }
     let messages = chosen.iter().filter_map(|id| by_id.remove(id)).collect();
     Ok((Leased { messages, next_visible_at: None }, pick))

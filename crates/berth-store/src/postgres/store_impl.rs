@@ -10,8 +10,8 @@ use berth_core::clock::Timestamp;
 use berth_core::consumer_group::{ConsumerGroup, ConsumerGroupFilter, NewConsumerGroup};
 use berth_core::error::StoreError;
 use berth_core::model::{
-    LeaseRef, LeaseRequest, MessageToStore, PeekRequest, PeekedMessage, PurgeTarget, Queue, QueueFilter, QueueRow,
-    QueueStats, Tenancy, User, WorkRequest,
+    LeaseRef, LeaseRequest, LifecycleState, MessageToStore, PeekRequest, PeekedMessage, PurgeTarget, Queue,
+    QueueFilter, QueueRow, QueueStats, Tenancy, User, WorkRequest,
 };
 use berth_core::store::{
     Appended, Change, Created, GroupCreated, GroupSaved, Leased, NewQueue, PrimaryGroup, RetryToken, Settle, Store,
@@ -109,7 +109,8 @@ impl Store for PostgresStore {
         let saved = transaction!(self, |tx| queues::save_queue(&tx, queue, expected_version, work, primary).await?);
         let Some(streams) = saved else { return Ok(false) };
         // Other nodes' pollers of a deleted queue, or of its groups, wake and find it gone.
-        self.announce(changed(streams.into_iter().chain([queue.row])));
+        let deleted = queue.state == LifecycleState::Deleted;
+        self.announce(changed(streams.into_iter().filter(|_| deleted).chain([queue.row])));
         Ok(true)
     }
 

@@ -41,9 +41,8 @@ impl Vacuum {
         let due = sql::query(
             c,
             "SELECT relname::text, n_dead_tup FROM pg_stat_user_tables
-             WHERE relid = ANY(ARRAY[to_regclass('messages'), to_regclass('bodies'), to_regclass('body_releases')])
-               AND n_dead_tup >= $1",
-            &[&DEAD_ROWS],
+             WHERE relid = ANY(SELECT to_regclass(t) FROM unnest($1::text[]) AS t) AND n_dead_tup >= $2",
+            &[&TABLES.as_slice(), &DEAD_ROWS],
         )
         .await?;
         if due.is_empty() {
@@ -52,8 +51,6 @@ impl Vacuum {
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         for row in due {
             let (table, dead): (String, i64) = (row.get(0), row.get(1));
-            // Names from this list only: the statistics view may list others' tables too.
-            let Some(table) = TABLES.iter().find(|t| **t == table) else { continue };
             // No truncation: it takes the table's exclusive lock, stalling every put and
             // get, only for the next puts to extend the table again.
             c.batch_execute(&format!("VACUUM (SKIP_LOCKED, TRUNCATE false) {table}")).await.map_err(pg)?;

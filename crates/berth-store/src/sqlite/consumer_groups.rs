@@ -82,7 +82,7 @@ pub(crate) fn create(
     Ok((GroupCreated::Done(Created::New(work.clone())), Some(stream)))
 }
 
-/// Inserts a group of the queue at `queue_row`: its stream and threshold.
+/// Inserts a group of the queue at `queue_row`: its stream and that stream's threshold.
 pub(crate) fn insert(
     conn: &Connection,
     new: &NewConsumerGroup,
@@ -207,7 +207,7 @@ fn update(
 }
 
 /// Applies an allowed `primary` to the queue at `queue` (its thresholds follow in
-/// `queues::follow_queue`).
+/// `queues::follow_queue`). Fails, undoing the job, if it was not allowed after all.
 pub(crate) fn apply_primary(
     conn: &Connection,
     queue: QueueRow,
@@ -217,7 +217,10 @@ pub(crate) fn apply_primary(
     match primary {
         PrimaryGroup::New(new) => insert(conn, new, queue, queue_threshold).map(|_| ()),
         PrimaryGroup::Changed { group, expected_version } => {
-            update(conn, group, *expected_version, queue_threshold).map(|_| ())
+            match update(conn, group, *expected_version, queue_threshold)?.0 {
+                GroupSaved::Saved => Ok(()),
+                _ => Err(rusqlite::Error::StatementChangedRows(0)),
+            }
         }
     }
 }

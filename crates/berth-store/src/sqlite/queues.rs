@@ -90,13 +90,14 @@ pub(crate) fn forget_retry_token(
     Ok(())
 }
 
-/// Inserts a queue, and its primary group if it has one; on success also the queue's row.
+/// Inserts a queue, and its primary group if it has one; when it has, also the group's
+/// stream (the queue's row) and its threshold (for the index).
 pub(crate) fn create_queue(
     conn: &Connection,
     new: &NewQueue,
     work: &WorkRequest,
     retry: Option<&RetryToken>,
-) -> rusqlite::Result<(Created, Option<QueueRow>)> {
+) -> rusqlite::Result<(Created, Option<(QueueRow, u32)>)> {
     if let Some(seen) = check_retry_token(conn, &new.tenancy_id, retry, &work.id, new.now)? {
         return Ok((seen, None));
     }
@@ -115,11 +116,13 @@ pub(crate) fn create_queue(
         ],
     )?;
     let row = conn.last_insert_rowid();
-    if let Some(primary) = &new.primary_group {
-        super::consumer_groups::insert(conn, primary, row, new.spec.policy.dead_letter_after)?;
-    }
+    let primary = new
+        .primary_group
+        .as_ref()
+        .map(|primary| super::consumer_groups::insert(conn, primary, row, new.spec.policy.dead_letter_after))
+        .transpose()?;
     insert_work_request(conn, work)?;
-    Ok((Created::New(work.clone()), Some(row)))
+    Ok((Created::New(work.clone()), primary))
 }
 
 pub(crate) fn get_queue(conn: &Connection, tenancy_id: &str, id: &str) -> rusqlite::Result<Option<Queue>> {

@@ -65,14 +65,14 @@ impl Store for SqliteStore {
         work: WorkRequest,
         retry: Option<RetryToken>,
     ) -> StoreResult<Created> {
-        let Some(primary) = queue.primary_group.clone() else {
+        if queue.primary_group.is_none() {
             return self.write(move |c| queues::create_queue(c, &queue, &work, retry.as_ref()).map(|(c, _)| c)).await;
-        };
+        }
         // With the index: puts after this commit fan out to the primary group.
         let job = move |c: &Connection, index: &mut Index| {
-            let (created, row) = queues::create_queue(c, &queue, &work, retry.as_ref()).map_err(backend)?;
-            if let Some(row) = row {
-                index.set_dead_letter_after(row, primary.spec.dead_letter_after(queue.spec.policy.dead_letter_after));
+            let (created, primary) = queues::create_queue(c, &queue, &work, retry.as_ref()).map_err(backend)?;
+            if let Some((row, threshold)) = primary {
+                index.set_dead_letter_after(row, threshold);
                 index.set_subscribers(row, consumer_groups::subscribers(c, row).map_err(backend)?);
             }
             Ok(created)

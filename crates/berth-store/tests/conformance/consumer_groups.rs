@@ -334,6 +334,9 @@ pub(crate) async fn the_primary_group_comes_with_the_capability_once_and_takes_i
         primary_consumer_group: Some(details),
         ..QueueChange::default()
     };
+    r.engine.update_queue(T, &q, None, change(ConsumerGroupDetails::default())).await.unwrap();
+    let resent = r.engine.get_consumer_group(T, &primary[0]).await.unwrap();
+    assert_eq!(resent.version, made.version, "the capability resent as it is leaves the group's etag");
     let off = ConsumerGroupDetails {
         display_name: Some("main".into()),
         enabled: Some(false),
@@ -345,7 +348,9 @@ pub(crate) async fn the_primary_group_comes_with_the_capability_once_and_takes_i
     assert_eq!(changed.spec.dead_letter_after, Some(3), "what the update leaves out stays");
     group(&r, &q, named("other", "")).await;
     let taken = ConsumerGroupDetails { display_name: Some("OTHER".into()), ..ConsumerGroupDetails::default() };
-    assert!(matches!(r.engine.update_queue(T, &q, None, change(taken)).await, Err(QueueError::InvalidParameter(_))));
+    let etag = r.engine.get_queue(T, &q).await.unwrap().version.to_string();
+    let refused = r.engine.update_queue(T, &q, Some(&etag), change(taken)).await;
+    assert!(matches!(refused, Err(QueueError::InvalidParameter(_))), "the name, not the etag: {refused:?}");
     let filtered = ConsumerGroupDetails { filter: Some(":a".into()), ..ConsumerGroupDetails::default() };
     assert!(matches!(r.engine.update_queue(T, &q, None, change(filtered)).await, Err(QueueError::InvalidParameter(_))));
     assert_eq!(r.engine.get_consumer_group(T, &primary[0]).await.unwrap().spec.display_name, "main");
