@@ -153,3 +153,26 @@ def test_unsigned_needs_no_credentials_against_a_server_without_auth(fresh_serve
     by_name = subprocess.run([*cmd, "stats", "unsigned-q"], capture_output=True, text=True, timeout=60)
     assert by_name.returncode == 1
     assert "give --compartment-id or a queue's OCID" in by_name.stderr
+
+
+def test_consumer_groups_are_listed_and_read_one_by_one_from_the_cli(server, tenant):
+    from oci.queue.models import ConsumerGroupsCapabilityDetails, CreateConsumerGroupDetails
+    qid = tenant.create_queue(
+        capabilities=[ConsumerGroupsCapabilityDetails(primary_consumer_group_display_name="main")])
+    tenant.admin.create_consumer_group(
+        CreateConsumerGroupDetails(display_name="audit", queue_id=qid, dead_letter_queue_delivery_count=2))
+    listed = rows(berth(server, "queue", "groups", qid).stdout)
+    assert [r[1:4] for r in listed] == [["main", "ACTIVE", "queue's"], ["audit", "ACTIVE", "2"]], listed
+    audit = listed[1][0]
+
+    berth(server, "queue", "put", qid, "a", "b")
+    got = as_json(server, "queue", "get-messages", qid, "--limit", "2", "--consumer-group", "audit", "--delete")
+    assert [m["content"] for m in got["messages"]] == ["a", "b"]
+    assert rows(berth(server, "queue", "stats", qid, "--consumer-group", audit).stdout)[0][:3] == ["queue", "0", "0"]
+    assert rows(berth(server, "queue", "stats", qid).stdout)[0][:3] == ["queue", "2", "0"], "the primary group's"
+    peeked = as_json(server, "queue", "peek", qid, "--consumer-group", "main")["messages"]
+    assert [m["content"] for m in peeked] == ["a", "b"]
+    berth(server, "queue", "purge", qid, "--consumer-group", "all")
+    assert stats(tenant.qc, qid).queue.visible_messages == 0
+    missing = berth(server, "queue", "stats", qid, "--consumer-group", "nobody", check=False)
+    assert missing.returncode != 0 and "no consumer group named" in missing.stderr, missing.stderr

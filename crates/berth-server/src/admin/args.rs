@@ -81,6 +81,9 @@ pub enum QueueCommand {
         /// Only this channel.
         #[arg(long)]
         channel: Option<String>,
+        /// Of this consumer group (its OCID or display name) [default: the primary group].
+        #[arg(long)]
+        consumer_group: Option<String>,
     },
     /// List messages with their bodies without leasing them.
     Peek {
@@ -103,6 +106,9 @@ pub enum QueueCommand {
         /// The page the previous peek named.
         #[arg(long)]
         page: Option<String>,
+        /// Of this consumer group (its OCID or display name) [default: the primary group].
+        #[arg(long)]
+        consumer_group: Option<String>,
     },
     /// Put messages (one per argument).
     Put {
@@ -138,12 +144,19 @@ pub enum QueueCommand {
         /// Delete what was got.
         #[arg(long)]
         delete: bool,
+        /// Of this consumer group (its OCID or display name) [default: the primary group].
+        #[arg(long)]
+        consumer_group: Option<String>,
     },
     /// Delete messages of the queue, its DLQ or both, and wait until done.
     Purge {
         queue: String,
         #[arg(long, value_enum, default_value_t = PurgeType::Normal)]
         r#type: PurgeType,
+        /// Of this consumer group (its OCID or display name), or `all` [default: the
+        /// primary group].
+        #[arg(long)]
+        consumer_group: Option<String>,
     },
     /// Move the DLQ's messages back to the queue.
     Redrive {
@@ -154,6 +167,8 @@ pub enum QueueCommand {
     },
     /// Delete a queue and wait until it is deleted.
     Delete { queue: String },
+    /// List a queue's consumer groups.
+    Groups { queue: String },
 }
 
 /// What a purge deletes.

@@ -62,10 +62,11 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
             admin.create(Value::Object(body)).await
         }
         QueueCommand::Get { queue } => admin.get(&admin.resolve(&queue).await?).await,
-        QueueCommand::Stats { queue, channel } => {
-            let query: Vec<_> = channel.map(|c| ("channelId", c)).into_iter().collect();
-            let answer =
-                admin.call("GET", &format!("/queues/{}/stats", admin.resolve(&queue).await?), &query, None).await?;
+        QueueCommand::Stats { queue, channel, consumer_group } => {
+            let id = admin.resolve(&queue).await?;
+            let mut query: Vec<_> = channel.map(|c| ("channelId", c)).into_iter().collect();
+            query.extend(admin.group(&id, consumer_group).await?);
+            let answer = admin.call("GET", &format!("/queues/{id}/stats"), &query, None).await?;
             admin.print(&answer.body, || {
                 let rows: Vec<Vec<String>> = [("queue", &answer.body["queue"]), ("dlq", &answer.body["dlq"])]
                     .iter()
@@ -84,8 +85,10 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
             });
             Ok(())
         }
-        QueueCommand::Peek { queue, dlq, channel, in_flight, delayed, limit, page } => {
+        QueueCommand::Peek { queue, dlq, channel, in_flight, delayed, limit, page, consumer_group } => {
+            let id = admin.resolve(&queue).await?;
             let mut query = vec![("limit", limit.to_string())];
+            query.extend(admin.group(&id, consumer_group).await?);
             for (key, on) in [("deadLetterQueue", dlq), ("includeInFlight", in_flight), ("includeDelayed", delayed)] {
                 if on {
                     query.push((key, "true".into()));
@@ -93,8 +96,7 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
             }
             query.extend(channel.map(|c| ("channelId", c)));
             query.extend(page.map(|p| ("page", p)));
-            let answer =
-                admin.call("GET", &format!("/queues/{}/peek", admin.resolve(&queue).await?), &query, None).await?;
+            let answer = admin.call("GET", &format!("/queues/{id}/peek"), &query, None).await?;
             admin.print(&answer.body, || {
                 let rows: Vec<Vec<String>> = messages(&answer.body)
                     .map(|m| {
@@ -152,9 +154,11 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
                 None => Ok(()),
             }
         }
-        QueueCommand::GetMessages { queue, limit, visibility, timeout, dlq, channel, delete } => {
+        QueueCommand::GetMessages { queue, limit, visibility, timeout, dlq, channel, delete, consumer_group } => {
             let id = admin.resolve(&queue).await?;
+            let group: Vec<_> = admin.group(&id, consumer_group).await?.into_iter().collect();
             let mut query = vec![("limit", limit.to_string()), ("timeoutInSeconds", timeout.to_string())];
+            query.extend(group.iter().cloned());
             query.extend(visibility.map(|v| ("visibilityInSeconds", v.to_string())));
             query.extend(channel.map(|c| ("channelFilter", c)));
             if dlq {
@@ -178,7 +182,7 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
                 let receipts: Vec<Value> = messages(&got.body).map(|m| json!({"receipt": m["receipt"]})).collect();
                 let path = format!("/queues/{id}/messages/actions/deleteMessages");
                 for entries in receipts.chunks(limits::MAX_BATCH_ENTRIES) {
-                    let deleted = admin.call("POST", &path, &[], Some(&json!({"entries": entries}))).await?;
+                    let deleted = admin.call("POST", &path, &group, Some(&json!({"entries": entries}))).await?;
                     let failures = deleted.body["clientFailures"].as_u64().unwrap_or(0)
                         + deleted.body["serverFailures"].as_u64().unwrap_or(0);
                     if failures > 0 {
@@ -188,9 +192,19 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        QueueCommand::Purge { queue, r#type } => {
-            let path = format!("/queues/{}/actions/purge", admin.resolve(&queue).await?);
-            let answer = admin.call("POST", &path, &[], Some(&json!({"purgeType": r#type.wire()}))).await?;
+        QueueCommand::Purge { queue, r#type, consumer_group } => {
+            let id = admin.resolve(&queue).await?;
+            let mut body = json!({"purgeType": r#type.wire()});
+            match consumer_group.as_deref() {
+                Some(all) if all.eq_ignore_ascii_case("all") => body["consumerGroupId"] = json!("all"),
+                _ => {
+                    if let Some((_, group)) = admin.group(&id, consumer_group).await? {
+                        body["consumerGroupId"] = json!(group);
+                    }
+                }
+            }
+            let path = format!("/queues/{id}/actions/purge");
+            let answer = admin.call("POST", &path, &[], Some(&body)).await?;
             let work = admin.wait(&answer).await?;
             admin.print(&work, || println!("purged ({})", r#type.wire()));
             Ok(())
@@ -202,6 +216,35 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
             let moved = answer.body["messagesMoved"].as_u64().unwrap_or(0);
             let noun = if moved == 1 { "message" } else { "messages" };
             admin.print(&answer.body, || println!("moved {moved} {noun} back"));
+            Ok(())
+        }
+        QueueCommand::Groups { queue } => {
+            let id = admin.resolve(&queue).await?;
+            // In full: the list's summaries leave out the thresholds.
+            let mut groups = Vec::new();
+            for summary in admin.groups(&id, None).await? {
+                let path = format!("/consumerGroups/{}", text(&summary["id"]));
+                groups.push(admin.call("GET", &path, &[], None).await?.body);
+            }
+            admin.print(&json!({"items": groups}), || {
+                let rows: Vec<Vec<String>> = groups
+                    .iter()
+                    .map(|g| {
+                        let dlq = match &g["deadLetterQueueDeliveryCount"] {
+                            Value::Null => "queue's".to_owned(),
+                            count => count.to_string(),
+                        };
+                        vec![
+                            text(&g["id"]),
+                            text(&g["displayName"]),
+                            text(&g["lifecycleState"]),
+                            dlq,
+                            text(&g["filter"]),
+                        ]
+                    })
+                    .collect();
+                table::print(&["ID", "NAME", "STATE", "DLQ_AFTER", "FILTER"], &rows);
+            });
             Ok(())
         }
         QueueCommand::Delete { queue } => {
@@ -310,6 +353,38 @@ impl Admin {
             [one] => Ok(text(&one["id"])),
             [] => bail!("no queue named {queue:?} in the tenancy (give its OCID if it is in another compartment)"),
             many => bail!("{} queues are named {queue:?}; give the OCID of one", many.len()),
+        }
+    }
+
+    /// The consumer groups of a queue as ListConsumerGroups sums them up (all pages), oldest
+    /// (the primary group) first, optionally of one display name.
+    async fn groups(&self, queue_id: &str, name: Option<&str>) -> anyhow::Result<Vec<Value>> {
+        let mut items = Vec::new();
+        let mut page: Option<String> = None;
+        loop {
+            let mut query =
+                vec![("queueId", queue_id.to_owned()), ("sortOrder", "ASC".to_owned()), ("limit", "100".to_owned())];
+            query.extend(name.map(|n| ("displayName", n.to_owned())));
+            query.extend(page.take().map(|p| ("page", p)));
+            let answer = self.call("GET", "/consumerGroups", &query, None).await?;
+            items.extend(answer.body["items"].as_array().cloned().unwrap_or_default());
+            match answer.header("opc-next-page") {
+                Some(next) => page = Some(next.to_owned()),
+                None => return Ok(items),
+            }
+        }
+    }
+
+    /// The `consumerGroupId` parameter naming `group` (an OCID, or a display name of the
+    /// queue's groups), if one is given.
+    async fn group(&self, queue_id: &str, group: Option<String>) -> anyhow::Result<Option<(&'static str, String)>> {
+        let Some(group) = group else { return Ok(None) };
+        if group.starts_with("ocid1.") {
+            return Ok(Some(("consumerGroupId", group)));
+        }
+        match self.groups(queue_id, Some(&group)).await?.as_slice() {
+            [one] => Ok(Some(("consumerGroupId", text(&one["id"])))),
+            _ => bail!("the queue has no consumer group named {group:?}"),
         }
     }
 
