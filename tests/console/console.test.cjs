@@ -178,6 +178,42 @@ test("settings are saved, the queue list shows counts, and the queue is deleted"
   assert.match(await page.locator("tbody").innerText(), /No queues yet/);
 });
 
+test("a queue with consumer groups shows each group's counts and messages, and reads one group", async () => {
+  await page.goto(base + "/console");
+  await page.fill("input[name=name]", "fanout");
+  await page.check("input[name=consumer_groups]");
+  await page.click("button:has-text('Create')");
+  await page.getByRole("heading", { name: "fanout" }).waitFor();
+  await page.fill("input[aria-label='Group name']", "audit");
+  await page.fill("input[aria-label='Group filter']", ":a = ");
+  await page.click("button:has-text('Add group')");
+  assert.match(await page.getByRole("alert").innerText(), /filter: at character/);
+  await page.fill("input[aria-label='Group name']", "audit");
+  await page.fill("input[aria-label='Group filter']", "");
+  await page.click("button:has-text('Add group')");
+  assert.equal(await flash(), "Created consumer group audit");
+  await page.fill("textarea[name=content]", "to both");
+  await page.click("button:has-text('Send')");
+  // Name, state, filter and visible messages of each group.
+  const rowsNow = async () => {
+    const rows = [];
+    for (const row of await page.locator("table.groups tbody tr").all()) rows.push((await row.locator("td").allInnerTexts()).slice(0, 4));
+    return rows;
+  };
+  assert.deepEqual(await rowsNow(), [["Primary Consumer Group", "ACTIVE", "", "1"], ["audit", "ACTIVE", "", "1"]]);
+  // The CLI consumes the audit group's copy; the primary group keeps its own.
+  const got = JSON.parse(cli("queue", "get-messages", "fanout", "--consumer-group", "audit", "--delete", "--json"));
+  assert.deepEqual(got.messages.map((m) => m.content), ["to both"]);
+  await page.reload();
+  assert.deepEqual((await rowsNow()).map((r) => r[3]), ["1", "0"]);
+  assert.deepEqual(await bodies(), ["to both"], "below: the primary group's messages");
+  await page.click("table.groups a:has-text('audit')");
+  assert.deepEqual(await bodies(), [], "the audit group's copy is consumed");
+  assert.match(await page.locator("table.groups tr.current").innerText(), /audit/);
+  await page.click("nav.tabs a:has-text('Dead letter queue')");
+  assert.match(page.url(), /group=ocid1\.queueconsumergroup\./, "the tabs stay in the group");
+});
+
 test("logging out ends the session", async () => {
   await page.click("button:has-text('Log out')");
   assert.match(page.url(), /\/console\/login$/);

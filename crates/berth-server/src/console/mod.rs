@@ -17,7 +17,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use berth_core::engine::{spec_with_defaults, Peek, PolicyValues, QueueChange};
+use berth_core::consumer_group::{ConsumerGroupDetails, CONSUMER_GROUPS};
+use berth_core::engine::{spec_with_defaults, Peek, PolicyValues, QueueChange, Target};
 use berth_core::model::{NewMessage, PurgeTarget};
 use berth_core::{Engine, QueueError};
 use serde::Deserialize;
@@ -82,6 +83,7 @@ pub fn router() -> Router<AppState> {
         .route("/console/queues/{id}/charts", get(charts))
         .route("/console/queues/{id}/settings", post(update_settings))
         .route("/console/queues/{id}/messages", post(send_message))
+        .route("/console/queues/{id}/groups", post(create_group))
         .route("/console/queues/{id}/purge", post(purge))
         .route("/console/queues/{id}/redrive", post(redrive))
         .route("/console/queues/{id}/delete", post(delete_queue))
@@ -215,9 +217,16 @@ pub(crate) struct PeekQuery {
     in_flight: Option<String>,
     delayed: Option<String>,
     page: Option<String>,
+    /// A consumer group's copy instead of the primary group's.
+    group: Option<String>,
 }
 
 impl PeekQuery {
+    /// The consumer group asked for, if any.
+    fn group(&self) -> Option<&str> {
+        self.group.as_deref().filter(|g| !g.is_empty())
+    }
+
     fn peek(&self) -> Peek {
         Peek {
             dead_letter: self.side.as_deref() == Some("dlq"),
@@ -282,6 +291,8 @@ struct QueueForm {
     dead_letter_after: String,
     #[serde(default)]
     delivery_delay: String,
+    /// The CONSUMER_GROUPS capability (a ticked box).
+    consumer_groups: Option<String>,
 }
 
 impl QueueForm {
@@ -300,7 +311,10 @@ impl QueueForm {
 async fn create_queue(State(app): State<AppState>, headers: HeaderMap, Form(form): Form<QueueForm>) -> Response {
     let Some(session) = app.console.sessions.of_form(&headers, &form.csrf) else { return to_login() };
     let created = async {
-        let spec = spec_with_defaults(form.name.trim().to_owned(), session.tenancy_id.clone(), form.values()?)?;
+        let mut spec = spec_with_defaults(form.name.trim().to_owned(), session.tenancy_id.clone(), form.values()?)?;
+        if form.consumer_groups.is_some() {
+            spec.capabilities.push(CONSUMER_GROUPS.into());
+        }
         let work = app.engine.create_queue(&session.tenancy_id, spec, None).await?;
         Ok::<_, QueueError>(work.resources.first().map(|r| r.identifier.clone()).unwrap_or_default())
     };
@@ -371,11 +385,54 @@ async fn send_message(
 }
 
 #[derive(Deserialize)]
+struct GroupForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    filter: String,
+}
+
+async fn create_group(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<GroupForm>,
+) -> Response {
+    let Some(session) = app.console.sessions.of_form(&headers, &form.csrf) else { return to_login() };
+    let name = form.name.trim().to_owned();
+    let details = ConsumerGroupDetails {
+        display_name: Some(name.clone()),
+        filter: Some(form.filter.trim().to_owned()),
+        ..ConsumerGroupDetails::default()
+    };
+    let created = app.engine.create_consumer_group(&session.tenancy_id, &id, details, None).await;
+    after(&app, &headers, &format!("/console/queues/{id}"), created.map(|_| format!("Created consumer group {name}")))
+}
+
+#[derive(Deserialize)]
 struct PurgeForm {
     #[serde(default)]
     csrf: String,
     #[serde(default)]
     target: String,
+    /// The consumer group shown (empty: the primary one).
+    #[serde(default)]
+    group: String,
+}
+
+/// A queue's page, showing this consumer group's messages (`""`: the primary group's).
+fn queue_path(id: &str, group: &str) -> String {
+    match group {
+        "" => format!("/console/queues/{id}"),
+        // An OCID's characters only: they need no escaping in a query.
+        group => {
+            let ocid: String =
+                group.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')).collect();
+            format!("/console/queues/{id}?group={ocid}")
+        }
+    }
 }
 
 async fn purge(
@@ -392,22 +449,33 @@ async fn purge(
             "BOTH" => PurgeTarget::Both,
             other => return Err(QueueError::InvalidParameter(format!("no purge type {other:?}"))),
         };
-        app.engine.purge_queue(&session.tenancy_id, &id, None, target, None, None).await?;
+        let group = Some(form.group.as_str()).filter(|g| !g.is_empty());
+        app.engine.purge_queue(&session.tenancy_id, &id, None, target, None, group).await?;
         Ok(format!("Purged ({})", form.target))
     };
-    after(&app, &headers, &format!("/console/queues/{id}"), purged.await)
+    after(&app, &headers, &queue_path(&id, &form.group), purged.await)
+}
+
+#[derive(Deserialize)]
+struct RedriveForm {
+    #[serde(default)]
+    csrf: String,
+    /// The consumer group shown (empty: the primary one).
+    #[serde(default)]
+    group: String,
 }
 
 async fn redrive(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    Form(form): Form<RedriveForm>,
 ) -> Response {
     let Some(session) = app.console.sessions.of_form(&headers, &form.csrf) else { return to_login() };
-    let moved = app.engine.redrive(&session.tenancy_id, &id, None).await;
+    let target = Target { queue_id: &id, consumer_group_id: Some(form.group.as_str()).filter(|g| !g.is_empty()) };
+    let moved = app.engine.redrive(&session.tenancy_id, target, None).await;
     let outcome = moved.map(|n| format!("Moved {n} {} back from the DLQ", if n == 1 { "message" } else { "messages" }));
-    after(&app, &headers, &format!("/console/queues/{id}"), outcome)
+    after(&app, &headers, &queue_path(&id, &form.group), outcome)
 }
 
 #[derive(Deserialize)]

@@ -2,7 +2,9 @@
 
 use std::fmt::Write;
 
+use berth_core::consumer_group::{ConsumerGroupFilter, CONSUMER_GROUPS};
 use berth_core::delivery::Standing;
+use berth_core::engine::Target;
 use berth_core::model::{QueueFilter, QueueSort, QueueStats};
 use berth_core::{Engine, QueueError};
 
@@ -89,6 +91,7 @@ pub(crate) async fn queues(engine: &Engine, history: &History, session: &Session
 <form method="post" action="/console/queues" class="grid">{csrf}
 <label>Name <input name="name" required></label>
 {retention}{visibility}{timeout}{dlq}{delay}
+<label class="check"><input type="checkbox" name="consumer_groups"> consumer groups</label>
 <button>Create</button></form>"#,
         every = super::history::EVERY.as_secs(),
         csrf = csrf(&session.csrf),
@@ -99,6 +102,46 @@ pub(crate) async fn queues(engine: &Engine, history: &History, session: &Session
         delay = number("delivery_delay", "Delivery delay (s)", None),
     );
     Ok(page("Queues", who(session), session.flash.as_ref(), &body))
+}
+
+/// A queue's consumer groups with their counts, the one shown below marked, and a form to
+/// add one.
+async fn groups_section(
+    engine: &Engine,
+    session: &Session,
+    queue_id: &str,
+    shown: Option<&str>,
+) -> Result<String, QueueError> {
+    let tenancy = &session.tenancy_id;
+    let filter = ConsumerGroupFilter { queue_id: Some(queue_id.to_owned()), ..ConsumerGroupFilter::default() };
+    let groups = engine.list_consumer_groups(tenancy, &filter, None, Some(LISTED)).await?;
+    let eid = esc(queue_id);
+    let mut rows = String::new();
+    for g in &groups.items {
+        let stats = engine.stats(tenancy, Target { queue_id, consumer_group_id: Some(&g.id) }, None).await?;
+        let current =
+            if shown == Some(g.id.as_str()) || (shown.is_none() && g.primary) { " class=\"current\"" } else { "" };
+        let _ = write!(
+            rows,
+            r#"<tr{current}><td><a href="/console/queues/{eid}?group={gid}">{name}</a></td><td>{state}</td><td><code>{filter}</code></td>{counts}</tr>"#,
+            gid = esc(&g.id),
+            name = esc(&g.spec.display_name),
+            state = esc(g.state.as_str()),
+            filter = esc(&g.spec.filter),
+            counts = counts_cells(&stats),
+        );
+    }
+    Ok(format!(
+        r#"<h2>Consumer groups</h2>
+<table class="groups"><thead><tr><th>Name</th><th>State</th><th>Filter</th><th class="num">Visible</th><th class="num">In flight</th><th class="num">Delayed</th><th class="num">DLQ</th></tr></thead><tbody>{rows}</tbody></table>
+<form method="post" action="/console/queues/{eid}/groups" class="inline">{token}
+<input name="name" aria-label="Group name" placeholder="name" required>
+<input name="filter" aria-label="Group filter" placeholder='filter, e.g. :kind = "audit"'>
+<button>Add group</button></form>
+<p class="muted">Below: the {which} group's messages.</p>"#,
+        token = csrf(&session.csrf),
+        which = if shown.is_some() { "chosen" } else { "primary" },
+    ))
 }
 
 fn stats_table(stats: &QueueStats) -> String {
@@ -127,11 +170,20 @@ pub(crate) async fn queue(
     if queue.state == berth_core::model::LifecycleState::Deleted {
         return Err(QueueError::QueueNotFound);
     }
-    let stats = engine.stats(tenancy, id, None).await?;
-    let channels = engine.list_channels(tenancy, id, None, None, Some(100)).await?;
+    // Everything below the groups' table is of the group asked for (else the primary's).
+    let group = q.group();
+    let target = Target { queue_id: id, consumer_group_id: group };
+    let stats = engine.stats(tenancy, target, None).await?;
+    let channels = engine.list_channels(tenancy, target, None, None, Some(100)).await?;
     let peek = q.peek();
     let dlq = peek.dead_letter;
-    let peeked = engine.peek(tenancy, id, peek.clone()).await?;
+    let peeked = engine.peek(tenancy, target, peek.clone()).await?;
+    let groups = if queue.spec.capabilities.iter().any(|c| c == CONSUMER_GROUPS) {
+        groups_section(engine, session, id, group).await?
+    } else {
+        String::new()
+    };
+    let in_group = group.map(|g| format!("&group={}", esc(g))).unwrap_or_default();
     let p = &queue.spec.policy;
     let eid = esc(id);
     let token = csrf(&session.csrf);
@@ -158,7 +210,7 @@ pub(crate) async fn queue(
     let checked = |on: bool| if on { " checked" } else { "" };
     let side_value = if dlq { "dlq" } else { "queue" };
     let next = peeked.next.as_ref().map_or_else(String::new, |next| {
-        let mut link = format!("/console/queues/{eid}?side={side_value}&page={}", esc(next));
+        let mut link = format!("/console/queues/{eid}?side={side_value}{in_group}&page={}", esc(next));
         if peek.in_flight {
             link.push_str("&in_flight=on");
         }
@@ -175,16 +227,18 @@ pub(crate) async fn queue(
     };
     let tab = |side: &str, label: &str| {
         let class = if side == side_value { " class=\"current\"" } else { "" };
-        format!(r#"<a href="/console/queues/{eid}?side={side}"{class}>{label}</a>"#)
+        format!(r#"<a href="/console/queues/{eid}?side={side}{in_group}"{class}>{label}</a>"#)
     };
+    let group_input =
+        group.map(|g| format!(r#"<input type="hidden" name="group" value="{}">"#, esc(g))).unwrap_or_default();
     let body = format!(
         r#"<p><a href="/console">← Queues</a></p>
 <h1>{name}</h1><p class="muted">{eid} · {state}</p>
-{stats}
+{groups}{stats}
 <h2>Last minutes</h2><div class="charts" id="charts" data-src="/console/queues/{eid}/charts">{charts}</div>
 <h2>Messages</h2>
 <nav class="tabs">{tab_queue}{tab_dlq}</nav>
-<form method="get" action="/console/queues/{eid}" class="inline"><input type="hidden" name="side" value="{side_value}">
+<form method="get" action="/console/queues/{eid}" class="inline"><input type="hidden" name="side" value="{side_value}">{group_input}
 <label class="check"><input type="checkbox" name="in_flight"{in_flight}> in flight</label>
 <label class="check"><input type="checkbox" name="delayed"{delayed}> delayed</label><button>Show</button></form>
 <table class="messages"><thead><tr><th class="num">Id</th><th>State</th><th class="num">Deliveries</th><th>Channel</th><th>Body</th></tr></thead><tbody>{messages}</tbody></table>
@@ -203,10 +257,10 @@ pub(crate) async fn queue(
 <button>Save</button></form>
 <h2>Actions</h2>
 <section class="actions">
-<form method="post" action="/console/queues/{eid}/purge" class="inline">{token}
+<form method="post" action="/console/queues/{eid}/purge" class="inline">{token}{group_input}
 <select name="target" aria-label="What to purge"><option value="NORMAL">Queue</option><option value="DLQ">DLQ</option><option value="BOTH">Both</option></select>
 <button class="danger">Purge</button></form>
-<form method="post" action="/console/queues/{eid}/redrive" class="inline">{token}<button>Redrive the DLQ</button></form>
+<form method="post" action="/console/queues/{eid}/redrive" class="inline">{token}{group_input}<button>Redrive the DLQ</button></form>
 <form method="post" action="/console/queues/{eid}/delete" class="inline">{token}
 <label class="check"><input type="checkbox" name="confirm" required> yes, delete it</label><button class="danger">Delete queue</button></form>
 </section>
