@@ -114,3 +114,22 @@ def test_store_commits_are_counted_with_their_size_and_latency(server, qc, make_
         key = (histogram + "_count", frozenset())
         assert after[key] >= before[key] + 1, histogram
         assert after[(histogram + "_sum", frozenset())] > 0, histogram
+
+
+def test_each_consumer_group_has_its_counts(server, qc, tenant):
+    from oci.queue.models import ConsumerGroupsCapabilityDetails, CreateConsumerGroupDetails
+    qid = tenant.create_queue(capabilities=[ConsumerGroupsCapabilityDetails()])
+    tenant.admin.create_consumer_group(CreateConsumerGroupDetails(display_name="reporting", queue_id=qid))
+    [listed] = tenant.admin.list_consumer_groups(queue_id=qid, display_name="reporting").data.items
+    gid = listed.id
+    put(qc, qid, ["a", "b"])
+    got = qc.get_messages(qid, limit=1, visibility_in_seconds=60, timeout_in_seconds=0, consumer_group_id=gid)
+    assert len(got.data.messages) == 1
+    samples = scrape(server.base)
+    assert of_queue(samples, "berth_consumer_group_messages", qid, consumer_group="reporting", side="queue",
+                    state="visible") == 1
+    assert of_queue(samples, "berth_consumer_group_messages", qid, consumer_group_id=gid, side="queue",
+                    state="in_flight") == 1
+    assert of_queue(samples, "berth_consumer_group_messages", qid, consumer_group="Primary Consumer Group",
+                    side="queue", state="visible") == 2
+    assert of_queue(samples, "berth_queue_messages", qid, side="queue", state="visible") == 2, "the primary group's"

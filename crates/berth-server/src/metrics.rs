@@ -12,7 +12,7 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use berth_core::engine::QueueMetrics;
-use berth_core::model::QueueRow;
+use berth_core::model::{QueueRow, QueueStats};
 use berth_core::store::{Moved, StoreObserver};
 use berth_core::Engine;
 use prometheus_client::collector::Collector;
@@ -56,6 +56,17 @@ struct QueueStateLabels {
     /// `queue` or `dlq`.
     side: &'static str,
     /// `visible`, `in_flight` or `delayed`.
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupStateLabels {
+    tenancy: String,
+    queue_id: String,
+    queue: String,
+    consumer_group_id: String,
+    consumer_group: String,
+    side: &'static str,
     state: &'static str,
 }
 
@@ -269,6 +280,15 @@ impl StoreObserver for StoreMetrics {
     }
 }
 
+/// A side's counts by state: (side, state, messages).
+fn by_state(stats: &QueueStats) -> impl Iterator<Item = (&'static str, &'static str, u64)> + '_ {
+    [("queue", &stats.queue), ("dlq", &stats.dead_letter)].into_iter().flat_map(|(side, c)| {
+        [("visible", c.visible), ("in_flight", c.in_flight), ("delayed", c.delayed)]
+            .into_iter()
+            .map(move |(state, n)| (side, state, n))
+    })
+}
+
 /// Per-queue metrics, from the snapshot the scrape took just before encoding.
 #[derive(Clone, Debug, Default)]
 struct QueueCollector {
@@ -279,6 +299,7 @@ struct QueueCollector {
 impl Collector for QueueCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let messages = Family::<QueueStateLabels, Gauge>::default();
+        let group_messages = Family::<GroupStateLabels, Gauge>::default();
         let bytes = Family::<QueueSideLabels, Gauge>::default();
         let put = Family::<QueueLabels, Counter>::default();
         let delivered = Family::<QueueLabels, Counter>::default();
@@ -297,19 +318,17 @@ impl Collector for QueueCollector {
                 queue_id: q.queue.id.clone(),
                 queue: q.queue.spec.display_name.clone(),
             };
+            for (side, state, n) in by_state(&q.stats) {
+                let labels = QueueStateLabels {
+                    tenancy: queue.tenancy.clone(),
+                    queue_id: queue.queue_id.clone(),
+                    queue: queue.queue.clone(),
+                    side,
+                    state,
+                };
+                messages.get_or_create(&labels).set(gauge(n));
+            }
             for (side, counts) in [("queue", &q.stats.queue), ("dlq", &q.stats.dead_letter)] {
-                for (state, n) in
-                    [("visible", counts.visible), ("in_flight", counts.in_flight), ("delayed", counts.delayed)]
-                {
-                    let labels = QueueStateLabels {
-                        tenancy: queue.tenancy.clone(),
-                        queue_id: queue.queue_id.clone(),
-                        queue: queue.queue.clone(),
-                        side,
-                        state,
-                    };
-                    messages.get_or_create(&labels).set(gauge(n));
-                }
                 let labels = QueueSideLabels {
                     tenancy: queue.tenancy.clone(),
                     queue_id: queue.queue_id.clone(),
@@ -317,6 +336,20 @@ impl Collector for QueueCollector {
                     side,
                 };
                 bytes.get_or_create(&labels).set(gauge(counts.size_bytes));
+            }
+            for (group, stats) in &q.groups {
+                for (side, state, n) in by_state(stats) {
+                    let labels = GroupStateLabels {
+                        tenancy: queue.tenancy.clone(),
+                        queue_id: queue.queue_id.clone(),
+                        queue: queue.queue.clone(),
+                        consumer_group_id: group.id.clone(),
+                        consumer_group: group.spec.display_name.clone(),
+                        side,
+                        state,
+                    };
+                    group_messages.get_or_create(&labels).set(gauge(n));
+                }
             }
             put.get_or_create(&queue).inc_by(q.totals.put);
             delivered.get_or_create(&queue).inc_by(q.totals.delivered);
@@ -331,6 +364,11 @@ impl Collector for QueueCollector {
             metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
         };
         emit("berth_queue_messages", "Messages of a queue or its DLQ by state, as the store has them now", &messages)?;
+        emit(
+            "berth_consumer_group_messages",
+            "Messages of a consumer group's copy of its queue, or of its DLQ, by state (the primary group's are its queue's)",
+            &group_messages,
+        )?;
         emit("berth_queue_bytes", "Content bytes of a queue or its DLQ (delayed messages not counted)", &bytes)?;
         emit("berth_queue_messages_put", "Messages put through this node", &put)?;
         emit(

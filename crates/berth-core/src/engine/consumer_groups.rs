@@ -129,7 +129,7 @@ impl Engine {
     }
 
     /// The live groups of a queue, oldest first.
-    async fn groups_of(&self, queue: &Queue) -> Result<Vec<ConsumerGroup>, QueueError> {
+    pub(super) async fn groups_of(&self, queue: &Queue) -> Result<Vec<ConsumerGroup>, QueueError> {
         let filter = ConsumerGroupFilter { queue_id: Some(queue.id.clone()), ..ConsumerGroupFilter::default() };
         Ok(self.store.list_consumer_groups(&queue.tenancy_id, &filter, 0, u32::MAX).await?)
     }

@@ -38,6 +38,8 @@ pub struct QueueMetrics {
     pub stats: crate::model::QueueStats,
     /// What this engine moved through it since start.
     pub totals: MessageTotals,
+    /// Its consumer groups with their counts now (the primary group's are `stats`).
+    pub groups: Vec<(ConsumerGroup, crate::model::QueueStats)>,
 }
 
 /// The queue engine.
@@ -165,7 +167,14 @@ impl Engine {
         for (tenancy_name, queue) in self.store.all_live_queues().await? {
             let stats = self.store.stats(queue.row, None, now).await?;
             let totals = self.counters.totals(&queue.id);
-            out.push(QueueMetrics { tenancy_name, queue, stats, totals });
+            let mut groups = Vec::new();
+            if queue.spec.capabilities.iter().any(|c| c == crate::consumer_group::CONSUMER_GROUPS) {
+                for group in self.groups_of(&queue).await? {
+                    let stats = self.store.stats(group.stream, None, now).await?;
+                    groups.push((group, stats));
+                }
+            }
+            out.push(QueueMetrics { tenancy_name, queue, stats, totals, groups });
         }
         Ok(out)
     }
