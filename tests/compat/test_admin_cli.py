@@ -166,13 +166,16 @@ def test_consumer_groups_are_listed_and_read_one_by_one_from_the_cli(server, ten
     audit = listed[1][0]
 
     berth(server, "queue", "put", qid, "a", "b")
+    peeked = as_json(server, "queue", "peek", qid, "--consumer-group", "AUDIT")["messages"]
+    assert [m["content"] for m in peeked] == ["a", "b"], "names regardless of case"
     got = as_json(server, "queue", "get-messages", qid, "--limit", "2", "--consumer-group", "audit", "--delete")
     assert [m["content"] for m in got["messages"]] == ["a", "b"]
     assert rows(berth(server, "queue", "stats", qid, "--consumer-group", audit).stdout)[0][:3] == ["queue", "0", "0"]
     assert rows(berth(server, "queue", "stats", qid).stdout)[0][:3] == ["queue", "2", "0"], "the primary group's"
-    peeked = as_json(server, "queue", "peek", qid, "--consumer-group", "main")["messages"]
-    assert [m["content"] for m in peeked] == ["a", "b"]
+    berth(server, "queue", "put", qid, "c")
     berth(server, "queue", "purge", qid, "--consumer-group", "all")
-    assert stats(tenant.qc, qid).queue.visible_messages == 0
+    for group in ("main", "audit"):
+        left = rows(berth(server, "queue", "stats", qid, "--consumer-group", group).stdout)[0][:2]
+        assert left == ["queue", "0"], (group, left)
     missing = berth(server, "queue", "stats", qid, "--consumer-group", "nobody", check=False)
     assert missing.returncode != 0 and "no consumer group named" in missing.stderr, missing.stderr

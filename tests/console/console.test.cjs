@@ -212,6 +212,20 @@ test("a queue with consumer groups shows each group's counts and messages, and r
   assert.match(await page.locator("table.groups tr.current").innerText(), /audit/);
   await page.click("nav.tabs a:has-text('Dead letter queue')");
   assert.match(page.url(), /group=ocid1\.queueconsumergroup\./, "the tabs stay in the group");
+  // A purge in the group empties that group only, and stays there.
+  await page.fill("textarea[name=content]", "second");
+  await page.click("button:has-text('Send')");
+  await page.click("table.groups a:has-text('audit')");
+  assert.deepEqual(await bodies(), ["second"]);
+  await page.selectOption("select[name=target]", "BOTH");
+  await page.click("button:has-text('Purge')");
+  assert.equal(await flash(), "Purged (BOTH)");
+  assert.match(page.url(), /group=ocid1\.queueconsumergroup\./);
+  assert.deepEqual((await rowsNow()).map((r) => r[3]), ["2", "0"]);
+  // A group that is not there leads back to the queue, said so.
+  await page.goto(page.url().replace(/group=[^&]*/, "group=ocid1.queueconsumergroup.oc1..gone"));
+  assert.equal(await flash(), "No such consumer group of this queue");
+  assert.deepEqual(await bodies(), ["to both", "second"]);
 });
 
 test("logging out ends the session", async () => {

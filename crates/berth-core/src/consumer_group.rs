@@ -284,6 +284,14 @@ pub fn name_taken(groups: &[ConsumerGroup], name: &str, other_than: Option<Queue
     groups.iter().any(|g| Some(g.row) != other_than && g.spec.display_name.to_lowercase() == name)
 }
 
+/// Why a queue whose live groups are `groups` refuses a new one named `name`, if it does.
+pub fn refused(groups: &[ConsumerGroup], name: &str) -> Option<crate::store::GroupCreated> {
+    if name_taken(groups, name, None) {
+        return Some(crate::store::GroupCreated::NameTaken);
+    }
+    (groups.len() >= limits::MAX_CONSUMER_GROUPS).then_some(crate::store::GroupCreated::TooMany)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,6 +25,9 @@ pub const RETENTION_SECS: (u32, u32) = (10, 604_800);
 pub const MAX_DEAD_LETTER_AFTER: u32 = 20;
 /// Most non-empty channels per queue.
 pub const MAX_CHANNELS: u32 = 256;
+/// Consumer groups a queue has at most, the primary one included (Berth's own limit: a
+/// put's cost grows with the groups it fans out to).
+pub const MAX_CONSUMER_GROUPS: usize = 32;
 /// Longest channel id, in bytes.
 pub const MAX_CHANNEL_ID_BYTES: usize = 255;
 /// Most custom properties per message, and the longest key and value.

@@ -112,6 +112,13 @@ pub struct QueueSpec {
     pub defined_tags: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
 }
 
+impl QueueSpec {
+    /// Whether the queue has the CONSUMER_GROUPS capability (and so its primary group).
+    pub fn has_consumer_groups(&self) -> bool {
+        self.capabilities.iter().any(|c| c == crate::consumer_group::CONSUMER_GROUPS)
+    }
+}
+
 /// A queue as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Queue {

@@ -96,6 +96,8 @@ pub enum GroupCreated {
     NameTaken,
     /// Nothing changed: the group's queue is deleted.
     QueueGone,
+    /// Nothing changed: the queue has [`crate::limits::MAX_CONSUMER_GROUPS`] groups.
+    TooMany,
 }
 
 /// Outcome of [`Store::save_consumer_group`].

@@ -149,7 +149,7 @@ impl Metrics {
     /// When the store cannot be read.
     pub async fn render(&self, engine: &Engine) -> Result<String, ApiError> {
         let _one_at_a_time = self.scraping.lock().await;
-        let snapshot = engine.queue_metrics().await?;
+        let snapshot = engine.queue_metrics(true).await?;
         *self.queues.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = snapshot;
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).map_err(|_| ApiError::Panic)?;

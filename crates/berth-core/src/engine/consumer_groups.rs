@@ -9,6 +9,7 @@ use crate::consumer_group::{
     NewConsumerGroup, CONSUMER_GROUPS,
 };
 use crate::error::QueueError;
+use crate::limits;
 use crate::model::{ActionType, LifecycleState, OperationType, Page, Queue, QueueRow, WorkRequest, WorkResource};
 use crate::ocid;
 use crate::store::{GroupCreated, GroupSaved, PrimaryGroup, RetryToken};
@@ -95,7 +96,7 @@ impl Engine {
         retry_token: Option<(String, String)>,
     ) -> Result<WorkRequest, QueueError> {
         let queue = self.active_queue(tenancy_id, queue_id).await?;
-        if !queue.spec.capabilities.iter().any(|c| c == CONSUMER_GROUPS) {
+        if !queue.spec.has_consumer_groups() {
             return Err(QueueError::invalid(format!(
                 "queue {queue_id} does not have the {CONSUMER_GROUPS} capability: add it with UpdateQueue first"
             )));
@@ -112,6 +113,11 @@ impl Engine {
             GroupCreated::Done(created) => self.created(tenancy_id, created).await,
             GroupCreated::NameTaken => Err(name_taken(&queue.id, &name)),
             GroupCreated::QueueGone => Err(QueueError::QueueNotFound),
+            GroupCreated::TooMany => Err(QueueError::LimitExceeded(format!(
+                "queue {} has {} consumer groups, the most a queue can have",
+                queue.id,
+                limits::MAX_CONSUMER_GROUPS
+            ))),
         }
     }
 
@@ -151,7 +157,7 @@ impl Engine {
         queue: &Queue,
         details: Option<&ConsumerGroupDetails>,
     ) -> Result<Option<PrimaryGroup>, QueueError> {
-        if queue.state == LifecycleState::Deleted || !queue.spec.capabilities.iter().any(|c| c == CONSUMER_GROUPS) {
+        if queue.state == LifecycleState::Deleted || !queue.spec.has_consumer_groups() {
             return Ok(None);
         }
         let groups = self.groups_of(queue).await?;

@@ -38,7 +38,8 @@ pub struct QueueMetrics {
     pub stats: crate::model::QueueStats,
     /// What this engine moved through it since start.
     pub totals: MessageTotals,
-    /// Its consumer groups with their counts now (the primary group's are `stats`).
+    /// Its consumer groups with their counts now, the primary group's (`stats`) included,
+    /// when asked for.
     pub groups: Vec<(ConsumerGroup, crate::model::QueueStats)>,
 }
 
@@ -157,20 +158,25 @@ impl Engine {
     }
 
     /// Every live queue with its tenancy's name, counts as of now and what this engine
-    /// moved through it (for metrics; one store read per queue).
+    /// moved through it (for metrics; one store read per queue), and with
+    /// `consumer_groups` its groups' counts (one more per group but the primary).
     ///
     /// # Errors
     /// A store failure.
-    pub async fn queue_metrics(&self) -> Result<Vec<QueueMetrics>, QueueError> {
+    pub async fn queue_metrics(&self, consumer_groups: bool) -> Result<Vec<QueueMetrics>, QueueError> {
         let now = self.clock.now();
         let mut out = Vec::new();
         for (tenancy_name, queue) in self.store.all_live_queues().await? {
             let stats = self.store.stats(queue.row, None, now).await?;
             let totals = self.counters.totals(&queue.id);
             let mut groups = Vec::new();
-            if queue.spec.capabilities.iter().any(|c| c == crate::consumer_group::CONSUMER_GROUPS) {
+            if consumer_groups && queue.spec.has_consumer_groups() {
                 for group in self.groups_of(&queue).await? {
-                    let stats = self.store.stats(group.stream, None, now).await?;
+                    // The primary group's stream is the queue's own.
+                    let stats = match group.stream == queue.row {
+                        true => stats,
+                        false => self.store.stats(group.stream, None, now).await?,
+                    };
                     groups.push((group, stats));
                 }
             }

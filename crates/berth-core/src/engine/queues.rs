@@ -158,7 +158,7 @@ impl Engine {
             version: 1,
             spec,
         };
-        let primary_group = match queue.spec.capabilities.iter().any(|c| c == CONSUMER_GROUPS) {
+        let primary_group = match queue.spec.has_consumer_groups() {
             true => {
                 let details = queue.spec.primary_consumer_group.clone().unwrap_or_default();
                 Some(self.new_group(&queue, details.spec(true)?, true))
@@ -290,8 +290,7 @@ impl Engine {
                 spec.custom_encryption_key_id = (!key.is_empty()).then(|| key.clone());
             }
             if let Some(capabilities) = &change.capabilities {
-                let had_groups = spec.capabilities.iter().any(|c| c == CONSUMER_GROUPS);
-                if had_groups && !capabilities.iter().any(|c| c == CONSUMER_GROUPS) {
+                if spec.has_consumer_groups() && !capabilities.iter().any(|c| c == CONSUMER_GROUPS) {
                     return Err(QueueError::invalid(
                         "the CONSUMER_GROUPS capability cannot be removed from a queue that has it",
                     ));

@@ -153,8 +153,8 @@ pub enum QueueCommand {
         queue: String,
         #[arg(long, value_enum, default_value_t = PurgeType::Normal)]
         r#type: PurgeType,
-        /// Of this consumer group (its OCID or display name), or `all` [default: the
-        /// primary group].
+        /// Of this consumer group (its OCID or display name), or `all` of them (a group
+        /// named "all" by its OCID) [default: the primary group].
         #[arg(long)]
         consumer_group: Option<String>,
     },
@@ -164,6 +164,9 @@ pub enum QueueCommand {
         /// Only these channels.
         #[arg(long)]
         channel: Vec<String>,
+        /// Of this consumer group (its OCID or display name) [default: the primary group].
+        #[arg(long)]
+        consumer_group: Option<String>,
     },
     /// Delete a queue and wait until it is deleted.
     Delete { queue: String },

@@ -209,10 +209,11 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
             admin.print(&work, || println!("purged ({})", r#type.wire()));
             Ok(())
         }
-        QueueCommand::Redrive { queue, channel } => {
-            let path = format!("/queues/{}/actions/redrive", admin.resolve(&queue).await?);
+        QueueCommand::Redrive { queue, channel, consumer_group } => {
+            let id = admin.resolve(&queue).await?;
+            let group: Vec<_> = admin.group(&id, consumer_group).await?.into_iter().collect();
             let body = if channel.is_empty() { json!({}) } else { json!({"channelIds": channel}) };
-            let answer = admin.call("POST", &path, &[], Some(&body)).await?;
+            let answer = admin.call("POST", &format!("/queues/{id}/actions/redrive"), &group, Some(&body)).await?;
             let moved = answer.body["messagesMoved"].as_u64().unwrap_or(0);
             let noun = if moved == 1 { "message" } else { "messages" };
             admin.print(&answer.body, || println!("moved {moved} {noun} back"));
@@ -222,7 +223,7 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
             let id = admin.resolve(&queue).await?;
             // In full: the list's summaries leave out the thresholds.
             let mut groups = Vec::new();
-            for summary in admin.groups(&id, None).await? {
+            for summary in admin.groups(&id).await? {
                 let path = format!("/consumerGroups/{}", text(&summary["id"]));
                 groups.push(admin.call("GET", &path, &[], None).await?.body);
             }
@@ -357,14 +358,13 @@ impl Admin {
     }
 
     /// The consumer groups of a queue as ListConsumerGroups sums them up (all pages), oldest
-    /// (the primary group) first, optionally of one display name.
-    async fn groups(&self, queue_id: &str, name: Option<&str>) -> anyhow::Result<Vec<Value>> {
+    /// (the primary group) first.
+    async fn groups(&self, queue_id: &str) -> anyhow::Result<Vec<Value>> {
         let mut items = Vec::new();
         let mut page: Option<String> = None;
         loop {
             let mut query =
                 vec![("queueId", queue_id.to_owned()), ("sortOrder", "ASC".to_owned()), ("limit", "100".to_owned())];
-            query.extend(name.map(|n| ("displayName", n.to_owned())));
             query.extend(page.take().map(|p| ("page", p)));
             let answer = self.call("GET", "/consumerGroups", &query, None).await?;
             items.extend(answer.body["items"].as_array().cloned().unwrap_or_default());
@@ -379,12 +379,15 @@ impl Admin {
     /// queue's groups), if one is given.
     async fn group(&self, queue_id: &str, group: Option<String>) -> anyhow::Result<Option<(&'static str, String)>> {
         let Some(group) = group else { return Ok(None) };
-        if group.starts_with("ocid1.") {
+        if group.starts_with("ocid1.queueconsumergroup.") {
             return Ok(Some(("consumerGroupId", group)));
         }
-        match self.groups(queue_id, Some(&group)).await?.as_slice() {
-            [one] => Ok(Some(("consumerGroupId", text(&one["id"])))),
-            _ => bail!("the queue has no consumer group named {group:?}"),
+        // Names are unique regardless of case; the list's filter is exact.
+        let wanted = group.to_lowercase();
+        let all = self.groups(queue_id).await?;
+        match all.iter().find(|g| text(&g["displayName"]).to_lowercase() == wanted) {
+            Some(one) => Ok(Some(("consumerGroupId", text(&one["id"])))),
+            None => bail!("the queue has no consumer group named {group:?}"),
         }
     }
 

@@ -55,7 +55,7 @@ impl History {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            match engine.queue_metrics().await {
+            match engine.queue_metrics(false).await {
                 Ok(queues) => {
                     let at = Instant::now();
                     let mut by_queue = self.by_queue.lock().unwrap_or_else(|e| e.into_inner());

@@ -252,6 +252,11 @@ async fn queue_page(
             app.console.sessions.flash(&headers, true, format!("No queue {id}"));
             Redirect::to("/console").into_response()
         }
+        // Deleted meanwhile, or of another queue: the queue's own page.
+        Err(QueueError::ConsumerGroupNotFound) => {
+            app.console.sessions.flash(&headers, true, "No such consumer group of this queue".to_owned());
+            Redirect::to(&format!("/console/queues/{id}")).into_response()
+        }
         Err(e) => html(pages::frame_error(&session, &e)),
     }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use berth_core::consumer_group::{ConsumerGroupFilter, CONSUMER_GROUPS};
+use berth_core::consumer_group::ConsumerGroupFilter;
 use berth_core::delivery::Standing;
 use berth_core::engine::Target;
 use berth_core::model::{QueueFilter, QueueSort, QueueStats};
@@ -117,10 +117,14 @@ async fn groups_section(
     let groups = engine.list_consumer_groups(tenancy, &filter, None, Some(LISTED)).await?;
     let eid = esc(queue_id);
     let mut rows = String::new();
+    let mut shown_name = String::new();
     for g in &groups.items {
         let stats = engine.stats(tenancy, Target { queue_id, consumer_group_id: Some(&g.id) }, None).await?;
-        let current =
-            if shown == Some(g.id.as_str()) || (shown.is_none() && g.primary) { " class=\"current\"" } else { "" };
+        let is_shown = shown == Some(g.id.as_str()) || (shown.is_none() && g.primary);
+        if is_shown {
+            shown_name = g.spec.display_name.clone();
+        }
+        let current = if is_shown { " class=\"current\"" } else { "" };
         let _ = write!(
             rows,
             r#"<tr{current}><td><a href="/console/queues/{eid}?group={gid}">{name}</a></td><td>{state}</td><td><code>{filter}</code></td>{counts}</tr>"#,
@@ -138,9 +142,9 @@ async fn groups_section(
 <input name="name" aria-label="Group name" placeholder="name" required>
 <input name="filter" aria-label="Group filter" placeholder='filter, e.g. :kind = "audit"'>
 <button>Add group</button></form>
-<p class="muted">Below: the {which} group's messages.</p>"#,
+<p class="muted">Below: the messages of {shown}.</p>"#,
         token = csrf(&session.csrf),
-        which = if shown.is_some() { "chosen" } else { "primary" },
+        shown = esc(&shown_name),
     ))
 }
 
@@ -170,7 +174,8 @@ pub(crate) async fn queue(
     if queue.state == berth_core::model::LifecycleState::Deleted {
         return Err(QueueError::QueueNotFound);
     }
-    // Everything below the groups' table is of the group asked for (else the primary's).
+    // Counts, channels, messages, purge and redrive are of the group asked for (else the
+    // primary's); charts, sending, settings and deletion are the queue's.
     let group = q.group();
     let target = Target { queue_id: id, consumer_group_id: group };
     let stats = engine.stats(tenancy, target, None).await?;
@@ -178,7 +183,7 @@ pub(crate) async fn queue(
     let peek = q.peek();
     let dlq = peek.dead_letter;
     let peeked = engine.peek(tenancy, target, peek.clone()).await?;
-    let groups = if queue.spec.capabilities.iter().any(|c| c == CONSUMER_GROUPS) {
+    let groups = if queue.spec.has_consumer_groups() {
         groups_section(engine, session, id, group).await?
     } else {
         String::new()

@@ -91,9 +91,9 @@ pub(crate) async fn create(
     if let Some(seen) = check_retry_token(c, &new.tenancy_id, retry, &work.id, new.now).await? {
         return Ok(GroupCreated::Done(seen));
     }
-    if consumer_group::name_taken(&of_queue(c, new.queue_row).await?, &new.spec.display_name, None) {
+    if let Some(refused) = consumer_group::refused(&of_queue(c, new.queue_row).await?, &new.spec.display_name) {
         forget_retry_token(c, &new.tenancy_id, retry).await?;
-        return Ok(GroupCreated::NameTaken);
+        return Ok(refused);
     }
     insert(c, new, new.queue_row, queue_threshold).await?;
     insert_work_request(c, work).await?;

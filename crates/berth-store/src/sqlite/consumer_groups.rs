@@ -73,9 +73,9 @@ pub(crate) fn create(
     if let Some(seen) = check_retry_token(conn, &new.tenancy_id, retry, &work.id, new.now)? {
         return Ok((GroupCreated::Done(seen), None));
     }
-    if consumer_group::name_taken(&of_queue(conn, new.queue_row)?, &new.spec.display_name, None) {
+    if let Some(refused) = consumer_group::refused(&of_queue(conn, new.queue_row)?, &new.spec.display_name) {
         forget_retry_token(conn, &new.tenancy_id, retry)?;
-        return Ok((GroupCreated::NameTaken, None));
+        return Ok((refused, None));
     }
     let stream = insert(conn, new, new.queue_row, queue_threshold)?;
     insert_work_request(conn, work)?;

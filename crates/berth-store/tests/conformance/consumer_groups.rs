@@ -384,3 +384,16 @@ pub(crate) async fn ids_of_a_first_put_no_group_takes_are_not_reused_after_a_res
     let next = r.put(&other, &["next"]).await[0];
     assert!(next > dropped, "id {next} reused after the dropped {dropped}");
 }
+
+pub(crate) async fn a_queue_has_at_most_its_limit_of_consumer_groups(backend: Arc<dyn Backend>) {
+    let r = rig(backend).await;
+    let (q, _) = queue_with_groups(&r, 0, ConsumerGroupDetails::default()).await;
+    let mut last = String::new();
+    for i in 1..berth_core::limits::MAX_CONSUMER_GROUPS {
+        last = group(&r, &q, named(&format!("g{i}"), "")).await;
+    }
+    let one_more = r.engine.create_consumer_group(T, &q, named("one more", ""), None).await;
+    assert!(matches!(one_more, Err(QueueError::LimitExceeded(_))), "{one_more:?}");
+    r.engine.delete_consumer_group(T, &last, None).await.unwrap();
+    group(&r, &q, named("one more", "")).await;
+}

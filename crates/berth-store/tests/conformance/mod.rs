@@ -1031,6 +1031,10 @@ macro_rules! conformance_suite {
             conformance::consumer_groups::ids_of_a_first_put_no_group_takes_are_not_reused_after_a_restart($backend).await
         }
         #[tokio::test]
+        async fn a_queue_has_at_most_its_limit_of_consumer_groups() {
+            conformance::consumer_groups::a_queue_has_at_most_its_limit_of_consumer_groups($backend).await
+        }
+        #[tokio::test]
         async fn the_observer_hears_of_commits_dead_letters_and_expiry_per_queue() {
             conformance::the_observer_hears_of_commits_dead_letters_and_expiry_per_queue($backend).await
         }
