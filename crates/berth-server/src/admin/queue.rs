@@ -328,16 +328,23 @@ impl Admin {
 
     /// Every queue of the compartment (all pages), optionally of one display name.
     async fn queues(&self, compartment_id: &str, name: Option<&str>) -> anyhow::Result<Vec<Value>> {
+        let mut query = vec![("compartmentId", compartment_id.to_owned())];
+        query.extend(name.map(|n| ("displayName", n.to_owned())));
+        self.all_pages("/queues", query).await
+    }
+
+    /// The items of every page of a list.
+    async fn all_pages(&self, path: &str, mut query: Vec<(&str, String)>) -> anyhow::Result<Vec<Value>> {
+        query.push(("limit", "100".to_owned()));
         let mut items = Vec::new();
-        let mut page: Option<String> = None;
         loop {
-            let mut query = vec![("compartmentId", compartment_id.to_owned()), ("limit", "100".to_owned())];
-            query.extend(name.map(|n| ("displayName", n.to_owned())));
-            query.extend(page.take().map(|p| ("page", p)));
-            let answer = self.call("GET", "/queues", &query, None).await?;
+            let answer = self.call("GET", path, &query, None).await?;
             items.extend(answer.body["items"].as_array().cloned().unwrap_or_default());
             match answer.header("opc-next-page") {
-                Some(next) => page = Some(next.to_owned()),
+                Some(next) => {
+                    query.retain(|(key, _)| *key != "page");
+                    query.push(("page", next.to_owned()));
+                }
                 None => return Ok(items),
             }
         }
@@ -360,19 +367,7 @@ impl Admin {
     /// The consumer groups of a queue as ListConsumerGroups sums them up (all pages), oldest
     /// (the primary group) first.
     async fn groups(&self, queue_id: &str) -> anyhow::Result<Vec<Value>> {
-        let mut items = Vec::new();
-        let mut page: Option<String> = None;
-        loop {
-            let mut query =
-                vec![("queueId", queue_id.to_owned()), ("sortOrder", "ASC".to_owned()), ("limit", "100".to_owned())];
-            query.extend(page.take().map(|p| ("page", p)));
-            let answer = self.call("GET", "/consumerGroups", &query, None).await?;
-            items.extend(answer.body["items"].as_array().cloned().unwrap_or_default());
-            match answer.header("opc-next-page") {
-                Some(next) => page = Some(next.to_owned()),
-                None => return Ok(items),
-            }
-        }
+        self.all_pages("/consumerGroups", vec![("queueId", queue_id.to_owned()), ("sortOrder", "ASC".to_owned())]).await
     }
 
     /// The `consumerGroupId` parameter naming `group` (an OCID, or a display name of the

@@ -250,21 +250,33 @@ pub(crate) async fn purge_empties_the_primary_group_one_group_or_all(backend: Ar
     assert_eq!(all, [0, 0, 0]);
 }
 
+/// A long poll (20 s) of group `g`, once it waits.
+async fn group_poll(
+    r: &Arc<Rig>,
+    q: &str,
+    g: &str,
+) -> tokio::task::JoinHandle<Result<Vec<berth_core::engine::Delivered>, QueueError>> {
+    let (r2, q, g) = (r.clone(), q.to_owned(), g.to_owned());
+    let poll = tokio::spawn(async move {
+        let params = GetMessages::new(Some(30), Some(20), Some(5), None, false).unwrap();
+        r2.engine.get_messages(T, via(&q, &g), params).await
+    });
+    super::polls_waiting(&r.engine, 1).await;
+    poll
+}
+
+/// What a poll answered, within 5 s.
+async fn answered<T>(poll: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(5), poll).await.expect("woken").unwrap()
+}
+
 pub(crate) async fn a_long_poll_of_a_group_wakes_at_a_put_to_its_queue(backend: Arc<dyn Backend>) {
     let r = Arc::new(rig(backend).await);
     let (q, _) = queue_with_groups(&r, 0, ConsumerGroupDetails::default()).await;
     let g = group(&r, &q, named("g", "")).await;
-    let poll = {
-        let (r, q, g) = (r.clone(), q.clone(), g.clone());
-        tokio::spawn(async move {
-            let params = GetMessages::new(Some(30), Some(20), Some(5), None, false).unwrap();
-            r.engine.get_messages(T, via(&q, &g), params).await.unwrap()
-        })
-    };
-    super::polls_waiting(&r.engine, 1).await;
+    let poll = group_poll(&r, &q, &g).await;
     r.put(&q, &["x"]).await;
-    let got = tokio::time::timeout(std::time::Duration::from_secs(5), poll).await.expect("woken by the put").unwrap();
-    assert_eq!(contents(&got), ["x"]);
+    assert_eq!(contents(&answered(poll).await.unwrap()), ["x"]);
 }
 
 pub(crate) async fn a_retried_create_replays_its_work_request_and_a_refused_one_holds_no_token(
@@ -360,17 +372,9 @@ pub(crate) async fn deleting_a_queue_wakes_the_long_polls_of_its_groups(backend:
     let r = Arc::new(rig(backend).await);
     let (q, _) = queue_with_groups(&r, 0, ConsumerGroupDetails::default()).await;
     let g = group(&r, &q, named("g", "")).await;
-    let poll = {
-        let (r, q, g) = (r.clone(), q.clone(), g.clone());
-        tokio::spawn(async move {
-            let params = GetMessages::new(Some(30), Some(20), Some(5), None, false).unwrap();
-            r.engine.get_messages(T, via(&q, &g), params).await
-        })
-    };
-    super::polls_waiting(&r.engine, 1).await;
+    let poll = group_poll(&r, &q, &g).await;
     r.engine.delete_queue(T, &q, None).await.unwrap();
-    let got =
-        tokio::time::timeout(std::time::Duration::from_secs(5), poll).await.expect("woken by the delete").unwrap();
+    let got = answered(poll).await;
     assert!(matches!(got, Err(QueueError::QueueNotFound)), "{got:?}");
 }
 
