@@ -125,9 +125,16 @@ def test_each_consumer_group_has_its_counts(server, qc, tenant):
     put(qc, qid, ["a", "b"])
     got = qc.get_messages(qid, limit=1, visibility_in_seconds=60, timeout_in_seconds=0, consumer_group_id=gid)
     assert len(got.data.messages) == 1
+    qc.delete_message(qid, got.data.messages[0].receipt, consumer_group_id=gid)
+    got = qc.get_messages(qid, limit=1, visibility_in_seconds=60, timeout_in_seconds=0, consumer_group_id=gid)
     samples = scrape(server.base)
+    assert of_queue(samples, "berth_consumer_group_messages_delivered_total", qid, consumer_group="reporting") == 2
+    assert of_queue(samples, "berth_consumer_group_messages_deleted_total", qid, consumer_group="reporting") == 1
+    assert of_queue(samples, "berth_consumer_group_messages_delivered_total", qid,
+                    consumer_group="Primary Consumer Group") == 0
+    assert of_queue(samples, "berth_queue_messages_delivered_total", qid) == 0, "the primary group's"
     assert of_queue(samples, "berth_consumer_group_messages", qid, consumer_group="reporting", side="queue",
-                    state="visible") == 1
+                    state="visible") == 0
     assert of_queue(samples, "berth_consumer_group_messages", qid, consumer_group_id=gid, side="queue",
                     state="in_flight") == 1
     assert of_queue(samples, "berth_consumer_group_messages", qid, consumer_group="Primary Consumer Group",

@@ -71,6 +71,15 @@ struct GroupStateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    tenancy: String,
+    queue_id: String,
+    queue: String,
+    consumer_group_id: String,
+    consumer_group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueSideLabels {
     tenancy: String,
     queue_id: String,
@@ -300,6 +309,9 @@ impl Collector for QueueCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let messages = Family::<QueueStateLabels, Gauge>::default();
         let group_messages = Family::<GroupStateLabels, Gauge>::default();
+        let group_delivered = Family::<GroupLabels, Counter>::default();
+        let group_deleted = Family::<GroupLabels, Counter>::default();
+        let group_redelivered = Family::<GroupLabels, Counter>::default();
         let bytes = Family::<QueueSideLabels, Gauge>::default();
         let put = Family::<QueueLabels, Counter>::default();
         let delivered = Family::<QueueLabels, Counter>::default();
@@ -337,7 +349,17 @@ impl Collector for QueueCollector {
                 };
                 bytes.get_or_create(&labels).set(gauge(counts.size_bytes));
             }
-            for (group, stats) in &q.groups {
+            for (group, stats, totals) in &q.groups {
+                let labels = GroupLabels {
+                    tenancy: queue.tenancy.clone(),
+                    queue_id: queue.queue_id.clone(),
+                    queue: queue.queue.clone(),
+                    consumer_group_id: group.id.clone(),
+                    consumer_group: group.spec.display_name.clone(),
+                };
+                group_delivered.get_or_create(&labels).inc_by(totals.delivered);
+                group_deleted.get_or_create(&labels).inc_by(totals.deleted);
+                group_redelivered.get_or_create(&labels).inc_by(totals.redelivered);
                 for (side, state, n) in by_state(stats) {
                     let labels = GroupStateLabels {
                         tenancy: queue.tenancy.clone(),
@@ -368,6 +390,21 @@ impl Collector for QueueCollector {
             "berth_consumer_group_messages",
             "Messages of a consumer group's copy of its queue, or of its DLQ, by state (the primary group's are its queue's)",
             &group_messages,
+        )?;
+        emit(
+            "berth_consumer_group_messages_delivered",
+            "Deliveries (leases) of a consumer group through this node, redeliveries included",
+            &group_delivered,
+        )?;
+        emit(
+            "berth_consumer_group_messages_deleted",
+            "Messages of a consumer group deleted by receipt through this node",
+            &group_deleted,
+        )?;
+        emit(
+            "berth_consumer_group_messages_redelivered",
+            "Deliveries of a consumer group through this node of messages delivered before",
+            &group_redelivered,
         )?;
         emit("berth_queue_bytes", "Content bytes of a queue or its DLQ (delayed messages not counted)", &bytes)?;
         emit("berth_queue_messages_put", "Messages put through this node", &put)?;

@@ -9,7 +9,8 @@ use crate::clock::Timestamp;
 use crate::error::QueueError;
 use crate::limits;
 use crate::model::{
-    LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, NewMessage, Page, PeekRequest, PeekedMessage, QueueStats,
+    LeaseRef, LeaseRequest, LeasedMessage, MessageToStore, NewMessage, Page, PeekRequest, PeekedMessage, Queue,
+    QueueRow, QueueStats,
 };
 use crate::store::{Appended, Settle};
 use crate::wakeup::Interest;
@@ -117,6 +118,15 @@ impl Drop for Waiting<'_> {
 /// Shortest pause between two store queries of one long poll, so that a store whose
 /// answers disagree (a due message it cannot lease yet) is not queried in a loop.
 const MIN_POLL_PAUSE: Duration = Duration::from_millis(20);
+
+/// Whose tallies a data-plane call counts in: its queue's, which are its primary group's,
+/// or another group's (by its OCID, as never reused as a queue's).
+fn tally_of<'a>(queue: &'a Queue, stream: QueueRow, target: Target<'a>) -> &'a str {
+    match target.consumer_group_id {
+        Some(group) if stream != queue.row => group,
+        _ => &queue.id,
+    }
+}
 
 impl Engine {
     /// PutMessages: validates and appends messages in order.
@@ -274,9 +284,10 @@ impl Engine {
                 .map_err(failed)?;
             if !leased.messages.is_empty() {
                 let redelivered = leased.messages.iter().filter(|m| m.delivery_count > 1).count();
-                self.counters.add(&queue.id, Counted::Redelivered, redelivered);
+                let tally = tally_of(&queue, stream, target);
+                self.counters.add(tally, Counted::Redelivered, redelivered);
                 let messages = leased.messages.into_iter();
-                self.counters.add(&queue.id, Counted::Delivered, messages.len());
+                self.counters.add(tally, Counted::Delivered, messages.len());
                 return Ok(messages.map(|m| self.delivered(stream, params.dead_letter, m)).collect());
             }
             if now >= deadline || self.shutdown.is_cancelled() || stop.is_cancelled() {
@@ -352,7 +363,8 @@ impl Engine {
         target: impl Into<Target<'_>>,
         receipts: Vec<String>,
     ) -> Result<Vec<Result<(), QueueError>>, QueueError> {
-        let (queue, stream) = self.target(tenancy_id, target.into()).await?;
+        let target = target.into();
+        let (queue, stream) = self.target(tenancy_id, target).await?;
         check_batch_size(receipts.len())?;
         let mut results: Vec<Result<(), QueueError>> = Vec::with_capacity(receipts.len());
         let mut valid = Vec::new();
@@ -371,7 +383,8 @@ impl Engine {
                 *result = Err(QueueError::ReceiptInvalid);
             }
         }
-        self.counters.add(&queue.id, Counted::Deleted, results.iter().filter(|r| r.is_ok()).count());
+        let deleted = results.iter().filter(|r| r.is_ok()).count();
+        self.counters.add(tally_of(&queue, stream, target), Counted::Deleted, deleted);
         Ok(results)
     }
 

@@ -38,9 +38,9 @@ pub struct QueueMetrics {
     pub stats: crate::model::QueueStats,
     /// What this engine moved through it since start.
     pub totals: MessageTotals,
-    /// Its consumer groups with their counts now, the primary group's (`stats`) included,
-    /// when asked for.
-    pub groups: Vec<(ConsumerGroup, crate::model::QueueStats)>,
+    /// Its consumer groups with their counts now and what this engine moved through them,
+    /// the primary group's (`stats`, `totals` but for puts) included, when asked for.
+    pub groups: Vec<(ConsumerGroup, crate::model::QueueStats, MessageTotals)>,
 }
 
 /// The queue engine.
@@ -172,12 +172,12 @@ impl Engine {
             let mut groups = Vec::new();
             if consumer_groups && queue.spec.has_consumer_groups() {
                 for group in self.groups_of(&queue).await? {
-                    // The primary group's stream is the queue's own.
-                    let stats = match group.stream == queue.row {
-                        true => stats,
-                        false => self.store.stats(group.stream, None, now).await?,
+                    // The primary group's stream is the queue's own, and so are its tallies.
+                    let (stats, totals) = match group.stream == queue.row {
+                        true => (stats, totals),
+                        false => (self.store.stats(group.stream, None, now).await?, self.counters.totals(&group.id)),
                     };
-                    groups.push((group, stats));
+                    groups.push((group, stats, totals));
                 }
             }
             out.push(QueueMetrics { tenancy_name, queue, stats, totals, groups });
