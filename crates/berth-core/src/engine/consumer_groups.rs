@@ -57,7 +57,8 @@ pub struct ConsumerGroupChange {
     pub defined_tags: Option<BTreeMap<String, BTreeMap<String, serde_json::Value>>>,
 }
 
-fn name_taken(queue_id: &str, name: &str) -> QueueError {
+/// The refusal of a display name the queue's groups have already.
+fn name_taken_error(queue_id: &str, name: &str) -> QueueError {
     QueueError::invalid(format!(
         "queue {queue_id} already has a consumer group named {name:?} (names are unique regardless of case)"
     ))
@@ -111,7 +112,7 @@ impl Engine {
         let name = new.spec.display_name.clone();
         match self.store.create_consumer_group(new, work, retry).await? {
             GroupCreated::Done(created) => self.created(tenancy_id, created).await,
-            GroupCreated::NameTaken => Err(name_taken(&queue.id, &name)),
+            GroupCreated::NameTaken => Err(name_taken_error(&queue.id, &name)),
             GroupCreated::QueueGone => Err(QueueError::QueueNotFound),
             GroupCreated::TooMany => Err(QueueError::LimitExceeded(format!(
                 "queue {} has {} consumer groups, the most a queue can have",
@@ -173,7 +174,7 @@ impl Engine {
             return Ok(None);
         }
         if consumer_group::name_taken(&groups, &group.spec.display_name, Some(group.row)) {
-            return Err(name_taken(&queue.id, &group.spec.display_name));
+            return Err(name_taken_error(&queue.id, &group.spec.display_name));
         }
         group.state = ConsumerGroup::state_of(&group.spec);
         group.version += 1;
@@ -229,7 +230,7 @@ impl Engine {
             self.groups.forget(tenancy_id, id);
             match saved {
                 GroupSaved::Saved => return Ok(work),
-                GroupSaved::NameTaken => return Err(name_taken(&group.queue_id, &group.spec.display_name)),
+                GroupSaved::NameTaken => return Err(name_taken_error(&group.queue_id, &group.spec.display_name)),
                 GroupSaved::VersionMoved if if_match.is_some() => return Err(QueueError::EtagMismatch),
                 GroupSaved::VersionMoved => {}
             }

@@ -224,7 +224,7 @@ pub(crate) struct PeekQuery {
 impl PeekQuery {
     /// The consumer group asked for, if any.
     fn group(&self) -> Option<&str> {
-        self.group.as_deref().filter(|g| !g.is_empty())
+        chosen(self.group.as_deref().unwrap_or_default())
     }
 
     fn peek(&self) -> Peek {
@@ -427,6 +427,11 @@ struct PurgeForm {
     group: String,
 }
 
+/// The consumer group a form names (`""`: none, the primary one).
+fn chosen(group: &str) -> Option<&str> {
+    Some(group).filter(|g| !g.is_empty())
+}
+
 /// A queue's page, showing this consumer group's messages (`""`: the primary group's).
 fn queue_path(id: &str, group: &str) -> String {
     match group {
@@ -454,8 +459,7 @@ async fn purge(
             "BOTH" => PurgeTarget::Both,
             other => return Err(QueueError::InvalidParameter(format!("no purge type {other:?}"))),
         };
-        let group = Some(form.group.as_str()).filter(|g| !g.is_empty());
-        app.engine.purge_queue(&session.tenancy_id, &id, None, target, None, group).await?;
+        app.engine.purge_queue(&session.tenancy_id, &id, None, target, None, chosen(&form.group)).await?;
         Ok(format!("Purged ({})", form.target))
     };
     after(&app, &headers, &queue_path(&id, &form.group), purged.await)
@@ -477,7 +481,7 @@ async fn redrive(
     Form(form): Form<RedriveForm>,
 ) -> Response {
     let Some(session) = app.console.sessions.of_form(&headers, &form.csrf) else { return to_login() };
-    let target = Target { queue_id: &id, consumer_group_id: Some(form.group.as_str()).filter(|g| !g.is_empty()) };
+    let target = Target { queue_id: &id, consumer_group_id: chosen(&form.group) };
     let moved = app.engine.redrive(&session.tenancy_id, target, None).await;
     let outcome = moved.map(|n| format!("Moved {n} {} back from the DLQ", if n == 1 { "message" } else { "messages" }));
     after(&app, &headers, &queue_path(&id, &form.group), outcome)
