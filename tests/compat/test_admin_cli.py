@@ -172,6 +172,12 @@ def test_consumer_groups_are_listed_and_read_one_by_one_from_the_cli(server, ten
     assert [m["content"] for m in got["messages"]] == ["a", "b"]
     assert rows(berth(server, "queue", "stats", qid, "--consumer-group", audit).stdout)[0][:3] == ["queue", "0", "0"]
     assert rows(berth(server, "queue", "stats", qid).stdout)[0][:3] == ["queue", "2", "0"], "the primary group's"
+    # Delivered twice in audit (its threshold), the message goes to audit's DLQ only.
+    berth(server, "queue", "put", qid, "twice")
+    for _ in range(2):
+        berth(server, "queue", "get-messages", qid, "--consumer-group", "audit", "--visibility", "0")
+    assert "moved 0 messages back" in berth(server, "queue", "redrive", qid).stdout, "the primary group's DLQ"
+    assert "moved 1 message back" in berth(server, "queue", "redrive", qid, "--consumer-group", "audit").stdout
     berth(server, "queue", "put", qid, "c")
     berth(server, "queue", "purge", qid, "--consumer-group", "all")
     for group in ("main", "audit"):
