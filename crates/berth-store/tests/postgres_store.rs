@@ -331,3 +331,113 @@ async fn a_poll_whose_lease_found_only_unreadable_messages_serves_those_behind_t
     let stats = r.engine.stats(conformance::T, q.as_str(), None).await.unwrap();
     assert_eq!(stats.dead_letter.visible, 1, "the unreadable one is in the DLQ");
 }
+
+/// The most requests one commit carried.
+#[derive(Default)]
+struct MostPerCommit(std::sync::atomic::AtomicUsize);
+
+impl berth_core::store::StoreObserver for MostPerCommit {
+    fn committed(&self, writes: usize, _took: std::time::Duration) {
+        self.0.fetch_max(writes, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn settled(&self, _queue: berth_core::model::QueueRow, _moved: berth_core::store::Moved) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn puts_and_deletes_arriving_together_commit_together_and_a_bad_put_fails_alone() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let backend = postgres().await;
+    let store = Arc::new(PostgresStore::open(&backend.options).await.unwrap());
+    let most = Arc::new(MostPerCommit::default());
+    store.observe(most.clone());
+    let r = conformance::rig(Arc::new(Ready(store))).await;
+    let (q, other) = (r.queue(Default::default()).await, r.queue(Default::default()).await);
+    let engine = Arc::new(r.engine);
+    let (writers, rounds) = (24, 5);
+    let mut puts = tokio::task::JoinSet::new();
+    for writer in 0..writers {
+        let (engine, q, other) = (engine.clone(), q.clone(), other.clone());
+        puts.spawn(async move {
+            let mut ids = Vec::new();
+            for round in 0..rounds {
+                let to = if writer % 3 == 0 { &other } else { &q };
+                let batch = vec![
+                    conformance::message(&format!("{writer}-{round}-a"), ""),
+                    conformance::message(&format!("{writer}-{round}-b"), ""),
+                ];
+                ids.extend(engine.put_messages(conformance::T, to, batch).await.unwrap().into_iter().map(|p| p.id));
+            }
+            // PostgreSQL's text cannot hold NUL: this put fails, and only this one.
+            let bad = vec![conformance::message("nul\0here", "")];
+            assert!(engine.put_messages(conformance::T, &q, bad).await.is_err());
+            ids
+        });
+    }
+    while let Some(ids) = puts.join_next().await {
+        let ids = ids.unwrap();
+        assert_eq!(ids.len(), rounds * 2);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "a writer's ids rise in its put order: {ids:?}");
+    }
+    assert!(most.0.load(Relaxed) > 1, "puts arriving together share a commit");
+
+    // Every message stored once, each writer's in its order.
+    let mut got = Vec::new();
+    for queue in [&q, &other] {
+        loop {
+            let params = berth_core::engine::GetMessages::new(Some(60), Some(0), Some(20), None, false).unwrap();
+            let batch = engine.get_messages(conformance::T, queue, params).await.unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            got.extend(batch.into_iter().map(|d| (queue.clone(), d)));
+        }
+    }
+    assert_eq!(got.len(), writers * rounds * 2);
+    let contents: Vec<&str> = got.iter().map(|(_, d)| d.message.content.as_str()).collect();
+    for writer in 0..writers {
+        let mine: Vec<&str> = contents.iter().copied().filter(|c| c.starts_with(&format!("{writer}-"))).collect();
+        let expected: Vec<String> =
+            (0..rounds).flat_map(|round| [format!("{writer}-{round}-a"), format!("{writer}-{round}-b")]).collect();
+        assert_eq!(mine, expected);
+    }
+
+    // Deletes at once, one receipt in two of them: deleted once.
+    most.0.store(0, Relaxed);
+    let mut deletes = tokio::task::JoinSet::new();
+    for queue in [&q, &other] {
+        let receipts: Vec<String> = got.iter().filter(|(of, _)| of == queue).map(|(_, d)| d.receipt.clone()).collect();
+        for (at, chunk) in receipts.chunks(4).enumerate() {
+            let (engine, queue) = (engine.clone(), queue.clone());
+            let mut chunk = chunk.to_vec();
+            if at == 1 {
+                chunk.push(receipts[0].clone());
+            }
+            deletes.spawn(async move {
+                let results = engine.delete_messages(conformance::T, queue.as_str(), chunk).await.unwrap();
+                (results.len(), results.iter().filter(|r| r.is_ok()).count())
+            });
+        }
+    }
+    let (mut given, mut deleted) = (0, 0);
+    while let Some(done) = deletes.join_next().await {
+        let (results, ok) = done.unwrap();
+        given += results;
+        deleted += ok;
+    }
+    assert_eq!((given, deleted), (got.len() + 2, got.len()), "every message deleted once");
+    assert!(most.0.load(Relaxed) > 1, "deletes arriving together share a statement");
+    for queue in [&q, &other] {
+        let stats = engine.stats(conformance::T, queue, None).await.unwrap();
+        assert_eq!((stats.queue.visible, stats.queue.in_flight), (0, 0));
+    }
+}
+
+/// A backend of one store already open.
+struct Ready(Arc<PostgresStore>);
+
+#[async_trait::async_trait]
+impl Backend for Ready {
+    async fn open(&self) -> Arc<dyn Store> {
+        self.0.clone()
+    }
+}

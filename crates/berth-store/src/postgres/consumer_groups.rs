@@ -43,6 +43,17 @@ pub(crate) async fn of_queue(c: &impl GenericClient, queue: QueueRow) -> Result<
     sql::query(c, &statement, &[&queue]).await?.iter().map(group).collect()
 }
 
+/// Which of these queues have live groups.
+pub(crate) async fn with_groups(
+    c: &impl GenericClient,
+    queues: &[QueueRow],
+) -> Result<std::collections::HashSet<QueueRow>, StoreError> {
+    let rows =
+        sql::query(c, "SELECT DISTINCT parent FROM queues WHERE parent = ANY($1) AND state <> 'DELETED'", &[&queues])
+            .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
 /// Where a put to the queue goes: `None` for a queue without consumer groups (to itself).
 pub(crate) async fn subscribers(
     c: &impl GenericClient,

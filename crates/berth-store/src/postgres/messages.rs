@@ -1,6 +1,7 @@
 //! Message operations, each run inside the caller's transaction.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use berth_core::clock::Timestamp;
@@ -73,7 +74,8 @@ pub(crate) async fn put(
         if !channels_fit(c, queue, messages.iter(), max_channels).await? {
             return Ok((Appended::ChannelsFull, None));
         }
-        return Ok((append(c, queue, head, messages).await?, None));
+        let ids = append(c, &[(queue, messages)]).await?.pop().unwrap_or_default();
+        return Ok((Appended::Stored(ids), None));
     };
     for (stream, positions) in &targets {
         if !channels_fit(c, *stream, positions.iter().map(|&at| &messages[at]), max_channels).await? {
@@ -139,22 +141,83 @@ pub(crate) async fn put(
     Ok((Appended::Stored(ids), Some(targets)))
 }
 
+/// A put, as a batch of them takes it.
+pub(crate) struct PutRequest {
+    pub(crate) queue: QueueRow,
+    pub(crate) messages: Arc<[MessageToStore]>,
+    pub(crate) max_channels: u32,
+}
+
+/// Runs puts in the caller's transaction, each queue's in their order. Those to queues
+/// without groups whose named channels all hold messages already go in one INSERT; each
+/// other one goes as [`put`] does.
+pub(crate) async fn put_all(c: &impl GenericClient, puts: &[PutRequest]) -> Result<Vec<Put>, StoreError> {
+    let queues: Vec<QueueRow> = puts.iter().map(|p| p.queue).collect();
+    let grouped = consumer_groups::with_groups(c, &queues).await?;
+    let mut order: Vec<usize> = (0..puts.len()).collect();
+    // Queue by queue, so that batches on different nodes lock queue rows in one order.
+    order.sort_by_key(|&at| puts[at].queue);
+    let mut done: Vec<Option<Put>> = puts.iter().map(|_| None).collect();
+    let mut plain = Vec::new();
+    for at in order {
+        let p = &puts[at];
+        if !grouped.contains(&p.queue) && seen_channels_only(c, p.queue, p.messages.iter()).await? {
+            plain.push(at);
+            continue;
+        }
+        // The plain ones before it first: ids rise in each queue's put order.
+        append_plain(c, puts, &mut plain, &mut done).await?;
+        done[at] = Some(put(c, p.queue, &p.messages, p.max_channels).await?);
+    }
+    append_plain(c, puts, &mut plain, &mut done).await?;
+    done.into_iter().map(|put| put.ok_or_else(|| StoreError::Backend("a put went unanswered".into()))).collect()
+}
+
+/// Appends the puts at `plain` (taking them) and records them done.
+async fn append_plain(
+    c: &impl GenericClient,
+    puts: &[PutRequest],
+    plain: &mut Vec<usize>,
+    done: &mut [Option<Put>],
+) -> Result<(), StoreError> {
+    if plain.is_empty() {
+        return Ok(());
+    }
+    let each: Vec<(QueueRow, &[MessageToStore])> =
+        plain.iter().map(|&at| (puts[at].queue, &*puts[at].messages)).collect();
+    for (at, ids) in plain.drain(..).zip(append(c, &each).await?) {
+        done[at] = Some((Appended::Stored(ids), None));
+    }
+    Ok(())
+}
+
+/// Named channels of these messages, without duplicates.
+fn named_channels<'a>(messages: impl Iterator<Item = &'a MessageToStore>) -> Vec<String> {
+    let named: BTreeSet<&str> = messages.map(|m| m.message.channel.as_str()).filter(|c| !c.is_empty()).collect();
+    named.into_iter().map(str::to_owned).collect()
+}
+
+/// Whether every named channel of these messages has messages in the stream already.
+async fn seen_channels_only<'a>(
+    c: &impl GenericClient,
+    queue: QueueRow,
+    messages: impl Iterator<Item = &'a MessageToStore>,
+) -> Result<bool, StoreError> {
+    let named = named_channels(messages);
+    Ok(named.is_empty() || sql::query(c, UNSEEN_CHANNELS, &[&queue, &named]).await?.is_empty())
+}
+
 /// Whether these messages keep the stream within `max_channels` non-empty named channels.
 async fn channels_fit<'a>(
     c: &impl GenericClient,
     queue: QueueRow,
-    messages: impl Iterator<Item = &'a MessageToStore>,
+    messages: impl Iterator<Item = &'a MessageToStore> + Clone,
     max_channels: u32,
 ) -> Result<bool, StoreError> {
-    let named: Vec<String> = messages
-        .map(|m| m.message.channel.clone())
-        .filter(|c| !c.is_empty())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if named.is_empty() || sql::query(c, UNSEEN_CHANNELS, &[&queue, &named]).await?.is_empty() {
+    if seen_channels_only(c, queue, messages.clone()).await? {
         return Ok(true);
     }
+    let named = named_channels(messages);
     // A new channel: count under the queue row's lock, so that puts adding channels at
     // the same time cannot pass the limit together.
     sql::execute(c, "SELECT 1 FROM queues WHERE row = $1 FOR UPDATE", &[&queue]).await?;
@@ -165,40 +228,45 @@ async fn channels_fit<'a>(
     Ok(new == 0 || existing_named + new <= max_channels as usize)
 }
 
-/// Appends a put to the queue itself, its bodies in its rows.
-async fn append(
-    c: &impl GenericClient,
-    queue: QueueRow,
-    head: &MessageToStore,
-    messages: &[MessageToStore],
-) -> Result<Appended, StoreError> {
-    let mut channels = Vec::with_capacity(messages.len());
-    let mut contents = Vec::with_capacity(messages.len());
-    let mut properties = Vec::with_capacity(messages.len());
-    let mut delays = Vec::with_capacity(messages.len());
-    for m in messages {
-        channels.push(m.message.channel.as_str());
-        contents.push(m.message.content.as_str());
-        properties.push(m.message.properties.as_ref().map(json).transpose()?);
-        delays.push(m.delayed_until.map(|at| at.0));
+/// Appends puts to their queues themselves, bodies in their rows, in one statement: the
+/// ids of each put, in order.
+async fn append(c: &impl GenericClient, puts: &[(QueueRow, &[MessageToStore])]) -> Result<Vec<Vec<i64>>, StoreError> {
+    let rows = puts.iter().map(|(_, messages)| messages.len()).sum();
+    let mut queues = Vec::with_capacity(rows);
+    let mut channels = Vec::with_capacity(rows);
+    let mut contents = Vec::with_capacity(rows);
+    let mut properties = Vec::with_capacity(rows);
+    let mut delays = Vec::with_capacity(rows);
+    let mut created = Vec::with_capacity(rows);
+    let mut expires = Vec::with_capacity(rows);
+    for &(queue, messages) in puts {
+        for m in messages {
+            queues.push(queue);
+            channels.push(m.message.channel.as_str());
+            contents.push(m.message.content.as_str());
+            properties.push(m.message.properties.as_ref().map(json).transpose()?);
+            delays.push(m.delayed_until.map(|at| at.0));
+            created.push(m.created_at.0);
+            expires.push(m.expire_at.0);
+        }
     }
-    // The engine stamps a put's messages alike.
     let rows = sql::query(
         c,
         "INSERT INTO messages (queue, channel, leased, visible_at, created_at, expire_at, size, content, properties)
-         SELECT $1, u.channel, u.delayed IS NOT NULL, coalesce(u.delayed, $2), $2, $3, octet_length(u.content),
-                u.content, u.properties
-         FROM unnest($4::text[], $5::text[], $6::text[], $7::bigint[]) WITH ORDINALITY
-              AS u(channel, content, properties, delayed, n)
+         SELECT u.queue, u.channel, u.delayed IS NOT NULL, coalesce(u.delayed, u.created), u.created, u.expire,
+                octet_length(u.content), u.content, u.properties
+         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[])
+              WITH ORDINALITY AS u(queue, channel, content, properties, delayed, created, expire, n)
          ORDER BY u.n
          RETURNING id",
-        &[&queue, &head.created_at.0, &head.expire_at.0, &channels, &contents, &properties, &delays],
+        &[&queues, &channels, &contents, &properties, &delays, &created, &expires],
     )
     .await?;
-    let mut ids: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
     // Ids are drawn in insert order; RETURNING's order is not promised.
+    let mut ids: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
     ids.sort_unstable();
-    Ok(Appended::Stored(ids))
+    let mut ids = ids.into_iter();
+    Ok(puts.iter().map(|(_, messages)| ids.by_ref().take(messages.len()).collect()).collect())
 }
 
 /// The channels of the side with ready messages, by a skip scan of the ready index.
@@ -400,14 +468,14 @@ impl Leases {
     }
 }
 
-/// The condition of a current lease, on `m` and the unnested lease `u`, as of `$N` = now.
+/// The condition of a current lease, on `m` and the unnested lease `u`, as of `$now`.
 macro_rules! current_lease {
     ($now:literal) => {
         concat!(
             "m.id = u.id AND m.queue = u.queue AND m.lease_token = u.token AND m.dlq = u.dlq AND m.leased
-             AND m.visible_at > $",
+             AND m.visible_at > ",
             $now,
-            " AND m.expire_at > $",
+            " AND m.expire_at > ",
             $now
         )
     };
@@ -427,7 +495,7 @@ pub(crate) async fn extend(
              FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bool[], $5::bigint[])
                   AS u(id, queue, token, dlq, until)
              WHERE ",
-            current_lease!("6"),
+            current_lease!("$6"),
             " RETURNING m.id, m.lease_token"
         ),
         &[&arrays.ids, &arrays.queues, &arrays.tokens, &arrays.dead_letter, &until, &now.0],
@@ -437,27 +505,32 @@ pub(crate) async fn extend(
     Ok(leases.iter().map(|(lease, _)| done.contains(&(lease.message_id, lease.lease_token))).collect())
 }
 
-pub(crate) async fn delete(
+/// Deletes the leased messages of several requests in one statement, each request's
+/// leases as of its own time: for each request, whether each of its leases was current.
+pub(crate) async fn delete_all(
     c: &impl GenericClient,
-    leases: &[LeaseRef],
-    now: Timestamp,
-) -> Result<Vec<bool>, StoreError> {
-    let arrays = Leases::of(leases.iter());
+    requests: &[(Vec<LeaseRef>, Timestamp)],
+) -> Result<Vec<Vec<bool>>, StoreError> {
+    let arrays = Leases::of(requests.iter().flat_map(|(leases, _)| leases));
+    let nows: Vec<i64> = requests.iter().flat_map(|(leases, now)| leases.iter().map(|_| now.0)).collect();
     let rows = sql::query(
         c,
         concat!(
             "DELETE FROM messages m
-             USING unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bool[]) AS u(id, queue, token, dlq)
+             USING unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bool[], $5::bigint[]) AS u(id, queue, token, dlq, now)
              WHERE ",
-            current_lease!("5"),
+            current_lease!("u.now"),
             " RETURNING m.id, m.lease_token"
         ),
-        &[&arrays.ids, &arrays.queues, &arrays.tokens, &arrays.dead_letter, &now.0],
+        &[&arrays.ids, &arrays.queues, &arrays.tokens, &arrays.dead_letter, &nows],
     )
     .await?;
     // A receipt given twice deletes once.
     let mut done: HashSet<(i64, i64)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
-    Ok(leases.iter().map(|lease| done.remove(&(lease.message_id, lease.lease_token))).collect())
+    Ok(requests
+        .iter()
+        .map(|(leases, _)| leases.iter().map(|lease| done.remove(&(lease.message_id, lease.lease_token))).collect())
+        .collect())
 }
 
 /// Counts as GetStats reports them: an ended lease counts where settling it will put it;

@@ -8,7 +8,9 @@
 //! database ([`DatabaseClock`]), so leases read alike on nodes whose clocks differ.
 //! Wakeups cross nodes by LISTEN/NOTIFY, sent after the commit (`feed.rs`).
 
+mod batches;
 mod clock;
+mod coalesce;
 mod consumer_groups;
 mod feed;
 mod floors;
@@ -24,12 +26,12 @@ mod tls;
 mod vacuum;
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::error::StoreError;
 use berth_core::model::QueueRow;
-use berth_core::store::{Change, Moved, StoreObserver, CHANGE_FEED_CAPACITY};
+use berth_core::store::{Change, Moved, CHANGE_FEED_CAPACITY};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -62,7 +64,10 @@ pub struct PostgresStore {
     vacuum: vacuum::Vacuum,
     clock: Arc<DatabaseClock>,
     stop: CancellationToken,
-    observer: OnceLock<Arc<dyn StoreObserver>>,
+    observer: batches::Observer,
+    /// Puts and deletes, run in batches.
+    puts: coalesce::Coalescer<batches::Puts>,
+    deletes: coalesce::Coalescer<batches::Deletes>,
 }
 
 impl PostgresStore {
@@ -107,8 +112,27 @@ impl PostgresStore {
         // Stores that share a database (in schemas of their own) sweep apart.
         let sweep_lock = i64::from_str_radix(&store_id[..15.min(store_id.len())], 16).unwrap_or(0);
         let vacuum = vacuum::Vacuum::default();
-        let observer = OnceLock::new();
-        Ok(PostgresStore { pool, store_id, sweep_lock, changes, feed, floors, vacuum, clock, stop, observer })
+        let observer: batches::Observer = Arc::default();
+        let puts =
+            coalesce::Coalescer::start(batches::Puts { pool: pool.clone(), observer: observer.clone() }, stop.clone());
+        let deletes = coalesce::Coalescer::start(
+            batches::Deletes { pool: pool.clone(), observer: observer.clone() },
+            stop.clone(),
+        );
+        Ok(PostgresStore {
+            pool,
+            store_id,
+            sweep_lock,
+            changes,
+            feed,
+            floors,
+            vacuum,
+            clock,
+            stop,
+            observer,
+            puts,
+            deletes,
+        })
     }
 
     /// The database's id, made when Berth first created its schema there.

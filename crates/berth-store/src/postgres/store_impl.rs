@@ -176,12 +176,14 @@ impl Store for PostgresStore {
         messages: Vec<MessageToStore>,
         max_channels: u32,
     ) -> StoreResult<Appended> {
-        let (appended, targets) = transaction!(self, |tx| messages::put(&tx, queue, &messages, max_channels).await?);
+        let messages: Arc<[MessageToStore]> = messages.into();
+        let request = messages::PutRequest { queue, messages: messages.clone(), max_channels };
+        let (appended, targets) = self.puts.submit(request).await?;
         if let Appended::Stored(ids) = &appended {
             if let Some(&first) = ids.first() {
                 let channels: BTreeSet<&str> = messages.iter().map(|m| m.message.channel.as_str()).collect();
                 match targets {
-                    None => self.announce_put(queue, first, channels, Change::of_put(queue, &messages)),
+                    None => self.announce_put(queue, first, channels, Change::of_put(queue, messages.iter())),
                     Some(targets) => {
                         let changes = Change::of_fanned_put(&targets, &messages);
                         for ((stream, positions), change) in targets.iter().zip(changes) {
@@ -235,10 +237,7 @@ impl Store for PostgresStore {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        let client = self.client().await?;
-        let started = Instant::now();
-        let deleted = messages::delete(&client, &leases, now).await?;
-        self.committed(started.elapsed());
+        let deleted = self.deletes.submit((leases, now)).await?;
         Ok(deleted)
     }
 
