@@ -441,3 +441,50 @@ impl Backend for Ready {
         self.0.clone()
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gets_arriving_together_share_one_pick_each_within_its_own_limits() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let backend = postgres().await;
+    let store = Arc::new(PostgresStore::open(&backend.options).await.unwrap());
+    let most = Arc::new(MostPerCommit::default());
+    let r = conformance::rig(Arc::new(Ready(store.clone()))).await;
+    let q = r.queue(Default::default()).await;
+    let contents: Vec<String> = (0..400).map(|n| format!("m{n}")).collect();
+    for chunk in contents.chunks(20) {
+        r.put(&q, &chunk.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    }
+    store.observe(most.clone());
+    let now = r.clock_now();
+    let engine = Arc::new(r.engine);
+    let mut gets = tokio::task::JoinSet::new();
+    for consumer in 0..24i64 {
+        let (engine, q) = (engine.clone(), q.clone());
+        gets.spawn(async move {
+            let (limit, visibility) = (1 + consumer % 7, 30 + consumer);
+            let mut got = Vec::new();
+            loop {
+                let params =
+                    berth_core::engine::GetMessages::new(Some(visibility), Some(0), Some(limit), None, false).unwrap();
+                let batch = engine.get_messages(conformance::T, &q, params).await.unwrap();
+                if batch.is_empty() {
+                    return got;
+                }
+                assert!(batch.len() as i64 <= limit, "a get takes at most its own limit");
+                for d in batch {
+                    let lease_ms = d.message.visible_after.0 - now.0;
+                    assert_eq!(lease_ms, visibility * 1000, "each get's leases end at its own visibility");
+                    got.push(d.message.content.clone());
+                }
+            }
+        });
+    }
+    let mut seen = std::collections::HashSet::new();
+    while let Some(got) = gets.join_next().await {
+        for content in got.unwrap() {
+            assert!(seen.insert(content.clone()), "{content} was leased twice at once");
+        }
+    }
+    assert_eq!(seen.len(), contents.len(), "every message leased");
+    assert!(most.0.load(Relaxed) > 1, "gets arriving together share a transaction");
+}

@@ -1,7 +1,6 @@
 //! Message operations, each run inside the caller's transaction.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
 use std::time::Instant;
 
 use berth_core::clock::Timestamp;
@@ -144,7 +143,7 @@ pub(crate) async fn put(
 /// A put, as a batch of them takes it.
 pub(crate) struct PutRequest {
     pub(crate) queue: QueueRow,
-    pub(crate) messages: Arc<[MessageToStore]>,
+    pub(crate) messages: Vec<MessageToStore>,
     pub(crate) max_channels: u32,
 }
 
@@ -294,31 +293,81 @@ const PICK: &str = "
         ORDER BY m.id LIMIT $5 FOR UPDATE SKIP LOCKED) p
     LIMIT $5";
 
-/// Leases as the request says (ended leases already settled by the caller; `rescan` when
-/// that released any, as they lie below the floors). Returns what to record in `floors`
-/// once committed.
-pub(crate) async fn lease(
+/// What one pick chose for requests of one queue, side and channel: the rows each takes,
+/// as the columns of [`TAKE`].
+pub(crate) struct Picked {
+    pub(crate) ids: Vec<i64>,
+    pub(crate) untils: Vec<i64>,
+    pub(crate) tokens: Vec<i64>,
+    /// The request (its position) each row goes to.
+    owners: Vec<usize>,
+    /// What to record in `floors` once committed.
+    pub(crate) pick: Pick,
+}
+
+impl Picked {
+    /// Whether a request got no row (its answer says when the next message becomes visible).
+    pub(crate) fn leaves_any_empty(&self, requests: usize) -> bool {
+        (0..requests).any(|at| !self.owners.contains(&at))
+    }
+}
+
+/// Leases the picked rows: `$1` ids, `$2` ends, `$3` tokens, `$4` the queue.
+pub(crate) const TAKE: &str = concat!(
+    "UPDATE messages SET leased = true, visible_at = u.until, delivery_count = delivery_count + 1,
+            lease_token = u.token
+     FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(id, until, token)
+     WHERE messages.queue = $4 AND messages.id = ANY($1) AND messages.id = u.id
+     RETURNING messages.id, ",
+    body_columns!(),
+    ", channel, delivery_count, created_at, expire_at, visible_at, lease_token"
+);
+
+/// When the queue's next leased or delayed message becomes visible (`$1` queue, `$2` the
+/// DLQ side). A message due for the DLQ becomes visible there: the DLQ side watches both.
+pub(crate) const NEXT_VISIBLE: &str =
+    "SELECT min(visible_at) FROM messages WHERE queue = $1 AND leased AND (NOT dlq OR $2)";
+
+/// Where requests of one queue, side and channel would start their pick: from the
+/// floors, if any skips anything (else a pick from the start is due anyway).
+pub(crate) fn hinted_scan(requests: &[LeaseRequest], floors: &Floors) -> Option<Scan> {
+    let req = requests.first()?;
+    floors.scan(req.queue, req.dead_letter, req.channel.as_deref(), Instant::now()).filter(Scan::skips)
+}
+
+/// Candidates of a scan for requests of one queue, side and channel.
+pub(crate) async fn candidates(
     c: &impl GenericClient,
-    req: &LeaseRequest,
+    requests: &[LeaseRequest],
+    scan: Scan,
+) -> Result<(Scan, Vec<tokio_postgres::Row>), StoreError> {
+    let Some(req) = requests.first() else { return Ok((scan, Vec::new())) };
+    let now = requests.iter().map(|r| r.now).max().unwrap_or(req.now);
+    let limit: i64 = requests.iter().map(|r| i64::from(r.max_messages)).sum();
+    let rows =
+        sql::query(c, PICK, &[&req.queue, &req.dead_letter, &scan.channels, &scan.floors, &limit, &now.0]).await?;
+    Ok((scan, rows))
+}
+
+/// Picks for requests of one queue, side and channel, in their order (ended leases
+/// already settled): one pick for all, each request taking the next candidates as its
+/// count and byte limits allow. `hinted` is the pick from the floors, if one was made;
+/// it is made again from the start if it found too few, or if settling released any
+/// messages (`rescan`: they lie below the floors).
+pub(crate) async fn pick(
+    c: &impl GenericClient,
+    requests: &[LeaseRequest],
     floors: &Floors,
+    hinted: Option<(Scan, Vec<tokio_postgres::Row>)>,
     rescan: bool,
-) -> Result<(Leased, Pick), StoreError> {
-    let limit = i64::from(req.max_messages);
-    let pick = |scan: Scan| async move {
-        let rows =
-            sql::query(c, PICK, &[&req.queue, &req.dead_letter, &scan.channels, &scan.floors, &limit, &req.now.0])
-                .await?;
-        Ok::<_, StoreError>((scan, rows))
-    };
-    let hinted =
-        if rescan { None } else { floors.scan(req.queue, req.dead_letter, req.channel.as_deref(), Instant::now()) };
+) -> Result<Picked, StoreError> {
+    let Some(req) = requests.first() else { return Err(StoreError::Backend("a lease of no requests".into())) };
+    let limit: i64 = requests.iter().map(|r| i64::from(r.max_messages)).sum();
     let mut above_floors = None;
     // Rows a discarded pick locked: ready again at the commit unless chosen after all.
     let mut locked_before = Vec::new();
-    if let Some(scan) = hinted.filter(Scan::skips) {
-        let (scan, rows) = pick(scan).await?;
-        // Too few above the floors: older ones may lie below them.
-        if rows.len() as i64 >= limit {
+    if let Some((scan, rows)) = hinted {
+        if !rescan && rows.len() as i64 >= limit {
             above_floors = Some((scan, rows));
         } else {
             locked_before = rows.iter().map(|row| row.get::<_, i64>(0)).collect();
@@ -337,58 +386,54 @@ pub(crate) async fn lease(
                     .map(|row| row.get(0))
                     .collect(),
             };
-            pick(scan.of(channels)).await?
+            candidates(c, requests, scan.of(channels)).await?
         }
     };
-    let mut chosen: Vec<i64> = Vec::with_capacity(candidates.len());
+    // Each request takes the next candidates: at least one, then while they fit its bytes.
+    let (mut ids, mut untils, mut tokens, mut owners) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut taken: HashMap<String, i64> = HashMap::new();
-    let mut bytes = 0usize;
-    for row in &candidates {
-        let size = usize::try_from(row.get::<_, i64>(1)).unwrap_or(usize::MAX);
-        if !chosen.is_empty() && bytes.saturating_add(size) > req.max_bytes {
-            break;
+    let mut rest = candidates.iter().peekable();
+    for (at, request) in requests.iter().enumerate() {
+        let token = rand::random::<i64>();
+        let (mut count, mut bytes) = (0u32, 0usize);
+        while let Some(row) = rest.peek() {
+            let size = usize::try_from(row.get::<_, i64>(1)).unwrap_or(usize::MAX);
+            if count == request.max_messages || (count > 0 && bytes.saturating_add(size) > request.max_bytes) {
+                break;
+            }
+            let id: i64 = row.get(0);
+            (count, bytes) = (count + 1, bytes.saturating_add(size));
+            ids.push(id);
+            untils.push(request.visible_after.0);
+            tokens.push(token);
+            owners.push(at);
+            let highest = taken.entry(row.get(2)).or_insert(id);
+            *highest = (*highest).max(id);
+            rest.next();
         }
-        bytes = bytes.saturating_add(size);
-        let id: i64 = row.get(0);
-        chosen.push(id);
-        let highest = taken.entry(row.get(2)).or_insert(id);
-        *highest = (*highest).max(id);
     }
-    let gave_back = chosen.len() < candidates.len() || locked_before.iter().any(|id| !chosen.contains(id));
+    let gave_back = ids.len() < candidates.len() || locked_before.iter().any(|id| !ids.contains(id));
     let exhausted = (candidates.len() as i64) < limit;
-    let mut pick = Pick { scan, listed: full && req.channel.is_none(), exhausted, taken, gave_back };
-    if chosen.is_empty() {
-        let next = sql::query_one(
-            c,
-            // A message due for the DLQ becomes visible there: the DLQ side watches both sides.
-            "SELECT min(visible_at) FROM messages WHERE queue = $1 AND leased AND (NOT dlq OR $2)",
-            &[&req.queue, &req.dead_letter],
-        )
-        .await?;
-        let leased = Leased { messages: Vec::new(), next_visible_at: next.get::<_, Option<i64>>(0).map(Timestamp) };
-        return Ok((leased, pick));
-    }
-    let token = rand::random::<i64>();
-    let rows = sql::query(
-        c,
-        concat!(
-            "UPDATE messages SET leased = true, visible_at = $2, delivery_count = delivery_count + 1, lease_token = $3
-             WHERE queue = $4 AND id = ANY($1)
-             RETURNING id, ",
-            body_columns!(),
-            ", channel, delivery_count, created_at, expire_at"
-        ),
-        &[&chosen, &req.visible_after.0, &token, &req.queue],
-    )
-    .await?;
-    let mut by_id = HashMap::with_capacity(rows.len());
+    let pick = Pick { scan, listed: full && req.channel.is_none(), exhausted, taken, gave_back };
+    Ok(Picked { ids, untils, tokens, owners, pick })
+}
+
+/// Each request's leases from the rows [`TAKE`] returned, and the ids of rows whose body
+/// cannot be read (to [`quarantine`]; announced as a give-back, so pollers look again).
+pub(crate) fn leased(
+    requests: &[LeaseRequest],
+    picked: &mut Picked,
+    taken: Vec<tokio_postgres::Row>,
+    next_visible_at: Option<Timestamp>,
+) -> (Vec<Leased>, Vec<i64>) {
+    let mut by_id = HashMap::with_capacity(taken.len());
     let mut unreadable = Vec::new();
-    for row in rows {
+    for row in taken {
         let id: i64 = row.get(0);
         let (content, properties) = match readable_body(&row, 1, 2) {
             Ok(body) => body,
             Err(reason) => {
-                tracing::error!(queue = req.queue, message_id = id, %reason, "a stored message cannot be read; taken out of the queue");
+                tracing::error!(queue = requests[0].queue, message_id = id, %reason, "a stored message cannot be read; taken out of the queue");
                 unreadable.push(id);
                 continue;
             }
@@ -401,19 +446,24 @@ pub(crate) async fn lease(
             delivery_count: u32::try_from(row.get::<_, i64>(4)).unwrap_or(u32::MAX),
             created_at: Timestamp(row.get(5)),
             expire_at: Timestamp(row.get(6)),
-            visible_after: req.visible_after,
-            lease_token: token,
+            visible_after: Timestamp(row.get(7)),
+            lease_token: row.get(8),
         };
         by_id.insert(id, message);
     }
     if !unreadable.is_empty() {
-        quarantine(c, req, &unreadable).await?;
-        // Announced as a give-back: pollers look again (this lease may answer with nothing
-        // while messages stand behind those), and the DLQ's floors let the moved ones in.
-        pick.gave_back = true;
+        // This lease may answer with nothing while messages stand behind those, and the
+        // DLQ's floors must let the moved ones in.
+        picked.pick.gave_back = true;
     }
-    let messages = chosen.iter().filter_map(|id| by_id.remove(id)).collect();
-    Ok((Leased { messages, next_visible_at: None }, pick))
+    let mut leased: Vec<Leased> = requests.iter().map(|_| Leased { messages: Vec::new(), next_visible_at }).collect();
+    for (id, &at) in picked.ids.iter().zip(&picked.owners) {
+        leased[at].messages.extend(by_id.remove(id));
+    }
+    for served in leased.iter_mut().filter(|l| !l.messages.is_empty()) {
+        served.next_visible_at = None;
+    }
+    (leased, unreadable)
 }
 
 /// A row's body (content, properties) at these columns, or why it cannot be read.
@@ -432,7 +482,12 @@ fn readable_body(
 /// Takes just-leased messages whose body cannot be read out of the way, as the SQLite
 /// store does: from the queue to its DLQ (ready there, delivery count kept), from the DLQ
 /// away. One bad row must not stop its queue.
-async fn quarantine(c: &impl GenericClient, req: &LeaseRequest, ids: &[i64]) -> Result<(), StoreError> {
+pub(crate) async fn quarantine(
+    c: &impl GenericClient,
+    req: &LeaseRequest,
+    now: Timestamp,
+    ids: &[i64],
+) -> Result<(), StoreError> {
     if req.dead_letter {
         sql::execute(c, "DELETE FROM messages WHERE queue = $1 AND id = ANY($2)", &[&req.queue, &ids]).await?;
     } else {
@@ -440,7 +495,7 @@ async fn quarantine(c: &impl GenericClient, req: &LeaseRequest, ids: &[i64]) -> 
             c,
             "UPDATE messages SET leased = false, dlq = true, visible_at = $3, delivery_count = delivery_count - 1
              WHERE queue = $1 AND id = ANY($2)",
-            &[&req.queue, &ids, &req.now.0],
+            &[&req.queue, &ids, &now.0],
         )
         .await?;
     }

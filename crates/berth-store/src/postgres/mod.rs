@@ -16,6 +16,8 @@ mod feed;
 mod floors;
 mod identity;
 mod messages;
+mod node;
+mod pipelined;
 mod queues;
 mod schema;
 mod settle;
@@ -25,13 +27,11 @@ mod sweep;
 mod tls;
 mod vacuum;
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use berth_core::error::StoreError;
-use berth_core::model::QueueRow;
-use berth_core::store::{Change, Moved, CHANGE_FEED_CAPACITY};
+use berth_core::store::CHANGE_FEED_CAPACITY;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -57,17 +57,15 @@ pub struct PostgresStore {
     store_id: String,
     /// Advisory lock key of this store's sweeps.
     sweep_lock: i64,
-    changes: broadcast::Sender<Change>,
-    feed: Arc<feed::Notifier>,
-    /// Where this node's leases start scanning.
-    floors: Arc<floors::Floors>,
+    /// What this node tells once a transaction committed.
+    node: Arc<node::Node>,
     vacuum: vacuum::Vacuum,
     clock: Arc<DatabaseClock>,
     stop: CancellationToken,
-    observer: batches::Observer,
-    /// Puts and deletes, run in batches.
+    /// Puts, deletes and leases, run in batches.
     puts: coalesce::Coalescer<batches::Puts>,
     deletes: coalesce::Coalescer<batches::Deletes>,
+    leases: coalesce::Coalescer<batches::Leases>,
 }
 
 impl PostgresStore {
@@ -112,27 +110,11 @@ impl PostgresStore {
         // Stores that share a database (in schemas of their own) sweep apart.
         let sweep_lock = i64::from_str_radix(&store_id[..15.min(store_id.len())], 16).unwrap_or(0);
         let vacuum = vacuum::Vacuum::default();
-        let observer: batches::Observer = Arc::default();
-        let puts =
-            coalesce::Coalescer::start(batches::Puts { pool: pool.clone(), observer: observer.clone() }, stop.clone());
-        let deletes = coalesce::Coalescer::start(
-            batches::Deletes { pool: pool.clone(), observer: observer.clone() },
-            stop.clone(),
-        );
-        Ok(PostgresStore {
-            pool,
-            store_id,
-            sweep_lock,
-            changes,
-            feed,
-            floors,
-            vacuum,
-            clock,
-            stop,
-            observer,
-            puts,
-            deletes,
-        })
+        let node = Arc::new(node::Node { changes, feed, floors, observer: OnceLock::new() });
+        let puts = coalesce::Coalescer::new(batches::Puts { pool: pool.clone(), node: node.clone() });
+        let deletes = coalesce::Coalescer::new(batches::Deletes { pool: pool.clone(), node: node.clone() });
+        let leases = coalesce::Coalescer::new(batches::Leases { pool: pool.clone(), node: node.clone() });
+        Ok(PostgresStore { pool, store_id, sweep_lock, node, vacuum, clock, stop, puts, deletes, leases })
     }
 
     /// The database's id, made when Berth first created its schema there.
@@ -143,41 +125,6 @@ impl PostgresStore {
     /// The database's clock, as this node reads it (every node's engine should use it).
     pub fn clock(&self) -> Arc<DatabaseClock> {
         self.clock.clone()
-    }
-
-    /// Announces changes once committed: to this node's pollers at once, to others' by NOTIFY.
-    fn announce(&self, changes: Vec<Change>) {
-        for change in changes {
-            self.publish(feed::Pushed { change, first: None });
-        }
-    }
-
-    /// Announces a committed put of messages with ids from `first` in these channels.
-    fn announce_put(&self, queue: QueueRow, first: i64, channels: BTreeSet<&str>, change: Change) {
-        self.floors.put(queue, first, &channels.iter().copied().collect::<Vec<_>>());
-        self.publish(feed::Pushed { change, first: Some((first, channels.contains(""))) });
-    }
-
-    fn publish(&self, pushed: feed::Pushed) {
-        self.floors.follow(&pushed.change);
-        let _ = self.changes.send(pushed.change.clone());
-        self.feed.push(pushed);
-    }
-
-    /// A transaction committed (one write: each request is a transaction of its own).
-    fn committed(&self, took: Duration) {
-        if let Some(observer) = self.observer.get() {
-            observer.committed(1, took);
-        }
-    }
-
-    /// What settling moved, once committed.
-    fn report(&self, moved: &std::collections::HashMap<QueueRow, Moved>) {
-        if let Some(observer) = self.observer.get() {
-            for (queue, moved) in moved {
-                observer.settled(*queue, *moved);
-            }
-        }
     }
 
     async fn client(&self) -> Result<Object, StoreError> {

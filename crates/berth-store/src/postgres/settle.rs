@@ -43,17 +43,21 @@ pub(crate) async fn queue(
     limit: u32,
     locked: Locked,
 ) -> Result<Settled, StoreError> {
+    let due = sql::query(c, &due_in_queue(locked), &[&queue, &now.0, &i64::from(limit)]).await?;
+    apply(c, &due, now).await
+}
+
+/// The rows [`apply`] settles of a queue: `$1` the queue, `$2` now, `$3` the most.
+pub(crate) fn due_in_queue(locked: Locked) -> String {
     let lock = match locked {
         Locked::Skip => "FOR UPDATE OF m SKIP LOCKED",
         Locked::Wait => "FOR UPDATE OF m",
     };
-    let statement = format!(
+    format!(
         "SELECT {DUE_COLUMNS}, q.dead_letter_after FROM messages m JOIN queues q ON q.row = m.queue
          WHERE m.queue = $1 AND m.leased AND m.visible_at <= $2
          ORDER BY m.visible_at LIMIT $3 {lock}"
-    );
-    let due = sql::query(c, &statement, &[&queue, &now.0, &i64::from(limit)]).await?;
-    apply(c, &due, now).await
+    )
 }
 
 /// Settles up to `limit` ended leases and delays of each live queue, `limit` in all.
@@ -70,7 +74,7 @@ pub(crate) async fn all(c: &impl GenericClient, now: Timestamp, limit: u32) -> R
 }
 
 /// Rows of `DUE_COLUMNS` and the queue's threshold, each moved as its fate says.
-async fn apply(c: &impl GenericClient, due: &[Row], now: Timestamp) -> Result<Settled, StoreError> {
+pub(crate) async fn apply(c: &impl GenericClient, due: &[Row], now: Timestamp) -> Result<Settled, StoreError> {
     let mut settled = Settled::default();
     let (mut expire, mut redeliver, mut dead_letter) = (Rows::default(), Rows::default(), Rows::default());
     for row in due {

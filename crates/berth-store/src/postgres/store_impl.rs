@@ -1,7 +1,6 @@
 //! `Store` for `PostgresStore`: each method is one transaction (or one read), and its
 //! changes are announced once it committed.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,11 +18,9 @@ use berth_core::store::{
 };
 use tokio::sync::broadcast;
 
+use super::node::changed;
 use super::settle::Locked;
 use super::{consumer_groups, identity, messages, pg, queues, settle, sql, sweep, PostgresStore};
-
-/// Ended leases settled per lease call; the sweep handles any surplus.
-const SETTLE_PER_LEASE: u32 = 256;
 
 /// Runs `$body` in a transaction on a pooled connection and commits it.
 macro_rules! transaction {
@@ -33,7 +30,7 @@ macro_rules! transaction {
         let outcome = $body;
         let started = std::time::Instant::now();
         $tx.commit().await.map_err(pg)?;
-        $store.committed(started.elapsed());
+        $store.node.committed(1, started.elapsed());
         outcome
     }};
 }
@@ -110,7 +107,7 @@ impl Store for PostgresStore {
         let Some(streams) = saved else { return Ok(false) };
         // Other nodes' pollers of a deleted queue, or of its groups, wake and find it gone.
         let deleted = queue.state == LifecycleState::Deleted;
-        self.announce(changed(streams.into_iter().filter(|_| deleted).chain([queue.row])));
+        self.node.announce(changed(streams.into_iter().filter(|_| deleted).chain([queue.row])));
         Ok(true)
     }
 
@@ -165,7 +162,7 @@ impl Store for PostgresStore {
         let saved = transaction!(self, |tx| consumer_groups::save(&tx, group, expected_version, work).await?);
         if saved == GroupSaved::Saved {
             // Pollers of a deleted group wake and find it gone.
-            self.announce(changed([group.stream]));
+            self.node.announce(changed([group.stream]));
         }
         Ok(saved)
     }
@@ -176,46 +173,15 @@ impl Store for PostgresStore {
         messages: Vec<MessageToStore>,
         max_channels: u32,
     ) -> StoreResult<Appended> {
-        let messages: Arc<[MessageToStore]> = messages.into();
-        let request = messages::PutRequest { queue, messages: messages.clone(), max_channels };
-        let (appended, targets) = self.puts.submit(request).await?;
-        if let Appended::Stored(ids) = &appended {
-            if let Some(&first) = ids.first() {
-                let channels: BTreeSet<&str> = messages.iter().map(|m| m.message.channel.as_str()).collect();
-                match targets {
-                    None => self.announce_put(queue, first, channels, Change::of_put(queue, messages.iter())),
-                    Some(targets) => {
-                        let changes = Change::of_fanned_put(&targets, &messages);
-                        for ((stream, positions), change) in targets.iter().zip(changes) {
-                            let share = positions.iter().map(|&at| messages[at].message.channel.as_str()).collect();
-                            self.announce_put(*stream, ids[positions[0]], share, change);
-                        }
-                    }
-                }
-            }
-        }
-        Ok(appended)
+        self.puts.submit(messages::PutRequest { queue, messages, max_channels }).await
     }
 
     fn changes(&self) -> broadcast::Receiver<Change> {
-        self.changes.subscribe()
+        self.node.changes.subscribe()
     }
 
     async fn lease(&self, request: LeaseRequest) -> StoreResult<Leased> {
-        // Until it committed: if it fails or is dropped, the messages it locked are ready
-        // again, below floors that other leases set past them.
-        let unfinished = Unfinished { store: self, queue: request.queue };
-        let ((leased, pick), settled) = transaction!(self, |tx| {
-            let settled = settle::queue(&tx, request.queue, request.now, SETTLE_PER_LEASE, Locked::Skip).await?;
-            let rescan = !settled.queues.is_empty();
-            (messages::lease(&tx, &request, &self.floors, rescan).await?, settled)
-        });
-        std::mem::forget(unfinished);
-        self.floors.record(request.queue, request.dead_letter, &pick, Instant::now());
-        let gave_back = pick.gave_back.then_some(request.queue);
-        self.report(&settled.moved);
-        self.announce(changed(settled.queues.into_iter().chain(gave_back)));
-        Ok(leased)
+        self.leases.submit(request).await
     }
 
     async fn extend_leases(&self, leases: Vec<(LeaseRef, Timestamp)>, now: Timestamp) -> StoreResult<Vec<bool>> {
@@ -226,10 +192,10 @@ impl Store for PostgresStore {
         // One statement, committed on its own: its time includes the commit.
         let started = Instant::now();
         let extended = messages::extend(&client, &leases, now).await?;
-        self.committed(started.elapsed());
+        self.node.committed(1, started.elapsed());
         // Leases moved to end now or earlier give their messages back.
         let released = leases.iter().zip(&extended).filter(|((_, until), ok)| **ok && *until <= now);
-        self.announce(changed(released.map(|((lease, _), _)| lease.queue)));
+        self.node.announce(changed(released.map(|((lease, _), _)| lease.queue)));
         Ok(extended)
     }
 
@@ -282,8 +248,8 @@ impl Store for PostgresStore {
             let settled = settle::queue(&tx, queue, to_settle.now, to_settle.batch, Locked::Wait).await?;
             (settled, messages::purge(&tx, queue, target, channels.as_deref(), to_settle.batch).await?)
         });
-        self.report(&settled.moved);
-        self.announce(changed(settled.queues));
+        self.node.report(&settled.moved);
+        self.node.announce(changed(settled.queues));
         Ok(purged)
     }
 
@@ -293,15 +259,15 @@ impl Store for PostgresStore {
             (settled, messages::redrive(&tx, queue, channels.as_deref(), to_settle.batch).await?)
         });
         let redriven = (moved > 0).then_some(queue);
-        self.report(&settled.moved);
-        self.announce(changed(settled.queues.into_iter().chain(redriven)));
+        self.node.report(&settled.moved);
+        self.node.announce(changed(settled.queues.into_iter().chain(redriven)));
         Ok(moved)
     }
 
     async fn sweep(&self, now: Timestamp, batch: u32) -> StoreResult<SweepReport> {
         let settled = transaction!(self, |tx| sweep::sweep(&tx, self.sweep_lock, now, batch).await?);
-        self.report(&settled.moved);
-        self.announce(changed(settled.queues));
+        self.node.report(&settled.moved);
+        self.node.announce(changed(settled.queues));
         Ok(settled.report)
     }
 
@@ -320,7 +286,7 @@ impl Store for PostgresStore {
     }
 
     fn observe(&self, observer: Arc<dyn StoreObserver>) {
-        let _ = self.observer.set(observer);
+        let _ = self.node.observer.set(observer);
     }
 
     async fn close(&self) -> StoreResult<()> {
@@ -328,23 +294,4 @@ impl Store for PostgresStore {
         self.pool.close();
         Ok(())
     }
-}
-
-/// A lease under way: dropped before it committed, it tells every node that its queue's
-/// messages may be ready below their floors.
-struct Unfinished<'a> {
-    store: &'a PostgresStore,
-    queue: QueueRow,
-}
-
-impl Drop for Unfinished<'_> {
-    fn drop(&mut self) {
-        self.store.announce(changed([self.queue]));
-    }
-}
-
-/// `Changed` once for each queue.
-fn changed(queues: impl IntoIterator<Item = QueueRow>) -> Vec<Change> {
-    let queues: BTreeSet<QueueRow> = queues.into_iter().collect();
-    queues.into_iter().map(|queue| Change::Changed { queue }).collect()
 }
