@@ -78,19 +78,38 @@ impl<B: Batch> Coalescer<B> {
 
 /// Runs batches of one key until none waits.
 async fn serve<B: Batch>(batch: Arc<B>, queues: Queues<B>, key: B::Key, mut next: Vec<Waiting<B>>) {
+    let mut serving = Serving { queues: &queues, key: Some(key) };
     loop {
         run(&*batch, next).await;
         let mut queues = queues.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(queue) = queues.get_mut(&key) else { return };
+        let Some(key) = serving.key.as_ref() else { return };
+        let Some(queue) = queues.get_mut(key) else { return };
         if queue.waiting.is_empty() {
             queue.running -= 1;
             if queue.running == 0 {
-                queues.remove(&key);
+                queues.remove(key);
             }
+            serving.key = None;
             return;
         }
         let take = queue.waiting.len().min(MOST_PER_BATCH);
         next = queue.waiting.drain(..take).collect();
+    }
+}
+
+/// A key's batches being served: dropped while serving (a batch panicked), it answers the
+/// key's waiting requests with an error, so that neither they nor later ones wait forever.
+struct Serving<'a, B: Batch> {
+    queues: &'a Queues<B>,
+    key: Option<B::Key>,
+}
+
+impl<B: Batch> Drop for Serving<'_, B> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let gone = self.queues.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            drop(gone);
+        }
     }
 }
 

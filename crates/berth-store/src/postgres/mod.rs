@@ -6,7 +6,8 @@
 //! [`berth_core::delivery::after_lease`] on the rows the transaction locked.
 //! Background sweeps run on one node at a time (an advisory lock). Time comes from the
 //! database ([`DatabaseClock`]), so leases read alike on nodes whose clocks differ.
-//! Wakeups cross nodes by LISTEN/NOTIFY, sent after the commit (`feed.rs`).
+//! Wakeups cross nodes by LISTEN/NOTIFY, sent after the commit (`feed.rs`). Requests that
+//! arrive together share a transaction (`coalesce.rs`).
 
 mod batches;
 mod clock;

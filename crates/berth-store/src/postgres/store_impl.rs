@@ -1,5 +1,6 @@
 //! `Store` for `PostgresStore`: each method is one transaction (or one read), and its
-//! changes are announced once it committed.
+//! changes are announced once it committed. Puts, deletes and leases go in batches with
+//! others of their kind (`batches.rs`).
 
 use std::sync::Arc;
 use std::time::Instant;
