@@ -144,7 +144,9 @@ impl Batch for Leases {
                 next_visible_at = next(tx.commit_with(messages::NEXT_VISIBLE, &[&queue, &dead_letter]).await?);
                 Vec::new()
             } else {
-                next_visible_at = next(sql::query(c, messages::NEXT_VISIBLE, &[&queue, &dead_letter]).await?);
+                // Read before this batch's own leases: those end at their visibility too.
+                let others = next(sql::query(c, messages::NEXT_VISIBLE, &[&queue, &dead_letter]).await?);
+                next_visible_at = others.into_iter().chain(picked.untils.iter().copied()).min();
                 tx.commit_with(messages::TAKE, &[&picked.ids, &picked.untils, &picked.tokens, &queue]).await?
             }
         } else {

@@ -18,8 +18,11 @@ use tokio::sync::oneshot;
 /// Most requests in one batch.
 const MOST_PER_BATCH: usize = 64;
 /// Most batches of one key under way at once. Two did not move more in W1 than one, at
-/// more CPU per message (fewer requests per batch).
+/// more CPU per message (fewer requests per batch). (`Serving` assumes one.)
 const IN_FLIGHT: usize = 1;
+/// Longest a batch may take: one stuck on a dead connection or a long lock wait must not
+/// hold every later request of its key (all of a node's puts, say) behind it for good.
+const BATCH_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A kind of request that can be run together with others of its key.
 #[async_trait]
@@ -114,8 +117,13 @@ impl<B: Batch> Drop for Serving<'_, B> {
 }
 
 async fn run<B: Batch>(batch: &B, waiting: Vec<Waiting<B>>) {
-    let (requests, answers): (Vec<_>, Vec<_>) = waiting.into_iter().unzip();
-    match batch.run(&requests).await {
+    // A request whose caller went away is not run: as before batching, when dropping the
+    // caller rolled its transaction back (no lease taken for nobody, no put unanswered).
+    let (requests, answers): (Vec<_>, Vec<_>) = waiting.into_iter().filter(|(_, answer)| !answer.is_closed()).unzip();
+    if requests.is_empty() {
+        return;
+    }
+    match run_within(batch, &requests).await {
         Ok(outputs) => {
             for (answer, output) in answers.into_iter().zip(outputs) {
                 let _ = answer.send(Ok(output));
@@ -125,7 +133,8 @@ async fn run<B: Batch>(batch: &B, waiting: Vec<Waiting<B>>) {
         // that cannot be reached fails them all alike.
         Err(e) if requests.len() > 1 && !matches!(e, StoreError::Unavailable(_)) => {
             for (request, answer) in requests.iter().zip(answers) {
-                let alone = batch.run(std::slice::from_ref(request)).await.and_then(|outputs| {
+                let alone = run_within(batch, std::slice::from_ref(request)).await;
+                let alone = alone.and_then(|outputs| {
                     outputs.into_iter().next().ok_or_else(|| StoreError::Backend("a batch answered nothing".into()))
                 });
                 let _ = answer.send(alone);
@@ -137,4 +146,15 @@ async fn run<B: Batch>(batch: &B, waiting: Vec<Waiting<B>>) {
             }
         }
     }
+}
+
+/// Runs a batch within [`BATCH_TIME_LIMIT`], checking it answered each request.
+async fn run_within<B: Batch>(batch: &B, requests: &[B::Request]) -> Result<Vec<B::Output>, StoreError> {
+    let outputs = tokio::time::timeout(BATCH_TIME_LIMIT, batch.run(requests)).await.map_err(|_| {
+        StoreError::Unavailable(format!("PostgreSQL did not answer within {} s", BATCH_TIME_LIMIT.as_secs()))
+    })??;
+    if outputs.len() != requests.len() {
+        return Err(StoreError::Backend(format!("a batch of {} answered {}", requests.len(), outputs.len())));
+    }
+    Ok(outputs)
 }

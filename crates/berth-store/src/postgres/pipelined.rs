@@ -33,7 +33,8 @@ impl Pipelined {
         first: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let begin = async { self.client().batch_execute("BEGIN").await.map_err(pg) };
-        let ((), out) = tokio::try_join!(begin, first)?;
+        // Biased: polled in this order, so BEGIN is sent first.
+        let ((), out) = tokio::try_join!(biased; begin, first)?;
         Ok(out)
     }
 
@@ -45,7 +46,8 @@ impl Pipelined {
         let last = async { c.query(&statement, params).await.map_err(pg) };
         // A failed statement turns the COMMIT into a rollback, and its error is returned.
         let commit = async { c.batch_execute("COMMIT").await.map_err(pg) };
-        let (rows, ()) = tokio::try_join!(last, commit)?;
+        // Biased: polled in this order, so the statement is sent before the COMMIT.
+        let (rows, ()) = tokio::try_join!(biased; last, commit)?;
         self.committed.store(true, Ordering::Relaxed);
         Ok(rows)
     }
