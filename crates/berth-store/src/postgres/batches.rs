@@ -109,7 +109,7 @@ impl Batch for Leases {
     async fn run(&self, requests: &[LeaseRequest]) -> Result<Vec<Leased>, StoreError> {
         let Some(first) = requests.first() else { return Ok(Vec::new()) };
         let (queue, dead_letter) = (first.queue, first.dead_letter);
-        let now = requests.iter().map(|r| r.now).max().unwrap_or(first.now);
+        let now = messages::batch_now(requests);
         // Until it committed: if it fails, the messages it locked are ready again, below
         // floors that other leases set past them.
         let unfinished = Unfinished { node: &self.node, queue };

@@ -5,7 +5,9 @@
 //! and delete whatever the batch size, against 33 µs per message (docs/BENCHMARKS.md, W8).
 //! A request that finds none of its key under way goes at once, so batching adds no wait
 //! to a lone request. Batches run in a task of their own: a caller that gives up (its
-//! client went away) does not take the others' requests with it.
+//! client went away) does not take the others' requests with it. One batch of a key at a
+//! time: two did not move more in W1, at more CPU per message (smaller batches, and two
+//! picks of one queue skip each other's rows).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -17,9 +19,6 @@ use tokio::sync::oneshot;
 
 /// Most requests in one batch.
 const MOST_PER_BATCH: usize = 64;
-/// Most batches of one key under way at once. Two did not move more in W1 than one, at
-/// more CPU per message (fewer requests per batch). (`Serving` assumes one.)
-const IN_FLIGHT: usize = 1;
 /// Longest a batch may take: one stuck on a dead connection or a long lock wait must not
 /// hold every later request of its key (all of a node's puts, say) behind it for good.
 const BATCH_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -41,14 +40,8 @@ pub(crate) trait Batch: Send + Sync + 'static {
 
 type Waiting<B> = (<B as Batch>::Request, oneshot::Sender<Result<<B as Batch>::Output, StoreError>>);
 
-/// A key's requests waiting, and how many tasks run its batches (the key is known while
-/// any does).
-struct Queue<B: Batch> {
-    waiting: Vec<Waiting<B>>,
-    running: usize,
-}
-
-type Queues<B> = Arc<Mutex<HashMap<<B as Batch>::Key, Queue<B>>>>;
+/// The requests waiting per key; a key is here while a task runs its batches.
+type Queues<B> = Arc<Mutex<HashMap<<B as Batch>::Key, Vec<Waiting<B>>>>>;
 
 pub(crate) struct Coalescer<B: Batch> {
     batch: Arc<B>,
@@ -67,12 +60,12 @@ impl<B: Batch> Coalescer<B> {
         {
             // std Mutex: held only to push or take, never across an await.
             let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-            let queue = queues.entry(key.clone()).or_insert_with(|| Queue { waiting: Vec::new(), running: 0 });
-            if queue.running < IN_FLIGHT {
-                queue.running += 1;
-                tokio::spawn(serve(self.batch.clone(), self.queues.clone(), key, vec![(request, answer)]));
-            } else {
-                queue.waiting.push((request, answer));
+            match queues.get_mut(&key) {
+                Some(waiting) => waiting.push((request, answer)),
+                None => {
+                    queues.insert(key.clone(), Vec::new());
+                    tokio::spawn(serve(self.batch.clone(), self.queues.clone(), key, vec![(request, answer)]));
+                }
             }
         }
         answered.await.map_err(|_| StoreError::Backend("a batch ended without an answer".into()))?
@@ -81,22 +74,19 @@ impl<B: Batch> Coalescer<B> {
 
 /// Runs batches of one key until none waits.
 async fn serve<B: Batch>(batch: Arc<B>, queues: Queues<B>, key: B::Key, mut next: Vec<Waiting<B>>) {
-    let mut serving = Serving { queues: &queues, key: Some(key) };
+    let mut serving = Serving::<B> { queues: &queues, key: Some(key) };
     loop {
         run(&*batch, next).await;
         let mut queues = queues.lock().unwrap_or_else(|e| e.into_inner());
         let Some(key) = serving.key.as_ref() else { return };
-        let Some(queue) = queues.get_mut(key) else { return };
-        if queue.waiting.is_empty() {
-            queue.running -= 1;
-            if queue.running == 0 {
-                queues.remove(key);
-            }
+        let Some(waiting) = queues.get_mut(key) else { return };
+        if waiting.is_empty() {
+            queues.remove(key);
             serving.key = None;
             return;
         }
-        let take = queue.waiting.len().min(MOST_PER_BATCH);
-        next = queue.waiting.drain(..take).collect();
+        let take = waiting.len().min(MOST_PER_BATCH);
+        next = waiting.drain(..take).collect();
     }
 }
 

@@ -148,8 +148,8 @@ pub(crate) struct PutRequest {
 }
 
 /// Runs puts in the caller's transaction, each queue's in their order. Those to queues
-/// without groups whose named channels all hold messages already go in one INSERT; each
-/// other one goes as [`put`] does.
+/// without groups go in one INSERT (one that adds a channel, once its channels are
+/// counted); those to queues with groups go as [`put`] does.
 pub(crate) async fn put_all(c: &impl GenericClient, puts: &[PutRequest]) -> Result<Vec<Put>, StoreError> {
     let queues: Vec<QueueRow> = puts.iter().map(|p| p.queue).collect();
     let grouped = consumer_groups::with_groups(c, &queues).await?;
@@ -160,13 +160,22 @@ pub(crate) async fn put_all(c: &impl GenericClient, puts: &[PutRequest]) -> Resu
     let mut plain = Vec::new();
     for at in order {
         let p = &puts[at];
-        if !grouped.contains(&p.queue) && seen_channels_only(c, p.queue, p.messages.iter()).await? {
-            plain.push(at);
+        if grouped.contains(&p.queue) {
+            // The plain ones before it first: ids rise in each queue's put order.
+            append_plain(c, puts, &mut plain, &mut done).await?;
+            done[at] = Some(put(c, p.queue, &p.messages, p.max_channels).await?);
             continue;
         }
-        // The plain ones before it first: ids rise in each queue's put order.
-        append_plain(c, puts, &mut plain, &mut done).await?;
-        done[at] = Some(put(c, p.queue, &p.messages, p.max_channels).await?);
+        let named = named_channels(p.messages.iter());
+        if all_seen(c, p.queue, &named).await? {
+            plain.push(at);
+        } else if new_channels_fit(c, p.queue, &named, p.max_channels).await? {
+            // Stored before the next put of the batch counts its channels.
+            plain.push(at);
+            append_plain(c, puts, &mut plain, &mut done).await?;
+        } else {
+            done[at] = Some((Appended::ChannelsFull, None));
+        }
     }
     append_plain(c, puts, &mut plain, &mut done).await?;
     done.into_iter().map(|put| put.ok_or_else(|| StoreError::Backend("a put went unanswered".into()))).collect()
@@ -196,13 +205,8 @@ fn named_channels<'a>(messages: impl Iterator<Item = &'a MessageToStore>) -> Vec
     named.into_iter().map(str::to_owned).collect()
 }
 
-/// Whether every named channel of these messages has messages in the stream already.
-async fn seen_channels_only<'a>(
-    c: &impl GenericClient,
-    queue: QueueRow,
-    messages: impl Iterator<Item = &'a MessageToStore>,
-) -> Result<bool, StoreError> {
-    let named = named_channels(messages);
+/// Whether every one of these named channels has messages in the stream already.
+async fn all_seen(c: &impl GenericClient, queue: QueueRow, named: &[String]) -> Result<bool, StoreError> {
     Ok(named.is_empty() || sql::query(c, UNSEEN_CHANNELS, &[&queue, &named]).await?.is_empty())
 }
 
@@ -210,15 +214,22 @@ async fn seen_channels_only<'a>(
 async fn channels_fit<'a>(
     c: &impl GenericClient,
     queue: QueueRow,
-    messages: impl Iterator<Item = &'a MessageToStore> + Clone,
+    messages: impl Iterator<Item = &'a MessageToStore>,
     max_channels: u32,
 ) -> Result<bool, StoreError> {
-    if seen_channels_only(c, queue, messages.clone()).await? {
-        return Ok(true);
-    }
     let named = named_channels(messages);
-    // A new channel: count under the queue row's lock, so that puts adding channels at
-    // the same time cannot pass the limit together.
+    Ok(all_seen(c, queue, &named).await? || new_channels_fit(c, queue, &named, max_channels).await?)
+}
+
+/// Whether these named channels, some of them new to the stream, keep it within
+/// `max_channels`: counted under the queue row's lock, so that puts adding channels at the
+/// same time cannot pass the limit together.
+async fn new_channels_fit(
+    c: &impl GenericClient,
+    queue: QueueRow,
+    named: &[String],
+    max_channels: u32,
+) -> Result<bool, StoreError> {
     sql::execute(c, "SELECT 1 FROM queues WHERE row = $1 FOR UPDATE", &[&queue]).await?;
     let existing: HashSet<String> =
         sql::query(c, QUEUE_CHANNELS, &[&queue]).await?.iter().map(|row| row.get(0)).collect();
@@ -328,6 +339,16 @@ pub(crate) const TAKE: &str = concat!(
 pub(crate) const NEXT_VISIBLE: &str =
     "SELECT min(visible_at) FROM messages WHERE queue = $1 AND leased AND (NOT dlq OR $2)";
 
+/// The time a batch of leases goes by: its latest request's.
+pub(crate) fn batch_now(requests: &[LeaseRequest]) -> Timestamp {
+    requests.iter().map(|r| r.now).max().unwrap_or(Timestamp(0))
+}
+
+/// How many messages a batch of leases asks for in all.
+fn batch_limit(requests: &[LeaseRequest]) -> i64 {
+    requests.iter().map(|r| i64::from(r.max_messages)).sum()
+}
+
 /// Where requests of one queue, side and channel would start their pick: from the
 /// floors, if any skips anything (else a pick from the start is due anyway).
 pub(crate) fn hinted_scan(requests: &[LeaseRequest], floors: &Floors) -> Option<Scan> {
@@ -342,8 +363,7 @@ pub(crate) async fn candidates(
     scan: Scan,
 ) -> Result<(Scan, Vec<tokio_postgres::Row>), StoreError> {
     let Some(req) = requests.first() else { return Ok((scan, Vec::new())) };
-    let now = requests.iter().map(|r| r.now).max().unwrap_or(req.now);
-    let limit: i64 = requests.iter().map(|r| i64::from(r.max_messages)).sum();
+    let (now, limit) = (batch_now(requests), batch_limit(requests));
     let rows =
         sql::query(c, PICK, &[&req.queue, &req.dead_letter, &scan.channels, &scan.floors, &limit, &now.0]).await?;
     Ok((scan, rows))
@@ -362,7 +382,7 @@ pub(crate) async fn pick(
     rescan: bool,
 ) -> Result<Picked, StoreError> {
     let Some(req) = requests.first() else { return Err(StoreError::Backend("a lease of no requests".into())) };
-    let limit: i64 = requests.iter().map(|r| i64::from(r.max_messages)).sum();
+    let limit = batch_limit(requests);
     let mut above_floors = None;
     // Rows a discarded pick locked: ready again at the commit unless chosen after all.
     let mut locked_before = Vec::new();
