@@ -1,7 +1,8 @@
 """Several `berth serve` nodes on one PostgreSQL store, any node answering any request:
 wakeups cross nodes, every message is delivered once across nodes, a node killed mid-lease
-costs only its leases' visibility, and a PostgreSQL restart under load is answered 503
-while it lasts and mended without restarting the nodes.
+costs only its leases' visibility, a PostgreSQL restart under load is answered 503
+while it lasts and mended without restarting the nodes, and a crash of PostgreSQL loses no
+acknowledged put or delete.
 
 Runs in the compatibility suite's PostgreSQL run (BERTH_COMPAT_POSTGRES_URL); the nodes of
 a test share one store (a schema of its own), each with a data dir of its own.
@@ -9,6 +10,7 @@ a test share one store (a schema of its own), each with a data dir of its own.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import os
@@ -237,61 +239,128 @@ def test_nodes_whose_clocks_differ_agree_on_lease_times(tmp_path):
             node.kill()
 
 
-def test_postgres_restarted_under_load_answers_503_then_recovers_without_losing_acknowledged_puts(tmp_path):
-    # A PostgreSQL server of this test's own, so that stopping it disturbs no other test
-    # (in /tmp: the postgres user cannot enter pytest's root-only tmp_path).
+@contextlib.contextmanager
+def postgres_of_its_own():
+    """A PostgreSQL server of the test's own, so that stopping it disturbs no other test
+    (in /tmp: the postgres user cannot enter pytest's root-only tmp_path)."""
     pg_dir = Path(tempfile.mkdtemp(prefix="berth-restart-pg."))
     subprocess.run([str(POSTGRES_SERVER), "start", str(pg_dir)], check=True, timeout=120)
-    node = None
     try:
-        env = store_env((pg_dir / "url").read_text().strip())
-        node = BerthServer(berth_bin(), tmp_path / "node", tmp_path / "logs", env=env).start()
-        t = node.tenant()
-        qid = t.create_queue(unique_name("restart"))
-        qc = t.qc  # no SDK retries: each answer is seen as it is
-        acknowledged, statuses, stop = [], [], threading.Event()
-
-        def produce():
-            i = 0
-            while not stop.is_set():
-                try:
-                    put(qc, qid, [f"p{i}"])
-                    acknowledged.append(f"p{i}")
-                except oci.exceptions.ServiceError as e:
-                    statuses.append((e.status, e.code))
-                    time.sleep(0.05)
-                except Exception as e:  # a connection reset while the server stops
-                    statuses.append((0, type(e).__name__))
-                    time.sleep(0.05)
-                i += 1
-
-        producer = threading.Thread(target=produce)
-        producer.start()
-        wait_for(lambda: len(acknowledged) >= 20, timeout=30, desc="puts before the restart")
-        subprocess.run([str(POSTGRES_SERVER), "stop", str(pg_dir)], check=True, timeout=60)
-        wait_for(lambda: len(statuses) >= 3, timeout=30, desc="answers while PostgreSQL is down")
-        down = node.health()
-        subprocess.run([str(POSTGRES_SERVER), "resume", str(pg_dir)], check=True, timeout=60)
-        before = len(acknowledged)
-        wait_for(lambda: len(acknowledged) >= before + 20, timeout=30, desc="puts after the restart")
-        stop.set()
-        producer.join(timeout=30)
-        assert node.running, "the node survived the restart"
-        assert down.status_code == 503, down.text
-        refused = [s for s in statuses if s[0] != 0]
-        assert refused and all(s == (503, "ServiceUnavailable") for s in refused), statuses
-        # Everything acknowledged is there, once.
-        got = []
-        while True:
-            batch = get(qc, qid, limit=20, visibility_in_seconds=60)
-            if not batch:
-                break
-            got.extend(m.content for m in batch)
-        assert sorted(set(acknowledged) - set(got)) == [], "acknowledged puts lost"
-        assert len(got) == len(set(got))
-        assert stats(qc, qid).queue.visible_messages == 0
+        yield pg_dir
     finally:
-        if node is not None and node.running:
-            node.kill()
         subprocess.run([str(POSTGRES_SERVER), "stop", str(pg_dir)], timeout=60)
         shutil.rmtree(pg_dir, ignore_errors=True)
+
+
+def keep_doing(action, errors: list, stop: threading.Event):
+    """Runs action(i) for i = 0, 1, ... until stopped, noting each error as (HTTP status,
+    code), or (0, exception name) for a connection reset while the server stops."""
+    i = 0
+    while not stop.is_set():
+        try:
+            action(i)
+        except oci.exceptions.ServiceError as e:
+            errors.append((e.status, e.code))
+            time.sleep(0.05)
+        except Exception as e:
+            errors.append((0, type(e).__name__))
+            time.sleep(0.05)
+        i += 1
+
+
+def drain(qc, qid: str) -> list[str]:
+    """The contents still in the queue, once every lease has ended."""
+    wait_for(lambda: stats(qc, qid).queue.in_flight_messages == 0, timeout=30, desc="leases to end")
+    got = []
+    while batch := get(qc, qid, limit=20, visibility_in_seconds=60):
+        got.extend(m.content for m in batch)
+    return got
+
+
+def test_postgres_restarted_under_load_answers_503_then_recovers_without_losing_acknowledged_puts(tmp_path):
+    with postgres_of_its_own() as pg_dir:
+        env = store_env((pg_dir / "url").read_text().strip())
+        node = BerthServer(berth_bin(), tmp_path / "node", tmp_path / "logs", env=env)
+        try:
+            node.start()
+            t = node.tenant()
+            qid = t.create_queue(unique_name("restart"))
+            qc = t.qc  # no SDK retries: each answer is seen as it is
+            acknowledged, statuses, stop = [], [], threading.Event()
+
+            def produce(i):
+                put(qc, qid, [f"p{i}"])
+                acknowledged.append(f"p{i}")
+
+            producer = threading.Thread(target=keep_doing, args=(produce, statuses, stop))
+            producer.start()
+            wait_for(lambda: len(acknowledged) >= 20, timeout=30, desc="puts before the restart")
+            subprocess.run([str(POSTGRES_SERVER), "stop", str(pg_dir)], check=True, timeout=60)
+            wait_for(lambda: len(statuses) >= 3, timeout=30, desc="answers while PostgreSQL is down")
+            down = node.health()
+            subprocess.run([str(POSTGRES_SERVER), "resume", str(pg_dir)], check=True, timeout=60)
+            before = len(acknowledged)
+            wait_for(lambda: len(acknowledged) >= before + 20, timeout=30, desc="puts after the restart")
+            stop.set()
+            producer.join(timeout=30)
+            assert node.running, "the node survived the restart"
+            assert down.status_code == 503, down.text
+            refused = [s for s in statuses if s[0] != 0]
+            assert refused and all(s == (503, "ServiceUnavailable") for s in refused), statuses
+            # Everything acknowledged is there, once.
+            got = drain(qc, qid)
+            assert sorted(set(acknowledged) - set(got)) == [], "acknowledged puts lost"
+            assert len(got) == len(set(got))
+            assert stats(qc, qid).queue.visible_messages == 0
+        finally:
+            if node.running:
+                node.kill()
+
+
+def test_a_postgres_crash_loses_no_acknowledged_put_or_delete(tmp_path):
+    # Leases commit without waiting for their flush (batches.rs, BEGIN_LEASE): a crash may
+    # forget the last ones, which only delivers those messages again. Puts and deletes must
+    # all be there.
+    with postgres_of_its_own() as pg_dir:
+        env = store_env((pg_dir / "url").read_text().strip())
+        node = BerthServer(berth_bin(), tmp_path / "node", tmp_path / "logs", env=env)
+        try:
+            node.start()
+            t = node.tenant()
+            qid = t.create_queue(unique_name("crash"))
+            qc = t.qc
+            acknowledged, deleted, put_errors, stop = [], set(), [], threading.Event()
+
+            def produce(i):
+                put(qc, qid, [f"p{i}-{j}" for j in range(5)])
+                acknowledged.extend(f"p{i}-{j}" for j in range(5))
+
+            def consume(_):
+                # A short visibility: leases the crash forgot or ended come back soon.
+                for m in get(qc, qid, limit=10, visibility_in_seconds=2):
+                    qc.delete_message(qid, m.receipt)
+                    deleted.add(m.content)
+
+            workers = [threading.Thread(target=keep_doing, args=(produce, put_errors, stop)),
+                       threading.Thread(target=keep_doing, args=(consume, [], stop))]
+            for w in workers:
+                w.start()
+            wait_for(lambda: len(deleted) >= 100, timeout=30, desc="deletes before the crash")
+            subprocess.run([str(POSTGRES_SERVER), "crash", str(pg_dir)], check=True, timeout=60)
+            wait_for(lambda: len(put_errors) >= 3, timeout=30, desc="answers while PostgreSQL is down")
+            subprocess.run([str(POSTGRES_SERVER), "resume", str(pg_dir)], check=True, timeout=60)
+            before = len(deleted)
+            wait_for(lambda: len(deleted) >= before + 100, timeout=30, desc="deletes after the crash")
+            stop.set()
+            for w in workers:
+                w.join(timeout=30)
+            assert node.running, "the node survived the crash"
+            refused = [s for s in put_errors if s[0] != 0]
+            assert refused and all(s == (503, "ServiceUnavailable") for s in refused), put_errors
+            left = drain(qc, qid)
+            assert len(left) == len(set(left)), "a message is in the queue twice"
+            assert sorted(set(left) & deleted) == [], "an acknowledged delete came back"
+            assert sorted(set(acknowledged) - deleted - set(left)) == [], "acknowledged puts lost"
+        finally:
+            if node.running:
+                node.kill()

@@ -23,6 +23,14 @@ use super::{connection, pg, sql};
 /// Ended leases settled per lease batch; the sweep handles any surplus.
 const SETTLE_PER_LEASE: u32 = 256;
 
+/// A lease commits without waiting for its WAL to reach the disk. A queue's leases go one
+/// batch at a time, so that wait was on the path of every delivery (W1 on one node: 1.04×
+/// without it, docs/BENCHMARKS.md). A crash of PostgreSQL (not of a node) can lose the
+/// leases of its last moments: those messages are delivered again, as after a visibility
+/// timeout, the lost delivery not counted. Puts, deletes and visibility changes stay
+/// synchronous, and each one's flush makes durable every lease committed before it.
+const BEGIN_LEASE: &str = "BEGIN; SET LOCAL synchronous_commit TO off";
+
 pub(crate) struct Puts {
     pub(crate) pool: Pool,
     pub(crate) node: Arc<Node>,
@@ -122,7 +130,7 @@ impl Batch for Leases {
         let due_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&queue, &now.0, &most];
         let hinted = messages::hinted_scan(requests, &self.node.floors);
         let (due, hinted) = tx
-            .begin_with(async {
+            .begin_with(BEGIN_LEASE, async {
                 let due = sql::query(c, &due_in_queue, &due_params);
                 let hinted = async {
                     match hinted {

@@ -27,12 +27,14 @@ impl Pipelined {
         self.client.as_ref().expect("a connection until dropped")
     }
 
-    /// Begins the transaction with `first`, its first statement (not yet polled).
+    /// Begins the transaction (`begin`: BEGIN and any SET LOCAL) with `first`, its first
+    /// statement (not yet polled).
     pub(crate) async fn begin_with<T>(
         &self,
+        begin: &str,
         first: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let begin = async { self.client().batch_execute("BEGIN").await.map_err(pg) };
+        let begin = async { self.client().batch_execute(begin).await.map_err(pg) };
         // Biased: polled in this order, so BEGIN is sent first.
         let ((), out) = tokio::try_join!(biased; begin, first)?;
         Ok(out)
