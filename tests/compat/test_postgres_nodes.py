@@ -240,14 +240,19 @@ def test_nodes_whose_clocks_differ_agree_on_lease_times(tmp_path):
 
 
 @contextlib.contextmanager
-def postgres_of_its_own():
-    """A PostgreSQL server of the test's own, so that stopping it disturbs no other test
-    (in /tmp: the postgres user cannot enter pytest's root-only tmp_path)."""
+def node_on_postgres_of_its_own(tmp_path: Path):
+    """A started node on a PostgreSQL server of the test's own, so that stopping that server
+    disturbs no other test (in /tmp: the postgres user cannot enter pytest's root-only
+    tmp_path). Yields the server's dir and the node."""
     pg_dir = Path(tempfile.mkdtemp(prefix="berth-restart-pg."))
     subprocess.run([str(POSTGRES_SERVER), "start", str(pg_dir)], check=True, timeout=120)
+    env = store_env((pg_dir / "url").read_text().strip())
+    node = BerthServer(berth_bin(), tmp_path / "node", tmp_path / "logs", env=env)
     try:
-        yield pg_dir
+        yield pg_dir, node.start()
     finally:
+        if node.running:
+            node.kill()
         subprocess.run([str(POSTGRES_SERVER), "stop", str(pg_dir)], timeout=60)
         shutil.rmtree(pg_dir, ignore_errors=True)
 
@@ -278,89 +283,75 @@ def drain(qc, qid: str) -> list[str]:
 
 
 def test_postgres_restarted_under_load_answers_503_then_recovers_without_losing_acknowledged_puts(tmp_path):
-    with postgres_of_its_own() as pg_dir:
-        env = store_env((pg_dir / "url").read_text().strip())
-        node = BerthServer(berth_bin(), tmp_path / "node", tmp_path / "logs", env=env)
-        try:
-            node.start()
-            t = node.tenant()
-            qid = t.create_queue(unique_name("restart"))
-            qc = t.qc  # no SDK retries: each answer is seen as it is
-            acknowledged, statuses, stop = [], [], threading.Event()
+    with node_on_postgres_of_its_own(tmp_path) as (pg_dir, node):
+        t = node.tenant()
+        qid = t.create_queue(unique_name("restart"))
+        qc = t.qc  # no SDK retries: each answer is seen as it is
+        acknowledged, statuses, stop = [], [], threading.Event()
 
-            def produce(i):
-                put(qc, qid, [f"p{i}"])
-                acknowledged.append(f"p{i}")
+        def produce(i):
+            put(qc, qid, [f"p{i}"])
+            acknowledged.append(f"p{i}")
 
-            producer = threading.Thread(target=keep_doing, args=(produce, statuses, stop))
-            producer.start()
-            wait_for(lambda: len(acknowledged) >= 20, timeout=30, desc="puts before the restart")
-            subprocess.run([str(POSTGRES_SERVER), "stop", str(pg_dir)], check=True, timeout=60)
-            wait_for(lambda: len(statuses) >= 3, timeout=30, desc="answers while PostgreSQL is down")
-            down = node.health()
-            subprocess.run([str(POSTGRES_SERVER), "resume", str(pg_dir)], check=True, timeout=60)
-            before = len(acknowledged)
-            wait_for(lambda: len(acknowledged) >= before + 20, timeout=30, desc="puts after the restart")
-            stop.set()
-            producer.join(timeout=30)
-            assert node.running, "the node survived the restart"
-            assert down.status_code == 503, down.text
-            refused = [s for s in statuses if s[0] != 0]
-            assert refused and all(s == (503, "ServiceUnavailable") for s in refused), statuses
-            # Everything acknowledged is there, once.
-            got = drain(qc, qid)
-            assert sorted(set(acknowledged) - set(got)) == [], "acknowledged puts lost"
-            assert len(got) == len(set(got))
-            assert stats(qc, qid).queue.visible_messages == 0
-        finally:
-            if node.running:
-                node.kill()
+        producer = threading.Thread(target=keep_doing, args=(produce, statuses, stop))
+        producer.start()
+        wait_for(lambda: len(acknowledged) >= 20, timeout=30, desc="puts before the restart")
+        subprocess.run([str(POSTGRES_SERVER), "stop", str(pg_dir)], check=True, timeout=60)
+        wait_for(lambda: len(statuses) >= 3, timeout=30, desc="answers while PostgreSQL is down")
+        down = node.health()
+        subprocess.run([str(POSTGRES_SERVER), "resume", str(pg_dir)], check=True, timeout=60)
+        before = len(acknowledged)
+        wait_for(lambda: len(acknowledged) >= before + 20, timeout=30, desc="puts after the restart")
+        stop.set()
+        producer.join(timeout=30)
+        assert node.running, "the node survived the restart"
+        assert down.status_code == 503, down.text
+        refused = [s for s in statuses if s[0] != 0]
+        assert refused and all(s == (503, "ServiceUnavailable") for s in refused), statuses
+        # Everything acknowledged is there, once.
+        got = drain(qc, qid)
+        assert sorted(set(acknowledged) - set(got)) == [], "acknowledged puts lost"
+        assert len(got) == len(set(got))
+        assert stats(qc, qid).queue.visible_messages == 0
 
 
 def test_a_postgres_crash_loses_no_acknowledged_put_or_delete(tmp_path):
     # Leases commit without waiting for their flush (batches.rs, BEGIN_LEASE): a crash may
     # forget the last ones, which only delivers those messages again. Puts and deletes must
     # all be there.
-    with postgres_of_its_own() as pg_dir:
-        env = store_env((pg_dir / "url").read_text().strip())
-        node = BerthServer(berth_bin(), tmp_path / "node", tmp_path / "logs", env=env)
-        try:
-            node.start()
-            t = node.tenant()
-            qid = t.create_queue(unique_name("crash"))
-            qc = t.qc
-            acknowledged, deleted, put_errors, stop = [], set(), [], threading.Event()
+    with node_on_postgres_of_its_own(tmp_path) as (pg_dir, node):
+        t = node.tenant()
+        qid = t.create_queue(unique_name("crash"))
+        qc = t.qc
+        acknowledged, deleted, put_errors, stop = [], set(), [], threading.Event()
 
-            def produce(i):
-                put(qc, qid, [f"p{i}-{j}" for j in range(5)])
-                acknowledged.extend(f"p{i}-{j}" for j in range(5))
+        def produce(i):
+            put(qc, qid, [f"p{i}-{j}" for j in range(5)])
+            acknowledged.extend(f"p{i}-{j}" for j in range(5))
 
-            def consume(_):
-                # A short visibility: leases the crash forgot or ended come back soon.
-                for m in get(qc, qid, limit=10, visibility_in_seconds=2):
-                    qc.delete_message(qid, m.receipt)
-                    deleted.add(m.content)
+        def consume(_):
+            # A short visibility: leases the crash forgot or ended come back soon.
+            for m in get(qc, qid, limit=10, visibility_in_seconds=2):
+                qc.delete_message(qid, m.receipt)
+                deleted.add(m.content)
 
-            workers = [threading.Thread(target=keep_doing, args=(produce, put_errors, stop)),
-                       threading.Thread(target=keep_doing, args=(consume, [], stop))]
-            for w in workers:
-                w.start()
-            wait_for(lambda: len(deleted) >= 100, timeout=30, desc="deletes before the crash")
-            subprocess.run([str(POSTGRES_SERVER), "crash", str(pg_dir)], check=True, timeout=60)
-            wait_for(lambda: len(put_errors) >= 3, timeout=30, desc="answers while PostgreSQL is down")
-            subprocess.run([str(POSTGRES_SERVER), "resume", str(pg_dir)], check=True, timeout=60)
-            before = len(deleted)
-            wait_for(lambda: len(deleted) >= before + 100, timeout=30, desc="deletes after the crash")
-            stop.set()
-            for w in workers:
-                w.join(timeout=30)
-            assert node.running, "the node survived the crash"
-            refused = [s for s in put_errors if s[0] != 0]
-            assert refused and all(s == (503, "ServiceUnavailable") for s in refused), put_errors
-            left = drain(qc, qid)
-            assert len(left) == len(set(left)), "a message is in the queue twice"
-            assert sorted(set(left) & deleted) == [], "an acknowledged delete came back"
-            assert sorted(set(acknowledged) - deleted - set(left)) == [], "acknowledged puts lost"
-        finally:
-            if node.running:
-                node.kill()
+        workers = [threading.Thread(target=keep_doing, args=(produce, put_errors, stop)),
+                   threading.Thread(target=keep_doing, args=(consume, [], stop))]
+        for w in workers:
+            w.start()
+        wait_for(lambda: len(deleted) >= 100, timeout=30, desc="deletes before the crash")
+        subprocess.run([str(POSTGRES_SERVER), "crash", str(pg_dir)], check=True, timeout=60)
+        wait_for(lambda: len(put_errors) >= 3, timeout=30, desc="answers while PostgreSQL is down")
+        subprocess.run([str(POSTGRES_SERVER), "resume", str(pg_dir)], check=True, timeout=60)
+        before = len(deleted)
+        wait_for(lambda: len(deleted) >= before + 100, timeout=30, desc="deletes after the crash")
+        stop.set()
+        for w in workers:
+            w.join(timeout=30)
+        assert node.running, "the node survived the crash"
+        refused = [s for s in put_errors if s[0] != 0]
+        assert refused and all(s == (503, "ServiceUnavailable") for s in refused), put_errors
+        left = drain(qc, qid)
+        assert len(left) == len(set(left)), "a message is in the queue twice"
+        assert sorted(set(left) & deleted) == [], "an acknowledged delete came back"
+        assert sorted(set(acknowledged) - deleted - set(left)) == [], "acknowledged puts lost"
