@@ -234,6 +234,50 @@ async fn a_fanned_out_body_is_stored_once_and_goes_once_no_group_holds_it() {
     assert_eq!((rows(&url, "bodies").await, rows(&url, "body_releases").await), (0, 0));
 }
 
+/// The schema's layout and the columns of the messages table's primary key.
+async fn layout_and_key(url: &str) -> (String, String) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT convert_from(value, 'UTF8'), substring(pg_get_indexdef('messages_pkey'::regclass) FROM '\\(.*\\)')
+             FROM berth_meta WHERE key = 'layout'",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test]
+async fn a_layout_2_database_gets_its_key_led_by_the_queue_while_older_nodes_run() {
+    let backend = postgres().await;
+    let url = backend.options.url.clone();
+    let r = conformance::rig(backend.clone()).await;
+    let q = r.queue(Default::default()).await;
+    let ids = r.put(&q, &["old", "older"]).await;
+    assert_eq!(layout_and_key(&url).await, ("3".into(), "(queue, id)".into()));
+    // Back to layout 2, its key led by the id, with a node of it connected: its statements
+    // work with either key, so the upgrade need not wait for it.
+    let (old_node, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    old_node
+        .batch_execute(
+            "ALTER TABLE messages DROP CONSTRAINT messages_pkey, ADD PRIMARY KEY (id, queue);
+             UPDATE berth_meta SET value = convert_to('2', 'UTF8') WHERE key = 'layout'",
+        )
+        .await
+        .unwrap();
+    assert_eq!(layout_and_key(&url).await, ("2".into(), "(id, queue)".into()));
+    let reopened = PostgresStore::open(&backend.options).await.expect("upgraded while a layout 2 node is connected");
+    assert_eq!(layout_and_key(&url).await, ("3".into(), "(queue, id)".into()));
+    drop(reopened);
+    let got = r.get(&q, 5, 30).await;
+    assert_eq!(conformance::contents(&got), ["old", "older"]);
+    assert_eq!(got.iter().map(|d| d.message.id).collect::<Vec<_>>(), ids);
+    drop(old_node);
+}
+
 #[tokio::test]
 async fn a_layout_1_database_gets_consumer_groups_and_keeps_its_messages() {
     use conformance::consumer_groups::{get_in, group, named, via};
@@ -269,14 +313,7 @@ async fn a_layout_1_database_gets_consumer_groups_and_keeps_its_messages() {
     drop(old_node);
     sessions_end(&name).await;
     let r = conformance::rig(backend).await;
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    let layout: String = client
-        .query_one("SELECT convert_from(value, 'UTF8') FROM berth_meta WHERE key = 'layout'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(layout, "2");
+    assert_eq!(layout_and_key(&url).await, ("3".into(), "(queue, id)".into()));
     let capability = berth_core::engine::QueueChange {
         capabilities: Some(vec![berth_core::consumer_group::CONSUMER_GROUPS.into()]),
         ..Default::default()
