@@ -140,8 +140,8 @@ ALTER TABLE body_releases SET (autovacuum_vacuum_scale_factor = 0, autovacuum_va
 /// Layout 3: the primary key leads with the queue. Led by the id, it was the planner's pick
 /// for a lease whenever the table held several queues of like size (its order by id looked
 /// cheaper than the ready index's scattered rows), and a lease of a queue with nothing
-/// ready then walked the whole table's keys: 21 ms instead of 0.07 for 400,000 rows in 10
-/// queues (docs/BENCHMARKS.md). Older nodes' statements work with either key.
+/// ready then walked the whole table's keys: 22–26 ms instead of 0.07–0.11 for 400,000 rows
+/// in 10 queues (docs/BENCHMARKS.md, scripts/pg-pick-plan.sql). Older nodes' statements work with either key.
 const QUEUE_FIRST_KEY: &str = "
 ALTER TABLE messages DROP CONSTRAINT messages_pkey, ADD PRIMARY KEY (queue, id);
 ";
@@ -157,7 +157,10 @@ async fn layout(tx: &deadpool_postgres::Transaction<'_>) -> Result<Option<i64>, 
         .await
         .map_err(pg)?;
     let Some(found) = row.map(|row| row.get::<_, String>(0)) else { return Ok(None) };
-    found.parse().map(Some).map_err(|_| StoreError::Backend(format!("unknown schema layout {found:?}")))
+    match found.parse() {
+        Ok(layout) if layout >= 1 => Ok(Some(layout)),
+        _ => Err(StoreError::Backend(format!("unknown schema layout {found:?}"))),
+    }
 }
 
 /// An upgrade changes how rows are addressed, which nodes of the older release would get
