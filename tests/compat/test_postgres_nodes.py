@@ -324,6 +324,9 @@ def test_a_postgres_crash_loses_no_acknowledged_put_or_delete(tmp_path):
         qid = t.create_queue(unique_name("crash"))
         qc = t.qc
         acknowledged, deleted, put_errors, stop = [], set(), [], threading.Event()
+        # A delete whose commit reached the disk just before the crash cut its answer is
+        # done, though its client saw an error: such messages may be gone.
+        unanswered = set()
 
         def produce(i):
             put(qc, qid, [f"p{i}-{j}" for j in range(5)])
@@ -332,7 +335,11 @@ def test_a_postgres_crash_loses_no_acknowledged_put_or_delete(tmp_path):
         def consume(_):
             # A short visibility: leases the crash forgot or ended come back soon.
             for m in get(qc, qid, limit=10, visibility_in_seconds=2):
-                qc.delete_message(qid, m.receipt)
+                try:
+                    qc.delete_message(qid, m.receipt)
+                except Exception:
+                    unanswered.add(m.content)
+                    raise
                 deleted.add(m.content)
 
         workers = [threading.Thread(target=keep_doing, args=(produce, put_errors, stop)),
@@ -354,4 +361,4 @@ def test_a_postgres_crash_loses_no_acknowledged_put_or_delete(tmp_path):
         left = drain(qc, qid)
         assert len(left) == len(set(left)), "a message is in the queue twice"
         assert sorted(set(left) & deleted) == [], "an acknowledged delete came back"
-        assert sorted(set(acknowledged) - deleted - set(left)) == [], "acknowledged puts lost"
+        assert sorted(set(acknowledged) - deleted - set(left) - unanswered) == [], "acknowledged puts lost"
