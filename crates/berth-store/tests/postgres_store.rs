@@ -251,31 +251,35 @@ async fn layout_and_key(url: &str) -> (String, String) {
 
 #[tokio::test]
 async fn a_layout_2_database_gets_its_key_led_by_the_queue_while_older_nodes_run() {
-    let backend = postgres().await;
-    let url = backend.options.url.clone();
+    // Its own application name, so that the rig's store, still connected, is the only
+    // other node of it.
+    let mut options = new_schema().await;
+    options.url = format!("{}&application_name=berth-key-{:08x}", options.url, rand::random::<u32>());
+    let url = options.url.clone();
+    let backend = Arc::new(Postgres { options, opened: Mutex::new(None) });
     let r = conformance::rig(backend.clone()).await;
     let q = r.queue(Default::default()).await;
     let ids = r.put(&q, &["old", "older"]).await;
     assert_eq!(layout_and_key(&url).await, ("3".into(), "(queue, id)".into()));
-    // Back to layout 2, its key led by the id, with a node of it connected: its statements
-    // work with either key, so the upgrade need not wait for it.
-    let (old_node, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    // Back to layout 2, its key led by the id. The rig's store plays a layout 2 node that
+    // goes on running: its statements work with either key, so the upgrade need not wait.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
-    old_node
+    client
         .batch_execute(
             "ALTER TABLE messages DROP CONSTRAINT messages_pkey, ADD PRIMARY KEY (id, queue);
              UPDATE berth_meta SET value = convert_to('2', 'UTF8') WHERE key = 'layout'",
         )
         .await
         .unwrap();
+    drop(client);
     assert_eq!(layout_and_key(&url).await, ("2".into(), "(id, queue)".into()));
-    let reopened = PostgresStore::open(&backend.options).await.expect("upgraded while a layout 2 node is connected");
+    let upgraded = PostgresStore::open(&backend.options).await.expect("upgraded while a layout 2 node is connected");
     assert_eq!(layout_and_key(&url).await, ("3".into(), "(queue, id)".into()));
-    drop(reopened);
+    drop(upgraded);
     let got = r.get(&q, 5, 30).await;
     assert_eq!(conformance::contents(&got), ["old", "older"]);
     assert_eq!(got.iter().map(|d| d.message.id).collect::<Vec<_>>(), ids);
-    drop(old_node);
 }
 
 #[tokio::test]

@@ -141,24 +141,25 @@ ALTER TABLE body_releases SET (autovacuum_vacuum_scale_factor = 0, autovacuum_va
 /// for a lease whenever the table held several queues of like size (its order by id looked
 /// cheaper than the ready index's scattered rows), and a lease of a queue with nothing
 /// ready then walked the whole table's keys: 22–26 ms instead of 0.07–0.11 for 400,000 rows
-/// in 10 queues (docs/BENCHMARKS.md, scripts/pg-pick-plan.sql). Older nodes' statements work with either key.
+/// in 10 queues (docs/BENCHMARKS.md, scripts/pg-pick-plan.sql). Older nodes' statements
+/// work with either key.
 const QUEUE_FIRST_KEY: &str = "
 ALTER TABLE messages DROP CONSTRAINT messages_pkey, ADD PRIMARY KEY (queue, id);
 ";
 
-/// The layout of the schema found, if Berth made one here.
-async fn layout(tx: &deadpool_postgres::Transaction<'_>) -> Result<Option<i64>, StoreError> {
+/// The layout of the schema found; 0 if Berth made none here.
+async fn layout(tx: &deadpool_postgres::Transaction<'_>) -> Result<i64, StoreError> {
     let made: bool = tx.query_one("SELECT to_regclass('berth_meta') IS NOT NULL", &[]).await.map_err(pg)?.get(0);
     if !made {
-        return Ok(None);
+        return Ok(0);
     }
     let row = tx
         .query_opt("SELECT convert_from(value, 'UTF8') FROM berth_meta WHERE key = 'layout'", &[])
         .await
         .map_err(pg)?;
-    let Some(found) = row.map(|row| row.get::<_, String>(0)) else { return Ok(None) };
+    let Some(found) = row.map(|row| row.get::<_, String>(0)) else { return Ok(0) };
     match found.parse() {
-        Ok(layout) if layout >= 1 => Ok(Some(layout)),
+        Ok(layout) if layout >= 1 => Ok(layout),
         _ => Err(StoreError::Backend(format!("unknown schema layout {found:?}"))),
     }
 }
@@ -194,7 +195,7 @@ pub(crate) async fn prepare(client: &mut Object) -> Result<String, StoreError> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).await.map_err(pg)?;
     // A schema made already takes no DDL: that would lock tables that other nodes' puts,
     // gets and vacuums are using.
-    let found = layout(&tx).await?.unwrap_or(0);
+    let found = layout(&tx).await?;
     if found == 1 {
         refuse_while_older_nodes_run(&tx).await?;
     }
